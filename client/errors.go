@@ -1,0 +1,49 @@
+package client
+
+import (
+	"fmt"
+
+	"github.com/zerogrid/zerogrid/grid"
+)
+
+// Errors a caller may want to test with errors.Is. They are the grid
+// sentinels, re-exported so that callers need import only this package; an
+// error that crossed the wire matches them too.
+var (
+	ErrEmptyKey         = grid.ErrEmptyKey
+	ErrKeyTooLarge      = grid.ErrKeyTooLarge
+	ErrValueTooLarge    = grid.ErrValueTooLarge
+	ErrInvalidMapName   = grid.ErrInvalidMapName
+	ErrUnknownMap       = grid.ErrUnknownMap
+	ErrMapExists        = grid.ErrMapExists
+	ErrNotFound         = grid.ErrNotFound
+	ErrNotLeader        = grid.ErrNotLeader
+	ErrNoLeader         = grid.ErrNoLeader
+	ErrPartitionNotHere = grid.ErrPartitionNotHere
+	ErrAmbiguous        = grid.ErrAmbiguous
+	ErrChecksum         = grid.ErrChecksum
+	ErrBadRequest       = grid.ErrBadRequest
+	ErrBadConfig        = grid.ErrBadConfig
+	ErrClosed           = grid.ErrClosed
+)
+
+// NotLeaderError carries a node's hint about who leads a partition.
+type NotLeaderError = grid.NotLeaderError
+
+// AmbiguousError reports a write whose outcome is unknown: some attempt may
+// have reached the leader, and no later attempt succeeded. It matches
+// ErrAmbiguous, and also whatever the last attempt's error matches (a context
+// deadline, say). Reading the key tells what happened.
+type AmbiguousError struct {
+	Op       string // "put", "delete", "compare-and-swap", "create map"
+	Attempts int
+	Err      error // why the last attempt failed
+}
+
+func (e *AmbiguousError) Error() string {
+	return fmt.Sprintf("client: %s: outcome unknown after %d attempts, the write may or may not have been applied: %v",
+		e.Op, e.Attempts, e.Err)
+}
+
+// Unwrap lets errors.Is match both ErrAmbiguous and the last attempt's error.
+func (e *AmbiguousError) Unwrap() []error { return []error{grid.ErrAmbiguous, e.Err} }

@@ -1,0 +1,117 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/zerogrid/zerogrid/grid"
+)
+
+// RetryPolicy bounds how hard the client tries one request. The context's
+// deadline bounds it too; whichever ends first wins.
+type RetryPolicy struct {
+	// MaxAttempts counts every attempt of one request, the first included.
+	MaxAttempts int
+	// BaseBackoff is the first pause between attempts; it doubles up to
+	// MaxBackoff. Each pause is jittered to between half and all of it.
+	BaseBackoff time.Duration
+	MaxBackoff  time.Duration
+	// AttemptTimeout bounds one attempt, so that a node that accepted the
+	// connection but never answers does not use up the whole context. Zero
+	// leaves attempts bounded only by the context.
+	AttemptTimeout time.Duration
+}
+
+// DefaultRetryPolicy tries 12 times with pauses from 10 ms up to 500 ms: about
+// three seconds of retrying, enough to ride out a leader election.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{MaxAttempts: 12, BaseBackoff: 10 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
+}
+
+// DefaultScanPageSize is how many entries Scan asks for per page.
+const DefaultScanPageSize = 100
+
+// maxRecvMsgBytes leaves room for a 1 MiB value and the largest scan page a
+// node should send.
+const maxRecvMsgBytes = 16 << 20
+
+// Option changes how DialWith builds a Client.
+type Option func(*options)
+
+type options struct {
+	limits       grid.Limits
+	retry        RetryPolicy
+	dialOpts     []grpc.DialOption
+	logger       *slog.Logger
+	clientID     uint64
+	scanPageSize int
+}
+
+func defaultOptions() options {
+	return options{
+		limits:       grid.DefaultLimits(),
+		retry:        DefaultRetryPolicy(),
+		logger:       slog.New(slog.DiscardHandler),
+		scanPageSize: DefaultScanPageSize,
+	}
+}
+
+// WithLimits sets the key and value limits checked before a request is sent.
+// They should match the cluster's; the default is grid.DefaultLimits.
+func WithLimits(l grid.Limits) Option { return func(o *options) { o.limits = l } }
+
+// WithRetry replaces the retry policy.
+func WithRetry(p RetryPolicy) Option { return func(o *options) { o.retry = p } }
+
+// WithDialOptions adds gRPC dial options (TLS credentials, interceptors, ...)
+// after the client's own, so they take precedence. By default connections are
+// insecure and accept messages up to 16 MiB.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
+}
+
+// WithLogger sets where the client logs retries and table refreshes (at debug
+// and warn level). By default it logs nothing.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l == nil {
+			l = slog.New(slog.DiscardHandler)
+		}
+		o.logger = l
+	}
+}
+
+// WithClientID fixes the id that, with a sequence number, makes each write
+// unique to the nodes' deduplication. By default it is a random 64-bit number;
+// fix it only in tests, since two clients sharing an id would see each
+// other's outcomes.
+func WithClientID(id uint64) Option { return func(o *options) { o.clientID = id } }
+
+// WithScanPageSize sets how many entries Scan asks a node for at a time.
+func WithScanPageSize(n int) Option { return func(o *options) { o.scanPageSize = n } }
+
+// validate reports every problem at once.
+func (o *options) validate() error {
+	errs := []error{o.limits.Validate()}
+	r := o.retry
+	if r.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("%w: retry max attempts %d must be at least 1", grid.ErrBadConfig, r.MaxAttempts))
+	}
+	if r.BaseBackoff <= 0 {
+		errs = append(errs, fmt.Errorf("%w: retry base backoff %v must be positive", grid.ErrBadConfig, r.BaseBackoff))
+	}
+	if r.MaxBackoff < r.BaseBackoff {
+		errs = append(errs, fmt.Errorf("%w: retry max backoff %v is below the base backoff %v", grid.ErrBadConfig, r.MaxBackoff, r.BaseBackoff))
+	}
+	if r.AttemptTimeout < 0 {
+		errs = append(errs, fmt.Errorf("%w: retry attempt timeout %v is negative", grid.ErrBadConfig, r.AttemptTimeout))
+	}
+	if o.scanPageSize < 1 || o.scanPageSize > 1<<16 {
+		errs = append(errs, fmt.Errorf("%w: scan page size %d must be in 1..65536", grid.ErrBadConfig, o.scanPageSize))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+const usage = `zerogrid — a sharded, Raft-replicated data grid for fleets of small computers.
+
+Usage:
+  zerogrid demo [--keep]                  start a local 3-node cluster and walk through it
+  zerogrid node --id ID --listen ADDR --data-dir DIR --peers ID=ADDR,...
+                [--partitions 32] [--replicas 3] [--profile default|small|test]
+                                          run a node of a statically listed cluster
+  zerogrid map create NAME  --addr ADDR   create a map (a named keyspace)
+  zerogrid map list         --addr ADDR   list maps
+  zerogrid put MAP KEY VALUE --addr ADDR  write a value (VALUE "-" reads stdin)
+  zerogrid get MAP KEY [--stale] --addr ADDR
+  zerogrid del MAP KEY      --addr ADDR
+  zerogrid scan MAP [PREFIX] [--limit N] [--stale] --addr ADDR
+  zerogrid status           --addr ADDR   nodes, partitions, leaders, applied index, lag
+
+--addr accepts a comma-separated list of any cluster members; the client
+routes every request to the right partition leader itself.
+Run "zerogrid COMMAND --help" for a command's flags.
+`
+
+// Run executes the zerogrid command line. It is main without the process:
+// tests call it directly.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "node":
+		return runNode(ctx, rest, stdout, stderr)
+	case "demo":
+		return runDemo(ctx, rest, stdout, stderr)
+	case "map":
+		return runMap(ctx, rest, stdout, stderr)
+	case "put":
+		return runPut(ctx, rest, stdout, stderr)
+	case "get":
+		return runGet(ctx, rest, stdout, stderr)
+	case "del", "delete":
+		return runDel(ctx, rest, stdout, stderr)
+	case "scan":
+		return runScan(ctx, rest, stdout, stderr)
+	case "status":
+		return runStatus(ctx, rest, stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
+		return errUsage
+	}
+}
+
+// errUsage marks a command-line mistake (exit code 2).
+var errUsage = errors.New("usage error")
+
+func exitCode(err error) int {
+	if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	return 1
+}
+
+// newFlags returns a FlagSet that reports errors instead of exiting.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: zerogrid %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags that may come before or after positional arguments.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, flag.ErrHelp
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}

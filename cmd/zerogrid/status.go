@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+)
+
+// lagThreshold: a replica further than this many entries behind its
+// leader's commit index is reported as lagging.
+const lagThreshold = 100
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	fs := newFlags("status", "status [--addr ADDR]", stderr)
+	cf.register(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cl, ctx, cancel, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer cl.Close()
+	return printStatus(ctx, cl, stdout)
+}
+
+// clusterStatus is every reachable node's view of its groups.
+type clusterStatus struct {
+	nodes  []nodeView
+	groups map[int32]map[string]*gridpb.GroupStatus // partition → node → status
+}
+
+type nodeView struct {
+	id, addr string
+	status   *gridpb.StatusResponse
+	err      error
+}
+
+func collectStatus(ctx context.Context, cl *client.Client) (*clusterStatus, error) {
+	table, err := cl.Table(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs := &clusterStatus{groups: map[int32]map[string]*gridpb.GroupStatus{}}
+	for _, nd := range table.Nodes {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cl.NodeStatus(sctx, nd.Addr)
+		cancel()
+		cs.nodes = append(cs.nodes, nodeView{id: nd.ID, addr: nd.Addr, status: st, err: err})
+		if err != nil {
+			continue
+		}
+		for _, g := range st.Groups {
+			if cs.groups[g.Partition] == nil {
+				cs.groups[g.Partition] = map[string]*gridpb.GroupStatus{}
+			}
+			cs.groups[g.Partition][nd.ID] = g
+		}
+	}
+	return cs, nil
+}
+
+func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
+	cs, err := collectStatus(ctx, cl)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tREPLICAS\tLEADS\tDISK")
+	for _, nv := range cs.nodes {
+		if nv.err != nil {
+			fmt.Fprintf(tw, "%s\t%s\tunreachable\t-\t-\t-\n", nv.id, nv.addr)
+			continue
+		}
+		leads := 0
+		for _, g := range nv.status.Groups {
+			if g.State == "Leader" && g.Partition >= 0 {
+				leads++
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\tup\t%d\t%d\t%s\n", nv.id, nv.addr, len(nv.status.Groups)-1, leads, humanBytes(nv.status.DiskBytes))
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+
+	parts := make([]int32, 0, len(cs.groups))
+	for p := range cs.groups {
+		parts = append(parts, p)
+	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i] < parts[j] })
+	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PARTITION\tLEADER\tTERM\tCOMMIT\tREPLICAS (applied index)\tLAGGING")
+	for _, p := range parts {
+		byNode := cs.groups[p]
+		leader, term, commit := "", uint64(0), uint64(0)
+		for id, g := range byNode {
+			if g.State == "Leader" {
+				leader, term, commit = id, g.Term, g.CommitIndex
+			}
+		}
+		voters := []string{}
+		for _, g := range byNode {
+			if len(g.Voters) > len(voters) {
+				voters = g.Voters
+			}
+		}
+		sort.Strings(voters)
+		var reps, lagging []string
+		for _, id := range voters {
+			g, ok := byNode[id]
+			if !ok {
+				reps = append(reps, id+"=down")
+				lagging = append(lagging, id)
+				continue
+			}
+			reps = append(reps, fmt.Sprintf("%s=%d", id, g.AppliedIndex))
+			if leader != "" && commit > g.AppliedIndex+lagThreshold {
+				lagging = append(lagging, id)
+			}
+		}
+		name := fmt.Sprint(p)
+		if p < 0 {
+			name = "meta"
+		}
+		if leader == "" {
+			leader = "(none)"
+		}
+		lag := strings.Join(lagging, ",")
+		if lag == "" {
+			lag = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", name, leader, term, commit, strings.Join(reps, " "), lag)
+	}
+	return tw.Flush()
+}
+
+func humanBytes(b uint64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", b)
+}

@@ -1,0 +1,44 @@
+package grid
+
+import "errors"
+
+// Sentinel errors shared by the server and the client. The gRPC boundary maps
+// each one to a status code and back (see gridpb), so callers can always test
+// them with errors.Is, on either side of the wire.
+var (
+	ErrEmptyKey         = errors.New("grid: key is empty")
+	ErrKeyTooLarge      = errors.New("grid: key too large")
+	ErrValueTooLarge    = errors.New("grid: value too large")
+	ErrInvalidMapName   = errors.New("grid: invalid map name")
+	ErrUnknownMap       = errors.New("grid: unknown map")
+	ErrMapExists        = errors.New("grid: map already exists")
+	ErrNotFound         = errors.New("grid: key not found")
+	ErrNotLeader        = errors.New("grid: not the partition leader")
+	ErrNoLeader         = errors.New("grid: partition has no leader")
+	ErrPartitionNotHere = errors.New("grid: partition not hosted on this node")
+	ErrBadPartition     = errors.New("grid: partition out of range")
+	ErrAmbiguous        = errors.New("grid: outcome unknown (the write may or may not have been applied)")
+	ErrBadRequest       = errors.New("grid: malformed request")
+	ErrChecksum         = errors.New("grid: checksum mismatch")
+	ErrTooManyNodes     = errors.New("grid: not enough nodes for the replica count")
+	ErrBadConfig        = errors.New("grid: invalid configuration")
+	ErrClosed           = errors.New("grid: closed")
+)
+
+// NotLeaderError says who the leader is believed to be, so a client can go
+// straight there. It wraps ErrNotLeader.
+type NotLeaderError struct {
+	Partition  int
+	LeaderID   string
+	LeaderAddr string
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderID == "" {
+		return "grid: not the partition leader (leader unknown)"
+	}
+	return "grid: not the partition leader (leader is " + e.LeaderID + " at " + e.LeaderAddr + ")"
+}
+
+// Unwrap lets errors.Is(err, ErrNotLeader) match.
+func (e *NotLeaderError) Unwrap() error { return ErrNotLeader }

@@ -1,0 +1,110 @@
+package grid
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Node is what the cluster knows about one member. Capabilities grow with the
+// commissioning work; the core only needs identity and address.
+type Node struct {
+	ID     string            `json:"id"`
+	Addr   string            `json:"addr"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Partition is one row of the partition table.
+type Partition struct {
+	ID       int      `json:"id"`
+	Replicas []string `json:"replicas"` // node ids; order is placement preference
+	Leader   string   `json:"leader,omitempty"`
+}
+
+// Table is the partition table: which nodes hold which partition. Epoch grows
+// with every change of replica sets, so a client can tell a stale copy.
+type Table struct {
+	Epoch      uint64      `json:"epoch"`
+	Replicas   int         `json:"replicas"`
+	Nodes      []Node      `json:"nodes"`
+	Partitions []Partition `json:"partitions"`
+}
+
+// NumPartitions is the fixed partition count of the cluster.
+func (t *Table) NumPartitions() int { return len(t.Partitions) }
+
+// Node returns the node record with the given id.
+func (t *Table) Node(id string) (Node, bool) {
+	for _, n := range t.Nodes {
+		if n.ID == id {
+			return n, true
+		}
+	}
+	return Node{}, false
+}
+
+// PartitionsOf lists the partitions that place a replica on node id.
+func (t *Table) PartitionsOf(id string) []int {
+	var out []int
+	for _, p := range t.Partitions {
+		for _, r := range p.Replicas {
+			if r == id {
+				out = append(out, p.ID)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Clone returns a deep copy.
+func (t *Table) Clone() *Table {
+	c := &Table{Epoch: t.Epoch, Replicas: t.Replicas}
+	for _, n := range t.Nodes {
+		nn := n
+		if n.Labels != nil {
+			nn.Labels = make(map[string]string, len(n.Labels))
+			for k, v := range n.Labels {
+				nn.Labels[k] = v
+			}
+		}
+		c.Nodes = append(c.Nodes, nn)
+	}
+	for _, p := range t.Partitions {
+		c.Partitions = append(c.Partitions, Partition{ID: p.ID, Replicas: append([]string(nil), p.Replicas...), Leader: p.Leader})
+	}
+	return c
+}
+
+// Validate checks the table's internal consistency.
+func (t *Table) Validate() error {
+	ids := make(map[string]bool, len(t.Nodes))
+	for _, n := range t.Nodes {
+		if n.ID == "" || n.Addr == "" {
+			return fmt.Errorf("%w: node with empty id or address", ErrBadConfig)
+		}
+		if ids[n.ID] {
+			return fmt.Errorf("%w: duplicate node id %q", ErrBadConfig, n.ID)
+		}
+		ids[n.ID] = true
+	}
+	for i, p := range t.Partitions {
+		if p.ID != i {
+			return fmt.Errorf("%w: partition %d listed at position %d", ErrBadConfig, p.ID, i)
+		}
+		seen := map[string]bool{}
+		for _, r := range p.Replicas {
+			if !ids[r] || seen[r] {
+				return fmt.Errorf("%w: partition %d has unknown or repeated replica %q", ErrBadConfig, p.ID, r)
+			}
+			seen[r] = true
+		}
+	}
+	return nil
+}
+
+// SortNodes orders nodes by id, so every node computes the same thing.
+func SortNodes(nodes []Node) []Node {
+	out := append([]Node(nil), nodes...)
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

@@ -1,0 +1,151 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/replication"
+)
+
+// Config configures one node.
+type Config struct {
+	// ID names the node; unique in the cluster.
+	ID string
+	// Listen is the gRPC address to listen on (host:port). Ignored when
+	// Listener is set.
+	Listen string
+	// Listener, if set, is used instead of opening Listen (tests pass a
+	// listener on 127.0.0.1:0 so ports are known before nodes start).
+	Listener net.Listener
+	// DataDir holds the engine and the Raft logs.
+	DataDir string
+	// Peers is the static initial cluster: node id → address, this node
+	// included.
+	Peers map[string]string
+	// Partitions is the fixed partition count, decided when the cluster is
+	// created.
+	Partitions int
+	// Replicas is the number of copies of each partition.
+	Replicas int
+	// Profile is "default", "small" (a Pi Zero) or "test" (fast elections).
+	Profile string
+	// Engine is "badger", "bbolt" or "" for the platform default.
+	Engine string
+	// SyncEngineWrites makes every engine batch durable on its own (the
+	// Raft log already is; off by default).
+	SyncEngineWrites bool
+	// Limits bound keys and values.
+	Limits grid.Limits
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a config with every default filled in; the caller
+// sets ID, Listen, DataDir and Peers.
+func DefaultConfig() Config {
+	return Config{Partitions: 32, Replicas: 3, Profile: "default", Limits: grid.DefaultLimits()}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{grid.ErrBadConfig}, args...)...))
+	}
+	if c.ID == "" || strings.ContainsAny(c.ID, ",= \t") {
+		bad("node id %q must be non-empty without ',', '=' or spaces", c.ID)
+	}
+	if c.Listener == nil {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			bad("listen address %q: %v", c.Listen, err)
+		}
+	}
+	if c.DataDir == "" {
+		bad("data dir is required")
+	}
+	if len(c.Peers) == 0 {
+		bad("peers are required (id=addr,...; include this node)")
+	} else if _, ok := c.Peers[c.ID]; !ok {
+		bad("peers do not include this node %q", c.ID)
+	}
+	for id, addr := range c.Peers {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("peer %s address %q: %v", id, addr, err)
+		}
+	}
+	if c.Partitions < 1 || c.Partitions > 4096 {
+		bad("partitions %d must be in 1..4096", c.Partitions)
+	}
+	if c.Replicas < 1 || c.Replicas > 7 {
+		bad("replicas %d must be in 1..7", c.Replicas)
+	} else if len(c.Peers) > 0 && c.Replicas > len(c.Peers) {
+		bad("replicas %d exceed the %d peers", c.Replicas, len(c.Peers))
+	}
+	switch c.Profile {
+	case "default", "small", "test":
+	default:
+		bad("profile %q must be default, small or test", c.Profile)
+	}
+	switch c.Engine {
+	case "", "badger", "bbolt":
+	default:
+		bad("engine %q must be badger or bbolt", c.Engine)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) timing() replication.RaftTiming {
+	switch c.Profile {
+	case "small":
+		return replication.SmallTiming()
+	case "test":
+		return replication.TestTiming()
+	}
+	return replication.DefaultTiming()
+}
+
+func (c *Config) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// nodes lists the peers as node records, sorted by id.
+func (c *Config) nodes() []grid.Node {
+	out := make([]grid.Node, 0, len(c.Peers))
+	for id, addr := range c.Peers {
+		out = append(out, grid.Node{ID: id, Addr: addr})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// ParsePeers parses "n1=127.0.0.1:7101,n2=..." into a map.
+func ParsePeers(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("%w: peer %q must look like id=host:port", grid.ErrBadConfig, part)
+		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("%w: peer id %q listed twice", grid.ErrBadConfig, id)
+		}
+		out[id] = addr
+	}
+	return out, nil
+}

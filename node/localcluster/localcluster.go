@@ -1,0 +1,231 @@
+// Package localcluster runs a zerogrid cluster as real `zerogrid node`
+// processes on loopback ports, with data under one directory. The demo uses
+// it, and so do the tests in test/ that kill and restart processes.
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Config describes the cluster.
+type Config struct {
+	Binary     string // path of the zerogrid binary
+	Dir        string // data and logs go under it, one folder per node
+	Nodes      int
+	Partitions int
+	Replicas   int
+	Profile    string   // node --profile
+	ExtraArgs  []string // appended to every node's command line
+}
+
+// Cluster is a set of node processes. Its methods are safe for concurrent use.
+type Cluster struct {
+	cfg   Config
+	ids   []string
+	addrs []string
+
+	mu    sync.Mutex
+	procs map[string]*proc
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Start picks free loopback ports and starts every node.
+func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	if cfg.Nodes <= 0 || cfg.Binary == "" || cfg.Dir == "" {
+		return nil, errors.New("localcluster: need a binary, a directory and at least one node")
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("localcluster: %w", err)
+	}
+	c := &Cluster{cfg: cfg, procs: map[string]*proc{}}
+	for i := 1; i <= cfg.Nodes; i++ {
+		addr, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		c.ids = append(c.ids, fmt.Sprintf("n%d", i))
+		c.addrs = append(c.addrs, addr)
+	}
+	for _, id := range c.ids {
+		if err := c.StartNode(ctx, id); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("localcluster: find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// IDs lists node ids (n1, n2, ...).
+func (c *Cluster) IDs() []string { return append([]string(nil), c.ids...) }
+
+// Addrs lists node addresses in id order.
+func (c *Cluster) Addrs() []string { return append([]string(nil), c.addrs...) }
+
+// Addr returns a node's address.
+func (c *Cluster) Addr(id string) string {
+	for i, x := range c.ids {
+		if x == id {
+			return c.addrs[i]
+		}
+	}
+	return ""
+}
+
+// Peers is the --peers flag value.
+func (c *Cluster) Peers() string {
+	parts := make([]string, len(c.ids))
+	for i := range c.ids {
+		parts[i] = c.ids[i] + "=" + c.addrs[i]
+	}
+	return strings.Join(parts, ",")
+}
+
+// DataDir is a node's data directory.
+func (c *Cluster) DataDir(id string) string { return filepath.Join(c.cfg.Dir, id) }
+
+// LogPath is the file a node's output goes to.
+func (c *Cluster) LogPath(id string) string { return filepath.Join(c.cfg.Dir, id+".log") }
+
+// StartNode starts (or restarts) one node process.
+func (c *Cluster) StartNode(ctx context.Context, id string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.procs[id]; ok {
+		select {
+		case <-p.done:
+		default:
+			return fmt.Errorf("localcluster: node %s is already running", id)
+		}
+	}
+	args := []string{"node", "--id", id, "--listen", c.Addr(id), "--data-dir", c.DataDir(id), "--peers", c.Peers()}
+	if c.cfg.Partitions > 0 {
+		args = append(args, "--partitions", fmt.Sprint(c.cfg.Partitions))
+	}
+	if c.cfg.Replicas > 0 {
+		args = append(args, "--replicas", fmt.Sprint(c.cfg.Replicas))
+	}
+	if c.cfg.Profile != "" {
+		args = append(args, "--profile", c.cfg.Profile)
+	}
+	args = append(args, c.cfg.ExtraArgs...)
+	logf, err := os.OpenFile(c.LogPath(id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("localcluster: node log: %w", err)
+	}
+	cmd := exec.Command(c.cfg.Binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group: a Ctrl-C to the parent does not reach the nodes
+	// directly; the parent stops them in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("localcluster: start %s: %w", id, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { // owned: ends when the process exits; Stop waits for it
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	c.procs[id] = p
+	return waitListening(ctx, c.Addr(id), p.done)
+}
+
+// waitListening waits until addr accepts connections or the process exits.
+func waitListening(ctx context.Context, addr string, exited <-chan struct{}) error {
+	for {
+		conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("localcluster: node at %s exited during start (see its log)", addr)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Kill sends SIGKILL to a node and waits for it to die.
+func (c *Cluster) Kill(id string) error { return c.signal(id, syscall.SIGKILL) }
+
+// Terminate sends SIGTERM (a clean shutdown) and waits.
+func (c *Cluster) Terminate(id string) error { return c.signal(id, syscall.SIGTERM) }
+
+func (c *Cluster) signal(id string, sig syscall.Signal) error {
+	c.mu.Lock()
+	p, ok := c.procs[id]
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("localcluster: no node %s", id)
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("localcluster: node %s ignored %v for 30s and was killed", id, sig)
+	}
+}
+
+// Running reports whether a node's process is alive.
+func (c *Cluster) Running(id string) bool {
+	c.mu.Lock()
+	p, ok := c.procs[id]
+	c.mu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stop terminates every node and waits for all of them.
+func (c *Cluster) Stop() {
+	var wg sync.WaitGroup
+	for _, id := range c.ids {
+		if !c.Running(id) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.Terminate(id)
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,296 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/replication"
+)
+
+// Version is the software version a node reports.
+const Version = "0.1.0-dev"
+
+// Node is one running zerogrid node.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	lis    net.Listener
+	addr   string
+	eng    replication.Engine
+	trans  *replication.GRPCTransport
+	host   *replication.Host
+	srv    *grpc.Server
+	meta   *replication.Group
+	static *grid.Table // the table computed from the static peer list
+
+	conns peerConns
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closing atomic.Bool
+	fatal   chan error
+}
+
+// Start opens the node's storage, starts its Raft groups and serves gRPC.
+// It returns once the node is serving; groups elect leaders in the background.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1)}
+	if err := n.start(ctx); err != nil {
+		n.cleanup()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) start(ctx context.Context) error {
+	cfg := &n.cfg
+	table, err := grid.Place(cfg.nodes(), cfg.Partitions, grid.PlacementPolicy{Replicas: cfg.Replicas, VirtualNodes: 64, Load: 1.25})
+	if err != nil {
+		return fmt.Errorf("node: initial placement: %w", err)
+	}
+	n.static = table
+
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("node: data dir: %w", err)
+	}
+	n.eng, err = replication.OpenEngine(replication.EngineConfig{
+		Dir: filepath.Join(cfg.DataDir, "engine"), Kind: cfg.Engine, Profile: engineProfile(cfg.Profile), SyncWrites: cfg.SyncEngineWrites,
+	})
+	if err != nil {
+		return fmt.Errorf("node: open engine: %w", err)
+	}
+
+	n.lis = cfg.Listener
+	if n.lis == nil {
+		n.lis, err = net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("node: listen on %s: %w", cfg.Listen, err)
+		}
+	}
+	n.addr = cfg.Peers[cfg.ID]
+
+	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: raft.ServerID(cfg.ID), LocalAddr: raft.ServerAddress(n.addr), Logger: n.log})
+	if err != nil {
+		return fmt.Errorf("node: raft transport: %w", err)
+	}
+	n.srv = grpc.NewServer(replication.ServerOptions()...)
+	n.trans.Register(n.srv)
+	svc := &service{n: n}
+	gridpb.RegisterKVServer(n.srv, svc)
+	gridpb.RegisterAdminServer(n.srv, svc)
+
+	n.host, err = replication.NewHost(replication.HostConfig{
+		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,
+		Timing: cfg.timing(), Logger: n.log, Fatal: n.onFatal,
+	})
+	if err != nil {
+		return fmt.Errorf("node: raft host: %w", err)
+	}
+
+	// Serve before opening groups so peers' votes and heartbeats are answered
+	// as soon as raft starts.
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.srv.Serve(n.lis); err != nil && !n.closing.Load() {
+			n.log.Error("grpc server stopped", "err", err)
+		}
+	}()
+
+	n.meta, err = n.host.OpenGroup(ctx, replication.MetaGroup, replication.KindMeta, metaServers(table.Nodes))
+	if err != nil {
+		return fmt.Errorf("node: metadata group: %w", err)
+	}
+	current := table
+	if t := n.meta.Meta().Table(); t != nil {
+		current = t
+	}
+	for _, p := range current.PartitionsOf(cfg.ID) {
+		var servers []raft.Server
+		for _, id := range current.Partitions[p].Replicas {
+			nd, _ := current.Node(id)
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(nd.Addr)})
+		}
+		if _, err := n.host.OpenGroup(ctx, replication.GroupID(p), replication.KindData, servers); err != nil {
+			return fmt.Errorf("node: partition %d: %w", p, err)
+		}
+	}
+
+	loopCtx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.metaLoop(loopCtx)
+	}()
+	n.log.Info("node started", "addr", n.addr, "partitions", len(current.PartitionsOf(cfg.ID)))
+	return nil
+}
+
+func engineProfile(p string) string {
+	if p == "default" {
+		return "default"
+	}
+	return "small"
+}
+
+// metaServers: up to 5 (an odd number of) voters chosen by id; the rest
+// follow as non-voters, so every node has the metadata locally.
+func metaServers(nodes []grid.Node) []raft.Server {
+	voters := len(nodes)
+	switch {
+	case voters >= 5:
+		voters = 5
+	case voters >= 3:
+		voters = 3
+	}
+	out := make([]raft.Server, 0, len(nodes))
+	for i, nd := range nodes {
+		s := raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(nd.ID), Address: raft.ServerAddress(nd.Addr)}
+		if i >= voters {
+			s.Suffrage = raft.Nonvoter
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// metaLoop commits the initial partition table once a metadata leader exists.
+func (n *Node) metaLoop(ctx context.Context) {
+	tick := time.NewTicker(n.cfg.timing().HeartbeatTimeout / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if n.meta.Meta().Table() != nil || !n.meta.IsLeader() {
+			continue
+		}
+		raw, err := json.Marshal(n.static)
+		if err != nil {
+			n.log.Error("encode table", "err", err)
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = n.meta.Propose(pctx, &gridpb.MetaCommand{Op: &gridpb.MetaCommand_SetTable{SetTable: &gridpb.SetTableOp{ExpectedEpoch: 0, TableJson: raw}}})
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			n.log.Warn("commit initial table", "err", err)
+		}
+	}
+}
+
+// Addr is the node's advertised gRPC address.
+func (n *Node) Addr() string { return n.addr }
+
+// ID is the node's id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// Fatal delivers an unrecoverable storage error; the daemon exits on it.
+func (n *Node) Fatal() <-chan error { return n.fatal }
+
+func (n *Node) onFatal(err error) {
+	n.log.Error("fatal storage error", "err", err)
+	select {
+	case n.fatal <- err:
+	default:
+	}
+}
+
+// table is the committed partition table, or the static one until the
+// metadata group has committed it.
+func (n *Node) table() *grid.Table {
+	if t := n.meta.Meta().Table(); t != nil {
+		return t
+	}
+	return n.static
+}
+
+// Shutdown stops the node: Raft groups first, then the server, the
+// transport and the engine. It waits for every goroutine it started.
+func (n *Node) Shutdown(ctx context.Context) error {
+	if n.closing.Swap(true) {
+		return nil
+	}
+	return n.cleanup()
+}
+
+func (n *Node) cleanup() error {
+	n.closing.Store(true)
+	if n.cancel != nil {
+		n.cancel()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	if n.host != nil {
+		errs = append(errs, n.host.Close(ctx))
+	}
+	if n.srv != nil {
+		n.srv.Stop()
+	} else if n.lis != nil {
+		n.lis.Close()
+	}
+	if n.trans != nil {
+		errs = append(errs, n.trans.Close(ctx))
+	}
+	n.conns.close()
+	n.wg.Wait()
+	if n.eng != nil {
+		errs = append(errs, n.eng.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// peerConns keeps one client connection per peer address for forwarding
+// admin requests to the metadata leader.
+type peerConns struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("node: dial %s: %w", addr, err)
+	}
+	if p.conns == nil {
+		p.conns = map[string]*grpc.ClientConn{}
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+func (p *peerConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}

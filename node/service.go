@@ -1,0 +1,376 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/replication"
+)
+
+// Scan pages are bounded in entries and bytes so a page always fits in one
+// gRPC message.
+const (
+	defaultScanLimit = 1000
+	maxScanLimit     = 10000
+	maxScanBytes     = 2 << 20
+)
+
+// service implements the KV and Admin gRPC services of a node. Every
+// handler validates its input before anything is proposed, so bad input
+// changes nothing, and converts errors at the boundary with gridpb.ToStatus.
+type service struct {
+	gridpb.UnimplementedKVServer
+	gridpb.UnimplementedAdminServer
+	n *Node
+}
+
+// partitionFor validates the map and key and returns the local group that
+// holds the key's partition.
+func (s *service) partitionFor(ctx context.Context, mapName string, key []byte) (*replication.Group, error) {
+	if err := grid.ValidateMapName(mapName); err != nil {
+		return nil, err
+	}
+	if err := s.n.cfg.Limits.CheckKey(key); err != nil {
+		return nil, err
+	}
+	if err := s.requireMap(ctx, mapName); err != nil {
+		return nil, err
+	}
+	p := grid.PartitionOf(mapName, key, s.n.table().NumPartitions())
+	return s.group(p)
+}
+
+func (s *service) group(p int) (*replication.Group, error) {
+	if p < 0 || p >= s.n.table().NumPartitions() {
+		return nil, fmt.Errorf("%w: %d (cluster has %d)", grid.ErrBadPartition, p, s.n.table().NumPartitions())
+	}
+	g, ok := s.n.host.Group(replication.GroupID(p))
+	if !ok {
+		return nil, fmt.Errorf("%w: partition %d", grid.ErrPartitionNotHere, p)
+	}
+	return g, nil
+}
+
+// requireMap checks the map exists. The local metadata replica answers
+// almost always; on a miss (a map created a moment ago may not have reached
+// this replica yet) the metadata leader is asked with a linearizable read.
+func (s *service) requireMap(ctx context.Context, name string) error {
+	if s.n.meta.Meta().HasMap(name) {
+		return nil
+	}
+	names, err := s.linearizableMaps(ctx)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if n == name {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %q (create it first: zerogrid map create %s)", grid.ErrUnknownMap, name, name)
+}
+
+// linearizableMaps lists maps as of now: read at the metadata leader after
+// it confirms its leadership (forwarded there if this node does not lead).
+func (s *service) linearizableMaps(ctx context.Context) ([]string, error) {
+	meta := s.n.meta
+	if meta.IsLeader() {
+		v, _, err := meta.ReadView(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		v.Close()
+		return meta.Meta().Maps(), nil
+	}
+	if forwarded(ctx) {
+		return nil, fmt.Errorf("%w: metadata leadership moved while forwarding", grid.ErrNoLeader)
+	}
+	var names []string
+	err := s.forwardToMetaLeader(ctx, func(ctx context.Context, c gridpb.AdminClient) error {
+		resp, err := c.ListMaps(ctx, &gridpb.ListMapsRequest{})
+		if err == nil {
+			names = resp.Names
+		}
+		return err
+	})
+	return names, err
+}
+
+func header(h *gridpb.WriteHeader) (*gridpb.WriteHeader, error) {
+	if h == nil {
+		return nil, fmt.Errorf("%w: missing write header", grid.ErrBadRequest)
+	}
+	return h, nil
+}
+
+func resultErr(res *gridpb.Result) error {
+	switch res.Error {
+	case "":
+		return nil
+	case "CHECKSUM":
+		return fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
+	case "MAP_EXISTS":
+		return grid.ErrMapExists
+	case "INVALID_MAP_NAME":
+		return grid.ErrInvalidMapName
+	default:
+		return fmt.Errorf("%w: %s", grid.ErrBadRequest, res.Error)
+	}
+}
+
+func (s *service) propose(ctx context.Context, g *replication.Group, h *gridpb.WriteHeader, cmd *gridpb.Command) (*gridpb.Result, error) {
+	cmd.ClientId, cmd.Seq = h.ClientId, h.Seq
+	cmd.LeaderTime = time.Now().UnixNano()
+	res, err := g.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return res, resultErr(res)
+}
+
+func (s *service) Put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
+	resp, err := s.put(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
+	h, err := header(req.Header)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.n.cfg.Limits.CheckValue(req.Value); err != nil {
+		return nil, err
+	}
+	if req.Crc != 0 && req.Crc != replication.Checksum(req.Value) {
+		return nil, fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
+	}
+	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Put{Put: &gridpb.PutOp{Map: h.Map, Key: req.Key, Value: req.Value, Crc: req.Crc}}})
+	if err != nil {
+		return nil, err
+	}
+	return &gridpb.PutResponse{Version: res.Version}, nil
+}
+
+func (s *service) Delete(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
+	resp, err := s.del(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+func (s *service) del(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
+	h, err := header(req.Header)
+	if err != nil {
+		return nil, err
+	}
+	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Delete{Delete: &gridpb.DeleteOp{Map: h.Map, Key: req.Key}}})
+	if err != nil {
+		return nil, err
+	}
+	return &gridpb.DeleteResponse{Existed: res.Existed, Version: res.Version}, nil
+}
+
+func (s *service) CompareAndSwap(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
+	resp, err := s.cas(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
+	h, err := header(req.Header)
+	if err != nil {
+		return nil, err
+	}
+	if req.Delete && len(req.Value) > 0 {
+		return nil, fmt.Errorf("%w: a compare-and-delete carries no value", grid.ErrBadRequest)
+	}
+	if err := s.n.cfg.Limits.CheckValue(req.Value); err != nil {
+		return nil, err
+	}
+	if req.Crc != 0 && req.Crc != replication.Checksum(req.Value) {
+		return nil, fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
+	}
+	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
+		Map: h.Map, Key: req.Key, ExpectedVersion: req.ExpectedVersion, Value: req.Value, Delete: req.Delete, Crc: req.Crc,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &gridpb.CompareAndSwapResponse{Swapped: res.Ok, Version: res.Version}, nil
+}
+
+func (s *service) Get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
+	resp, err := s.get(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+func (s *service) get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
+	g, err := s.partitionFor(ctx, req.Map, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	e, applied, err := g.Get(ctx, req.Map, req.Key, req.Consistency == gridpb.Consistency_LINEARIZABLE)
+	if errors.Is(err, grid.ErrNotFound) {
+		return &gridpb.GetResponse{Found: false, AppliedIndex: applied, ServedBy: s.n.cfg.ID}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &gridpb.GetResponse{Found: true, Value: e.Value, Version: e.Version, Crc: e.CRC, AppliedIndex: applied, ServedBy: s.n.cfg.ID}, nil
+}
+
+func (s *service) Scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
+	return gridpb.ToStatus(s.scan(req, stream))
+}
+
+func (s *service) scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
+	ctx := stream.Context()
+	if err := grid.ValidateMapName(req.Map); err != nil {
+		return err
+	}
+	if len(req.Prefix) > s.n.cfg.Limits.MaxKeyBytes || len(req.StartAfter) > s.n.cfg.Limits.MaxKeyBytes {
+		return fmt.Errorf("%w: scan prefix or start key over %d bytes", grid.ErrKeyTooLarge, s.n.cfg.Limits.MaxKeyBytes)
+	}
+	if err := s.requireMap(ctx, req.Map); err != nil {
+		return err
+	}
+	limit := int(req.Limit)
+	switch {
+	case limit == 0:
+		limit = defaultScanLimit
+	case limit > maxScanLimit:
+		limit = maxScanLimit
+	}
+	g, err := s.group(int(req.Partition))
+	if err != nil {
+		return err
+	}
+	entries, more, applied, err := g.Scan(ctx, req.Map, req.Prefix, req.StartAfter, limit, maxScanBytes, req.Consistency == gridpb.Consistency_LINEARIZABLE)
+	if err != nil {
+		return err
+	}
+	resp := &gridpb.ScanResponse{More: more, AppliedIndex: applied}
+	for _, e := range entries {
+		resp.Entries = append(resp.Entries, &gridpb.Entry{Key: e.Key, Value: e.Value, Version: e.Version, Crc: e.CRC})
+	}
+	return stream.Send(resp)
+}
+
+func (s *service) CreateMap(ctx context.Context, req *gridpb.CreateMapRequest) (*gridpb.CreateMapResponse, error) {
+	err := s.createMap(ctx, req)
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return &gridpb.CreateMapResponse{}, nil
+}
+
+func (s *service) createMap(ctx context.Context, req *gridpb.CreateMapRequest) error {
+	if err := grid.ValidateMapName(req.Name); err != nil {
+		return err
+	}
+	meta := s.n.meta
+	if !meta.IsLeader() {
+		if forwarded(ctx) {
+			return fmt.Errorf("%w: metadata leadership moved while forwarding", grid.ErrNoLeader)
+		}
+		return s.forwardToMetaLeader(ctx, func(ctx context.Context, c gridpb.AdminClient) error {
+			_, err := c.CreateMap(ctx, req)
+			return err
+		})
+	}
+	res, err := meta.Propose(ctx, &gridpb.MetaCommand{Op: &gridpb.MetaCommand_CreateMap{CreateMap: &gridpb.CreateMapOp{Name: req.Name}}})
+	if err != nil {
+		return err
+	}
+	return resultErr(res)
+}
+
+// forwardToMetaLeader sends an admin write to the metadata leader, waiting
+// briefly for one to be elected.
+func (s *service) forwardToMetaLeader(ctx context.Context, call func(context.Context, gridpb.AdminClient) error) error {
+	for {
+		id, addr := s.n.meta.Leader()
+		if id != "" && id != s.n.cfg.ID {
+			conn, err := s.n.conns.get(addr)
+			if err != nil {
+				return err
+			}
+			fctx := metadata.AppendToOutgoingContext(ctx, forwardedKey, s.n.cfg.ID)
+			return gridpb.FromStatus(call(fctx, gridpb.NewAdminClient(conn)))
+		}
+		if id == s.n.cfg.ID {
+			return fmt.Errorf("%w: metadata leadership is changing", grid.ErrNoLeader)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: metadata group: %w", grid.ErrNoLeader, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// forwardedKey marks a request one node forwarded to another, so a request
+// never bounces between nodes that each think the other leads.
+const forwardedKey = "x-zerogrid-forwarded-by"
+
+func forwarded(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	return ok && len(md.Get(forwardedKey)) > 0
+}
+
+func (s *service) ListMaps(ctx context.Context, _ *gridpb.ListMapsRequest) (*gridpb.ListMapsResponse, error) {
+	names, err := s.linearizableMaps(ctx)
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return &gridpb.ListMapsResponse{Names: names}, nil
+}
+
+func (s *service) GetTable(ctx context.Context, _ *gridpb.GetTableRequest) (*gridpb.TableResponse, error) {
+	t := s.n.table()
+	resp := &gridpb.TableResponse{Epoch: t.Epoch, Replicas: uint32(t.Replicas)}
+	for _, nd := range t.Nodes {
+		resp.Nodes = append(resp.Nodes, &gridpb.NodeInfo{Id: nd.ID, Addr: nd.Addr})
+	}
+	for _, p := range t.Partitions {
+		pi := &gridpb.PartitionInfo{Id: uint32(p.ID), Replicas: p.Replicas}
+		if g, ok := s.n.host.Group(replication.GroupID(p.ID)); ok {
+			pi.Leader, _ = g.Leader()
+		}
+		resp.Partitions = append(resp.Partitions, pi)
+	}
+	return resp, nil
+}
+
+func (s *service) Status(ctx context.Context, _ *gridpb.StatusRequest) (*gridpb.StatusResponse, error) {
+	resp := &gridpb.StatusResponse{NodeId: s.n.cfg.ID, Addr: s.n.addr, TableEpoch: s.n.table().Epoch, Version: Version}
+	for _, g := range s.n.host.Groups() {
+		st := g.Status()
+		part := int32(st.Group)
+		if st.Group == replication.MetaGroup {
+			part = -1
+		}
+		resp.Groups = append(resp.Groups, &gridpb.GroupStatus{
+			Partition: part, State: st.State, Leader: st.LeaderID, Term: st.Term,
+			AppliedIndex: st.Applied, CommitIndex: st.CommitIndex, LastLogIndex: st.LastLogIndex, Voters: st.Voters,
+		})
+	}
+	stats := s.n.eng.Stats()
+	resp.DiskBytes = uint64(stats.DiskBytes)
+	return resp, nil
+}

@@ -1,0 +1,18 @@
+//go:build !arm
+
+package replication
+
+import "strconv"
+
+// badgerSupported: badger corrupts its tables wherever int is 32 bits (see
+// errBadgerUnsupported), so on 386 or mips it is refused as on 32-bit ARM.
+const badgerSupported = strconv.IntSize == 64
+
+func defaultEngineKind() string {
+	if badgerSupported {
+		return engineKindBadger
+	}
+	return engineKindBolt
+}
+
+func openBadger(cfg EngineConfig) (Engine, error) { return openBadgerEngine(cfg) }

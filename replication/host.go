@@ -1,0 +1,289 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+)
+
+// RaftTiming is the timing profile of every group on a host.
+type RaftTiming struct {
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotInterval   time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+	MaxAppendEntries   int
+}
+
+// DefaultTiming suits ordinary servers on a LAN.
+func DefaultTiming() RaftTiming {
+	return RaftTiming{
+		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, LeaderLeaseTimeout: 500 * time.Millisecond,
+		CommitTimeout: 50 * time.Millisecond, SnapshotInterval: 2 * time.Minute, SnapshotThreshold: 8192,
+		TrailingLogs: 10240, MaxAppendEntries: 64,
+	}
+}
+
+// SmallTiming suits a Pi Zero: slower heartbeats (idle CPU scales with
+// groups × heartbeat rate) and longer timeouts, as Consul does on small hosts.
+func SmallTiming() RaftTiming {
+	t := DefaultTiming()
+	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 1500*time.Millisecond
+	t.SnapshotThreshold, t.TrailingLogs = 4096, 4096
+	return t
+}
+
+// TestTiming makes elections fast for tests, yet tolerant of the CPU stalls
+// of several nodes sharing two cores (a 100 ms lease made leaders step down
+// whenever a peer restarted).
+func TestTiming() RaftTiming {
+	t := DefaultTiming()
+	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 400*time.Millisecond, 400*time.Millisecond, 300*time.Millisecond
+	t.CommitTimeout = 5 * time.Millisecond
+	t.SnapshotThreshold, t.TrailingLogs = 1024, 256
+	t.SnapshotInterval = 2 * time.Second
+	return t
+}
+
+// HostConfig configures a Host.
+type HostConfig struct {
+	NodeID     string
+	Dir        string // raft logs and snapshots, one subdirectory per group
+	Engine     Engine
+	Transports TransportFactory
+	Timing     RaftTiming
+	Logger     *slog.Logger
+	// Fatal is called when a group's state machine cannot persist an applied
+	// entry: the replica would fall behind its own log. Default: panic.
+	Fatal func(error)
+}
+
+// Host runs every Raft group of one node over a shared engine and transport.
+type Host struct {
+	cfg    HostConfig
+	mu     sync.Mutex
+	groups map[GroupID]*Group
+	closed bool
+}
+
+// NewHost validates cfg and returns an empty host.
+func NewHost(cfg HostConfig) (*Host, error) {
+	var errs []error
+	if cfg.NodeID == "" {
+		errs = append(errs, errors.New("replication: host needs a node id"))
+	}
+	if cfg.Dir == "" {
+		errs = append(errs, errors.New("replication: host needs a directory"))
+	}
+	if cfg.Engine == nil || cfg.Transports == nil {
+		errs = append(errs, errors.New("replication: host needs an engine and a transport"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Fatal == nil {
+		cfg.Fatal = func(err error) { panic(err) }
+	}
+	if cfg.Timing.HeartbeatTimeout == 0 {
+		cfg.Timing = DefaultTiming()
+	}
+	return &Host{cfg: cfg, groups: map[GroupID]*Group{}}, nil
+}
+
+// GroupKind selects a group's state machine.
+type GroupKind int
+
+const (
+	// KindData is a data partition.
+	KindData GroupKind = iota
+	// KindMeta is the metadata group.
+	KindMeta
+)
+
+// OpenGroup starts group id. If the group has no Raft state on disk and
+// bootstrap is not empty, the group is bootstrapped with those voters (every
+// initial member bootstraps with the same list).
+func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []raft.Server) (*Group, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, ErrHostClosed
+	}
+	if _, ok := h.groups[id]; ok {
+		return nil, fmt.Errorf("%w: %s", ErrGroupExists, id)
+	}
+	g, err := h.openGroup(ctx, id, kind, bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	h.groups[id] = g
+	return g, nil
+}
+
+func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstrap []raft.Server) (*Group, error) {
+	dir := filepath.Join(h.cfg.Dir, id.String())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("replication: %s: %w", id, err)
+	}
+	logs, err := raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(dir, "raft.db"),
+		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replication: %s: open raft log: %w", id, err)
+	}
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft-" + id.String(), Level: hclog.Warn, Output: slogWriter{h.cfg.Logger}})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
+	}
+	var app applier
+	var meta *MetaState
+	switch kind {
+	case KindMeta:
+		meta, err = newMetaState(id, h.cfg.Engine)
+		if err != nil {
+			logs.Close()
+			return nil, err
+		}
+		app = meta
+	default:
+		app = &kvApplier{group: id}
+	}
+	sm, err := newStateMachine(id, h.cfg.Engine, app, h.cfg.Logger, h.cfg.Fatal)
+	if err != nil {
+		logs.Close()
+		return nil, err
+	}
+	var snapIndex uint64
+	if list, err := snaps.List(); err == nil && len(list) > 0 {
+		snapIndex = list[0].Index
+	}
+	restore, err := needsRestore(h.cfg.Engine, id, snapIndex)
+	if err != nil {
+		logs.Close()
+		return nil, err
+	}
+
+	t := h.cfg.Timing
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(h.cfg.NodeID)
+	rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout
+	rc.CommitTimeout, rc.SnapshotInterval, rc.SnapshotThreshold = t.CommitTimeout, t.SnapshotInterval, t.SnapshotThreshold
+	rc.TrailingLogs, rc.MaxAppendEntries = t.TrailingLogs, t.MaxAppendEntries
+	rc.BatchApplyCh = true
+	rc.NoSnapshotRestoreOnStart = !restore
+	rc.NoLegacyTelemetry = true
+	rc.Logger = hlog
+
+	trans := h.cfg.Transports.Transport(id)
+	has, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("replication: %s: inspect raft state: %w", id, err)
+	}
+	if !has && len(bootstrap) > 0 {
+		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: bootstrap}); err != nil {
+			logs.Close()
+			return nil, fmt.Errorf("replication: %s: bootstrap: %w", id, err)
+		}
+	}
+	r, err := raft.NewRaft(rc, sm, logs, logs, snaps, trans)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
+	}
+	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t}
+	g.reads = newReadGate(g)
+	if restore {
+		h.cfg.Logger.Warn("group state incomplete; restoring from snapshot", "group", id.String(), "snapshot_index", snapIndex)
+	}
+	return g, nil
+}
+
+// Group returns an open group.
+func (h *Host) Group(id GroupID) (*Group, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g, ok := h.groups[id]
+	return g, ok
+}
+
+// Groups lists open groups.
+func (h *Host) Groups() []*Group {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Group, 0, len(h.groups))
+	for _, g := range h.groups {
+		out = append(out, g)
+	}
+	return out
+}
+
+// Close shuts every group down and waits for it.
+func (h *Host) Close(ctx context.Context) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	groups := h.groups
+	h.groups = map[GroupID]*Group{}
+	h.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(groups))
+	for _, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- g.shutdown()
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("replication: host close: %w", ctx.Err())
+	}
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+// slogWriter routes hclog text into slog at warn level.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Warn(string(trimNL(p)))
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}

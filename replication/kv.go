@@ -1,0 +1,152 @@
+package replication
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+)
+
+// dedupRetention is how long (in leader time) a client's request id is
+// remembered. A client retries within seconds; minutes leave ample margin.
+const dedupRetention = 10 * time.Minute
+
+// dedupPruneEvery is how many log indexes pass between two prunes of old
+// dedup records. Pruning is driven by the log, so every replica prunes the
+// same records at the same index.
+const dedupPruneEvery = 4096
+
+// applyResult is what a data partition's ApplyFuture returns.
+type applyResult struct {
+	res *gridpb.Result
+	err error
+}
+
+// kvApplier applies data partition commands.
+type kvApplier struct {
+	group GroupID
+}
+
+var _ applier = (*kvApplier)(nil)
+
+func (a *kvApplier) restored(Engine) error { return nil }
+
+func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
+	var cmd gridpb.Command
+	if err := proto.Unmarshal(data, &cmd); err != nil {
+		// A command the leader accepted but no replica can decode is a bug
+		// or a version skew; it changes nothing, identically everywhere.
+		return applyResult{err: fmt.Errorf("%w: undecodable command at index %d: %v", ErrCorrupt, index, err)}
+	}
+	if index%dedupPruneEvery == 0 {
+		a.pruneDedup(tx, cmd.LeaderTime)
+	}
+	if cmd.ClientId != 0 {
+		if prev, ok := a.lookupDedup(tx, cmd.ClientId, cmd.Seq); ok {
+			return applyResult{res: prev}
+		}
+	}
+	res, err := a.applyOp(tx, index, &cmd)
+	if err != nil {
+		return applyResult{err: err}
+	}
+	if cmd.ClientId != 0 {
+		rec, merr := proto.Marshal(res)
+		if merr == nil {
+			v := binary.BigEndian.AppendUint64(nil, uint64(cmd.LeaderTime))
+			tx.set(dedupKey(a.group, cmd.ClientId, cmd.Seq), append(v, rec...))
+		}
+	}
+	return applyResult{res: res}
+}
+
+func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb.Result, error) {
+	switch op := cmd.Op.(type) {
+	case *gridpb.Command_Put:
+		p := op.Put
+		crc := Checksum(p.Value)
+		if p.Crc != 0 && p.Crc != crc {
+			return &gridpb.Result{Error: "CHECKSUM"}, nil
+		}
+		tx.set(dataKey(a.group, p.Map, p.Key), encodeEntry(StoredEntry{Version: index, CRC: crc, Value: p.Value}))
+		return &gridpb.Result{Ok: true, Version: index}, nil
+	case *gridpb.Command_Delete:
+		d := op.Delete
+		k := dataKey(a.group, d.Map, d.Key)
+		_, err := tx.get(k)
+		switch {
+		case errors.Is(err, ErrEngineNotFound):
+			return &gridpb.Result{Ok: true, Existed: false, Version: index}, nil
+		case err != nil:
+			return nil, fmt.Errorf("replication: delete read: %w", err)
+		}
+		tx.del(k)
+		return &gridpb.Result{Ok: true, Existed: true, Version: index}, nil
+	case *gridpb.Command_Cas:
+		c := op.Cas
+		k := dataKey(a.group, c.Map, c.Key)
+		cur := uint64(0)
+		raw, err := tx.get(k)
+		switch {
+		case errors.Is(err, ErrEngineNotFound):
+		case err != nil:
+			return nil, fmt.Errorf("replication: cas read: %w", err)
+		default:
+			e, derr := decodeEntry(raw)
+			if derr != nil {
+				return nil, derr
+			}
+			cur = e.Version
+		}
+		if cur != c.ExpectedVersion {
+			return &gridpb.Result{Ok: false, Existed: cur != 0, Version: cur}, nil
+		}
+		if c.Delete {
+			if cur != 0 {
+				tx.del(k)
+			}
+			return &gridpb.Result{Ok: true, Existed: cur != 0, Version: 0}, nil
+		}
+		crc := Checksum(c.Value)
+		if c.Crc != 0 && c.Crc != crc {
+			return &gridpb.Result{Error: "CHECKSUM"}, nil
+		}
+		tx.set(k, encodeEntry(StoredEntry{Version: index, CRC: crc, Value: c.Value}))
+		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
+	default:
+		return nil, fmt.Errorf("%w: command without an operation", ErrCorrupt)
+	}
+}
+
+func (a *kvApplier) lookupDedup(tx *txn, client, seq uint64) (*gridpb.Result, bool) {
+	raw, err := tx.get(dedupKey(a.group, client, seq))
+	if err != nil || len(raw) < 8 {
+		return nil, false
+	}
+	var res gridpb.Result
+	if err := proto.Unmarshal(raw[8:], &res); err != nil {
+		return nil, false
+	}
+	return &res, true
+}
+
+// pruneDedup deletes dedup records older than the retention, measured in the
+// leader time of the command at this index.
+func (a *kvApplier) pruneDedup(tx *txn, now int64) {
+	cutoff := now - int64(dedupRetention)
+	v, err := tx.eng.NewView()
+	if err != nil {
+		return
+	}
+	defer v.Close()
+	_ = v.Iterate(dedupPrefix(a.group), nil, func(k, val []byte) (bool, error) {
+		if len(val) >= 8 && int64(binary.BigEndian.Uint64(val)) < cutoff {
+			tx.del(append([]byte(nil), k...))
+		}
+		return true, nil
+	})
+}

@@ -1,0 +1,332 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+)
+
+// Group is one Raft group on this host: a data partition or the metadata
+// group. Its methods are safe for concurrent use.
+type Group struct {
+	id     GroupID
+	kind   GroupKind
+	raft   *raft.Raft
+	sm     *stateMachine
+	meta   *MetaState
+	logs   interface{ Close() error }
+	trans  raft.Transport
+	timing RaftTiming
+	reads  *readGate
+}
+
+// ID is the group id.
+func (g *Group) ID() GroupID { return g.id }
+
+// Meta is the metadata state (nil for data groups).
+func (g *Group) Meta() *MetaState { return g.meta }
+
+// Raft exposes the raft instance for membership changes and status.
+func (g *Group) Raft() *raft.Raft { return g.raft }
+
+// Applied is the index of the last entry applied to the engine.
+func (g *Group) Applied() uint64 { return g.sm.Applied() }
+
+// IsLeader reports whether this replica currently believes it leads.
+func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
+
+// Leader returns the known leader's id and address (empty if unknown).
+func (g *Group) Leader() (id, addr string) {
+	a, i := g.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// notLeader builds the error a client follows to the leader.
+func (g *Group) notLeader() error {
+	id, addr := g.Leader()
+	return &grid.NotLeaderError{Partition: int(g.id), LeaderID: id, LeaderAddr: addr}
+}
+
+// Propose replicates a command and returns its result once applied here. An
+// error matching grid.ErrAmbiguous means the command may or may not commit.
+func (g *Group) Propose(ctx context.Context, cmd proto.Message) (*gridpb.Result, error) {
+	if g.raft.State() != raft.Leader {
+		return nil, g.notLeader()
+	}
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", grid.ErrBadRequest, err)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+	}
+	f := g.raft.Apply(data, timeout)
+	done := make(chan struct{})
+	var ferr error
+	go func() { // owned: raft always completes the future (at the latest on shutdown)
+		ferr = f.Error()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %s: %w", grid.ErrAmbiguous, g.id, ctx.Err())
+	}
+	switch {
+	case ferr == nil:
+	case errors.Is(ferr, raft.ErrNotLeader):
+		return nil, g.notLeader() // refused before it entered the log
+	case errors.Is(ferr, raft.ErrEnqueueTimeout):
+		return nil, fmt.Errorf("%w: %s: proposal queue timed out", grid.ErrNoLeader, g.id)
+	case errors.Is(ferr, raft.ErrLeadershipLost), errors.Is(ferr, raft.ErrRaftShutdown),
+		errors.Is(ferr, raft.ErrLeadershipTransferInProgress):
+		return nil, fmt.Errorf("%w: %s: %w", grid.ErrAmbiguous, g.id, ferr)
+	default:
+		return nil, fmt.Errorf("%w: %s: %w", grid.ErrAmbiguous, g.id, ferr)
+	}
+	ar, ok := f.Response().(applyResult)
+	if !ok {
+		return nil, fmt.Errorf("replication: %s: unexpected apply response %T", g.id, f.Response())
+	}
+	if ar.err != nil {
+		return nil, ar.err
+	}
+	return ar.res, nil
+}
+
+// ReadView opens a view of the group's state. Linearizable reads require the
+// leader: after its first barrier in the term, the view is opened and then
+// leadership is confirmed (one confirmation covers every read waiting for
+// it). Stale reads use the local state as is. The caller closes the view.
+func (g *Group) ReadView(ctx context.Context, linearizable bool) (View, uint64, error) {
+	if linearizable {
+		if err := g.reads.ensureBarrier(ctx); err != nil {
+			return nil, 0, err
+		}
+	}
+	applied := g.sm.Applied()
+	v, err := g.sm.eng.NewView()
+	if err != nil {
+		return nil, 0, fmt.Errorf("replication: %s: open view: %w", g.id, err)
+	}
+	if linearizable {
+		if err := g.reads.verify(ctx); err != nil {
+			v.Close()
+			return nil, 0, err
+		}
+	}
+	return v, applied, nil
+}
+
+// Get reads one entry of a map through a view (see ReadView).
+func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizable bool) (StoredEntry, uint64, error) {
+	v, applied, err := g.ReadView(ctx, linearizable)
+	if err != nil {
+		return StoredEntry{}, 0, err
+	}
+	defer v.Close()
+	raw, err := v.Get(dataKey(g.id, mapName, key))
+	if errors.Is(err, ErrEngineNotFound) {
+		return StoredEntry{}, applied, grid.ErrNotFound
+	}
+	if err != nil {
+		return StoredEntry{}, applied, fmt.Errorf("replication: %s: read: %w", g.id, err)
+	}
+	e, err := decodeEntry(raw)
+	if err != nil {
+		return StoredEntry{}, applied, fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, key, err)
+	}
+	e.Value = append([]byte(nil), e.Value...)
+	return e, applied, nil
+}
+
+// ScanEntry is one entry returned by Scan.
+type ScanEntry struct {
+	Key []byte
+	StoredEntry
+}
+
+// Scan returns up to limit entries (and about maxBytes of values) of a map
+// whose keys start with prefix and are strictly after `after`, in key order,
+// and whether more remain.
+func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, limit, maxBytes int, linearizable bool) ([]ScanEntry, bool, uint64, error) {
+	v, applied, err := g.ReadView(ctx, linearizable)
+	if err != nil {
+		return nil, false, 0, err
+	}
+	defer v.Close()
+	mp := mapPrefix(g.id, mapName)
+	full := append(append([]byte(nil), mp...), prefix...)
+	var from []byte
+	if len(after) > 0 {
+		from = append(append([]byte(nil), mp...), after...)
+	}
+	var out []ScanEntry
+	more := false
+	size := 0
+	err = v.Iterate(full, from, func(k, val []byte) (bool, error) {
+		if len(out) == limit || (len(out) > 0 && size+len(val) > maxBytes) {
+			more = true
+			return false, nil
+		}
+		e, err := decodeEntry(val)
+		if err != nil {
+			return false, fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, k[len(mp):], err)
+		}
+		e.Value = append([]byte(nil), e.Value...)
+		out = append(out, ScanEntry{Key: append([]byte(nil), k[len(mp):]...), StoredEntry: e})
+		size += len(k) + len(val)
+		return true, ctx.Err()
+	})
+	if err != nil {
+		return nil, false, 0, err
+	}
+	return out, more, applied, nil
+}
+
+// Status is a snapshot of the group's Raft state.
+type Status struct {
+	Group        GroupID
+	State        string
+	LeaderID     string
+	Term         uint64
+	Applied      uint64
+	CommitIndex  uint64
+	LastLogIndex uint64
+	Voters       []string
+}
+
+// Status reports the group's state.
+func (g *Group) Status() Status {
+	lid, _ := g.Leader()
+	st := Status{
+		Group: g.id, State: g.raft.State().String(), LeaderID: lid, Term: g.raft.CurrentTerm(),
+		Applied: g.sm.Applied(), CommitIndex: g.raft.CommitIndex(), LastLogIndex: g.raft.LastIndex(),
+	}
+	if f := g.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage == raft.Voter {
+				st.Voters = append(st.Voters, string(s.ID))
+			}
+		}
+	}
+	return st
+}
+
+func (g *Group) shutdown() error {
+	err := g.raft.Shutdown().Error()
+	g.reads.wait()
+	if c, ok := g.trans.(raft.WithClose); ok {
+		_ = c.Close()
+	}
+	if cerr := g.logs.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("replication: %s: shutdown: %w", g.id, err)
+	}
+	return nil
+}
+
+// readGate implements the leader's read protocol: a barrier once per term
+// (so the leader's state includes every entry committed by earlier leaders)
+// and batched leadership confirmation.
+type readGate struct {
+	g *Group
+
+	barrierMu   sync.Mutex
+	barrierTerm uint64
+
+	mu      sync.Mutex
+	waiting []chan error
+	running bool
+	wg      sync.WaitGroup
+}
+
+func newReadGate(g *Group) *readGate { return &readGate{g: g} }
+
+func (r *readGate) ensureBarrier(ctx context.Context) error {
+	if r.g.raft.State() != raft.Leader {
+		return r.g.notLeader()
+	}
+	term := r.g.raft.CurrentTerm()
+	r.barrierMu.Lock()
+	defer r.barrierMu.Unlock()
+	if r.barrierTerm == term {
+		return nil
+	}
+	timeout := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if err := r.g.raft.Barrier(timeout).Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return r.g.notLeader()
+		}
+		return fmt.Errorf("%w: %s: barrier: %w", grid.ErrNoLeader, r.g.id, err)
+	}
+	if r.g.raft.CurrentTerm() == term {
+		r.barrierTerm = term
+	}
+	return nil
+}
+
+// verify waits for a leadership confirmation that starts after the call.
+func (r *readGate) verify(ctx context.Context) error {
+	ch := make(chan error, 1)
+	r.mu.Lock()
+	r.waiting = append(r.waiting, ch)
+	if !r.running {
+		r.running = true
+		r.wg.Add(1)
+		go r.loop()
+	}
+	r.mu.Unlock()
+	select {
+	case err := <-ch:
+		if err != nil {
+			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+				return r.g.notLeader()
+			}
+			return fmt.Errorf("%w: %s: verify leader: %w", grid.ErrNoLeader, r.g.id, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// loop confirms leadership for everyone waiting when a round starts; those
+// who arrive during a round wait for the next one.
+func (r *readGate) loop() {
+	defer r.wg.Done()
+	for {
+		r.mu.Lock()
+		batch := r.waiting
+		r.waiting = nil
+		if len(batch) == 0 {
+			r.running = false
+			r.mu.Unlock()
+			return
+		}
+		r.mu.Unlock()
+		err := r.g.raft.VerifyLeader().Error()
+		for _, ch := range batch {
+			ch <- err
+		}
+	}
+}
+
+func (r *readGate) wait() { r.wg.Wait() }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command (README.md, .ci/run): formatting, vet, the unit and
+# integration tests with the race detector, cross-builds for the Pi and
+# servers, and the storage-engine contract plus replication unit tests run as
+# real 32-bit ARM code under qemu-arm-static.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== cross-builds (CGO_ENABLED=0)"
+for target in arm:6 arm64: amd64:; do
+  arch=${target%%:*}; arm=${target#*:}
+  CGO_ENABLED=0 GOARCH=$arch GOARM=$arm go build -o /dev/null ./cmd/zerogrid
+  echo "   built linux/$arch${arm:+ (GOARM=$arm)}"
+done
+
+echo "== 32-bit ARM under qemu: engine contract + replication unit tests"
+bash test/qemu-arm.sh '^(TestEngine|TestCluster)'
+
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...

@@ -1,0 +1,226 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/node/localcluster"
+)
+
+// history records operations from concurrent workers.
+type history struct {
+	start time.Time
+	mu    sync.Mutex
+	ops   []porcupine.Operation
+}
+
+func (h *history) now() int64 { return int64(time.Since(h.start)) }
+
+func (h *history) add(client int, in kvInput, call int64, out kvOutput) {
+	ret := h.now()
+	if out.unknown {
+		ret = math.MaxInt64 // may take effect at any point after its call
+	}
+	h.mu.Lock()
+	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
+	h.mu.Unlock()
+}
+
+// TestLinearizableUnderKill runs concurrent Put/Get/CAS clients against three
+// node processes while nodes are SIGKILLed and restarted, checks the history
+// with porcupine, checks every acknowledged write is present, and checks the
+// replicas of every partition hold the same data at the same applied index.
+func TestLinearizableUnderKill(t *testing.T) {
+	duration := 8 * time.Second
+	if *long {
+		duration = 90 * time.Second
+	}
+	lc, c := startCluster(t, 8, "lin", "acks")
+	ctx, cancel := context.WithTimeout(context.Background(), duration+3*time.Minute)
+	defer cancel()
+
+	h := &history{start: time.Now()}
+	keys := []string{"a", "b", "c", "d", "e"}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	lin := c.Map("lin")
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runWorker(ctx, w, lin, keys, h, stop)
+		}()
+	}
+
+	// Acknowledged-writes workload: unique keys written once each.
+	acks := c.Map("acks")
+	var acked, ambiguous []string
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := fmt.Sprintf("ack-%05d", i)
+			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := acks.Put(wctx, []byte(k), []byte(k))
+			wcancel()
+			if err == nil {
+				acked = append(acked, k)
+			} else {
+				ambiguous = append(ambiguous, k)
+			}
+		}
+	}()
+
+	// Nemesis: SIGKILL one node at a time and restart it.
+	kills := 0
+	nemesisDone := make(chan struct{})
+	go func() {
+		defer close(nemesisDone)
+		ids := lc.IDs()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(1500 * time.Millisecond):
+			}
+			id := ids[i%len(ids)]
+			if err := lc.Kill(id); err != nil {
+				t.Errorf("kill %s: %v", id, err)
+				return
+			}
+			kills++
+			select {
+			case <-stop:
+			case <-time.After(1500 * time.Millisecond):
+			}
+			if err := lc.StartNode(ctx, id); err != nil {
+				t.Errorf("restart %s: %v", id, err)
+				return
+			}
+		}
+	}()
+
+	time.Sleep(duration)
+	close(stop)
+	<-nemesisDone
+	wg.Wait()
+	for _, id := range lc.IDs() {
+		if !lc.Running(id) {
+			if err := lc.StartNode(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// 1. Linearizability.
+	res, info := porcupine.CheckOperationsVerbose(kvModel(), h.ops, 60*time.Second)
+	unknown := 0
+	for _, op := range h.ops {
+		if op.Output.(kvOutput).unknown {
+			unknown++
+		}
+	}
+	t.Logf("history: %d operations (%d ambiguous), %d node kills; porcupine: %s", len(h.ops), unknown, kills, res)
+	if res != porcupine.Ok {
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("zerogrid-linearizability-%d.html", time.Now().Unix()))
+		if err := porcupine.VisualizePath(kvModel(), info, path); err == nil {
+			t.Logf("visualization: %s", path)
+		}
+		t.Fatalf("history is not linearizable (porcupine: %s)", res)
+	}
+	if len(h.ops) < 50 {
+		t.Fatalf("only %d operations recorded: the workload did not run", len(h.ops))
+	}
+
+	// 2. Every acknowledged write is present.
+	for _, k := range acked {
+		var got []byte
+		eventually(t, 30*time.Second, func() error {
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer rcancel()
+			v, _, err := acks.Get(rctx, []byte(k))
+			got = v
+			return err
+		})
+		if string(got) != k {
+			t.Fatalf("acknowledged write %s lost: read %q", k, got)
+		}
+	}
+	t.Logf("acknowledged writes: %d present of %d acknowledged (%d ambiguous not checked)", len(acked), len(acked), len(ambiguous))
+	if len(acked) == 0 {
+		t.Fatal("no write was acknowledged")
+	}
+
+	// 3. Replicas converge to equal content at the same applied index.
+	checkReplicasEqual(ctx, t, lc, 8, "lin", "acks")
+}
+
+func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *history, stop <-chan struct{}) {
+	rng := rand.New(rand.NewPCG(uint64(w), 42))
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		key := keys[rng.IntN(len(keys))]
+		val := fmt.Sprintf("w%d-%d", w, i)
+		opCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		switch r := rng.IntN(10); {
+		case r < 3:
+			call := h.now()
+			_, err := m.Put(opCtx, []byte(key), []byte(val))
+			h.add(w, kvInput{kind: opPut, key: key, value: val}, call, kvOutput{unknown: err != nil})
+		case r < 7:
+			call := h.now()
+			v, _, err := m.Get(opCtx, []byte(key))
+			switch {
+			case err == nil:
+				h.add(w, kvInput{kind: opGet, key: key}, call, kvOutput{value: string(v)})
+			case errors.Is(err, client.ErrNotFound):
+				h.add(w, kvInput{kind: opGet, key: key}, call, kvOutput{value: ""})
+			} // a failed read has no effect: leave it out
+		default:
+			call := h.now()
+			cur, ver, err := m.Get(opCtx, []byte(key))
+			if errors.Is(err, client.ErrNotFound) {
+				cur, ver, err = nil, 0, nil
+			}
+			if err != nil {
+				break
+			}
+			h.add(w, kvInput{kind: opGet, key: key}, call, kvOutput{value: string(cur)})
+			call = h.now()
+			swapped, _, err := m.CompareAndSwap(opCtx, []byte(key), ver, []byte(val))
+			h.add(w, kvInput{kind: opCAS, key: key, value: val, expected: string(cur)}, call, kvOutput{swapped: swapped, unknown: err != nil})
+		}
+		cancel()
+	}
+}
+
+// checkReplicasEqual waits until every replica of every partition has
+// applied the same index, then compares their content through stale reads
+// served by each replica itself.
+func checkReplicasEqual(ctx context.Context, t *testing.T, lc *localcluster.Cluster, partitions int, maps ...string) {
+	t.Helper()
+	eventually(t, 60*time.Second, func() error {
+		return replicasEqual(ctx, lc, partitions, maps)
+	})
+	t.Logf("replicas of all %d partitions equal at the same applied index", partitions)
+}

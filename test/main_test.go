@@ -1,0 +1,103 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/node/localcluster"
+)
+
+var long = flag.Bool("long", false, "run the long versions of the fault tests")
+
+// binary is the zerogrid binary built once for all tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "zerogrid-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "zerogrid")
+	cmd := exec.Command("go", "build", "-o", binary, "../cmd/zerogrid")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build zerogrid:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// startCluster starts a 3-node cluster of real processes and a client, and
+// creates the named maps. Everything stops when the test ends.
+func startCluster(t *testing.T, partitions int, maps ...string) (*localcluster.Cluster, *client.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	lc, err := localcluster.Start(ctx, localcluster.Config{Binary: binary, Dir: dir, Nodes: 3, Partitions: partitions, Replicas: 3, Profile: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		lc.Stop()
+		if t.Failed() {
+			for _, id := range lc.IDs() {
+				if b, err := os.ReadFile(lc.LogPath(id)); err == nil {
+					t.Logf("---- log of %s (last 3000 bytes) ----\n%s", id, tail(b, 3000))
+				}
+			}
+		}
+	})
+	c, err := client.Dial(ctx, lc.Addrs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, m := range maps {
+		eventually(t, 30*time.Second, func() error {
+			mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer mcancel()
+			err := c.CreateMap(mctx, m)
+			if err != nil && !errors.Is(err, client.ErrMapExists) {
+				return err
+			}
+			return nil
+		})
+	}
+	return lc, c
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// eventually retries fn until it returns nil or the budget runs out.
+func eventually(t *testing.T, budget time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(budget)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", budget, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
