@@ -2,8 +2,11 @@ package test
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
+	"testing"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -113,4 +116,46 @@ func kvModel() porcupine.Model {
 		DescribeState: func(state any) string { return strings.TrimSpace(fmt.Sprintf("%q", state)) },
 	}
 	return m.ToModel()
+}
+
+// TestKVModelRejectsViolations proves the checker can fail: histories with a
+// stale read, a lost acknowledged write and a double-applied CAS are refused,
+// while an ambiguous write may be seen or not.
+func TestKVModelRejectsViolations(t *testing.T) {
+	op := func(c int, in kvInput, call int64, out kvOutput, ret int64) porcupine.Operation {
+		return porcupine.Operation{ClientId: c, Input: in, Call: call, Output: out, Return: ret}
+	}
+	put := kvInput{kind: opPut, key: "k", value: "v1"}
+	get := kvInput{kind: opGet, key: "k"}
+	cases := []struct {
+		name string
+		ops  []porcupine.Operation
+		want porcupine.CheckResult
+	}{
+		{"stale read after acknowledged put", []porcupine.Operation{
+			op(0, put, 0, kvOutput{}, 10), op(1, get, 20, kvOutput{value: ""}, 30),
+		}, porcupine.Illegal},
+		{"read of a value never written", []porcupine.Operation{
+			op(1, get, 0, kvOutput{value: "ghost"}, 10),
+		}, porcupine.Illegal},
+		{"two CAS from the same expectation both succeed", []porcupine.Operation{
+			op(0, kvInput{kind: opCAS, key: "k", expected: "", value: "a"}, 0, kvOutput{swapped: true}, 10),
+			op(1, kvInput{kind: opCAS, key: "k", expected: "", value: "b"}, 20, kvOutput{swapped: true}, 30),
+		}, porcupine.Illegal},
+		{"ambiguous put seen later", []porcupine.Operation{
+			op(0, put, 0, kvOutput{unknown: true}, math.MaxInt64), op(1, get, 20, kvOutput{value: "v1"}, 30),
+		}, porcupine.Ok},
+		{"ambiguous put never seen", []porcupine.Operation{
+			op(0, put, 0, kvOutput{unknown: true}, math.MaxInt64), op(1, get, 20, kvOutput{value: ""}, 30),
+		}, porcupine.Ok},
+		{"concurrent put and read of either value", []porcupine.Operation{
+			op(0, put, 0, kvOutput{}, 30), op(1, get, 10, kvOutput{value: ""}, 20),
+		}, porcupine.Ok},
+	}
+	for _, tc := range cases {
+		res, _ := porcupine.CheckOperationsVerbose(kvModel(), tc.ops, 10*time.Second)
+		if res != tc.want {
+			t.Errorf("%s: porcupine says %s, want %s", tc.name, res, tc.want)
+		}
+	}
 }
