@@ -184,7 +184,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, fmt.Errorf("client: %w", grid.ErrClosed)
+		return nil, grid.ErrClosed
 	}
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
@@ -239,7 +239,12 @@ func (c *Client) refreshTable(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		r, err := gridpb.NewAdminClient(cc).GetTable(ctx, &gridpb.GetTableRequest{})
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if d := c.opts.retry.AttemptTimeout; d > 0 {
+			actx, cancel = context.WithTimeout(ctx, d)
+		}
+		r, err := gridpb.NewAdminClient(cc).GetTable(actx, &gridpb.GetTableRequest{})
+		cancel()
 		if err == nil {
 			var t *grid.Table
 			if t, err = tableFromProto(r); err == nil {

@@ -162,17 +162,17 @@ func (c *Client) run(ctx context.Context, op string, pk *picker, write bool, fn 
 			break
 		}
 		t, newRound, ok := pk.next()
-		if !ok {
-			lastErr = fmt.Errorf("client: no node known for partition %d: %w", pk.part, grid.ErrPartitionNotHere)
-			break
-		}
-		if newRound {
+		if ok && newRound {
 			// Every candidate has failed once: the table may be stale.
 			c.refreshTable(ctx)
-			if t, _, ok = pk.next(); !ok {
-				lastErr = fmt.Errorf("client: no node known for partition %d: %w", pk.part, grid.ErrPartitionNotHere)
-				break
+			t, _, ok = pk.next()
+		}
+		if !ok {
+			lastErr = fmt.Errorf("no node known for partition %d: %w", pk.part, grid.ErrPartitionNotHere)
+			if pk.part < 0 {
+				lastErr = errors.New("no node address known")
 			}
+			break
 		}
 		cc, err := c.conn(t.addr)
 		if err != nil {
@@ -241,14 +241,13 @@ func (c *Client) run(ctx context.Context, op string, pk *picker, write bool, fn 
 		pause = min(2*pause, pol.MaxBackoff)
 	}
 
-	final := fmt.Errorf("client: %s: %w", op, lastErr)
-	if exhausted {
-		final = fmt.Errorf("client: %s: giving up after %d attempts: %w", op, attempts, lastErr)
+	switch {
+	case write && ambiguous:
+		return &AmbiguousError{Op: op, Attempts: attempts, Err: lastErr}
+	case exhausted:
+		return fmt.Errorf("client: %s: giving up after %d attempts: %w", op, attempts, lastErr)
 	}
-	if write && ambiguous {
-		return &AmbiguousError{Op: op, Attempts: attempts, Err: final}
-	}
-	return final
+	return fmt.Errorf("client: %s: %w", op, lastErr)
 }
 
 // joinCtx reports a context's end along with the last attempt's error.
