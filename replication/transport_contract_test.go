@@ -425,20 +425,23 @@ func testTwoGroupCluster(t *testing.T, newNode newContractNode) {
 		}
 	}
 
-	// Snapshot, compact the log, then add a node: it can only catch up by
-	// InstallSnapshot, and the snapshot exceeds gRPC's message limit.
+	// Snapshot and compact the log on every node (so whichever leads has
+	// compacted), then add a node: it can only catch up by InstallSnapshot,
+	// and the snapshot exceeds gRPC's default message limit.
 	for _, g := range groups {
-		f := c.leaderNode(g).rafts[g].Snapshot()
-		if err := f.Error(); err != nil {
-			t.Fatalf("snapshot %s: %v", g, err)
-		}
-		meta, rc, err := f.Open()
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = rc.Close()
-		if meta.Size <= 4<<20 {
-			t.Fatalf("snapshot of %s is %d bytes; the test needs more than 4 MiB", g, meta.Size)
+		for _, nd := range c.nodes {
+			f := nd.rafts[g].Snapshot()
+			if err := f.Error(); err != nil {
+				t.Fatalf("snapshot %s on %s: %v", g, nd.id, err)
+			}
+			meta, rc, err := f.Open()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = rc.Close()
+			if meta.Size <= 4<<20 {
+				t.Fatalf("snapshot of %s is %d bytes; the test needs more than 4 MiB", g, meta.Size)
+			}
 		}
 	}
 	n4 := c.startNodes(false, "n4")[0]
