@@ -1,0 +1,15 @@
+// Package replication is zerogrid's multi-Raft layer. A Host runs one
+// hashicorp/raft group per partition plus the metadata group, all sharing the
+// node's storage engine (badger, or bbolt on 32-bit ARM, behind Engine) and
+// one transport (GRPCTransport multiplexes every group over one gRPC server
+// and one connection per peer; InmemNetwork does the same in memory for
+// tests). Raft logs live in raft-boltdb, one file per group.
+//
+// Each group's state machine owns one key prefix of the engine and writes
+// its applied index in the same atomic batch as the data, so raft runs with
+// NoSnapshotRestoreOnStart and replay skips what the engine already holds.
+// Commands carry a client request id, and a retried id returns the first
+// outcome. Reads are linearizable at the leader (a barrier once per term,
+// then a read view confirmed by a batched VerifyLeader) or stale from any
+// replica with the applied index attached.
+package replication
