@@ -101,8 +101,11 @@ func (b *Batch) Reset() {
 	b.size = 0
 }
 
-// opOverhead approximates an engine's per-entry bookkeeping.
-const opOverhead = 32
+// opOverhead approximates an engine's per-entry bookkeeping. badger also
+// caps the op count of a transaction (15% of the memtable / ~96 bytes per
+// skiplist node); counting 100 bytes per op makes every batch within
+// MaxBatchBytes also fit that count, so callers split by Size alone.
+const opOverhead = 100
 
 // EngineConfig selects and sizes the engine.
 type EngineConfig struct {

@@ -20,10 +20,11 @@ var (
 
 // badgerOptions returns the options and the largest batch for a profile.
 //
-// "small" (the default) is for 512 MB machines. Go heap it holds at most:
-// two memtables, each an arena of MemTableSize plus room for one maximal
-// transaction (16 + 2.4 + 2.4 MB), ~42 MB; the block cache, 8 MB; the index
-// and bloom filter cache, 4 MB. The active value log is mapped at twice
+// "small" (the default) is for 512 MB machines. The Go heap it holds by
+// design: two memtables, each an arena of MemTableSize plus room for one
+// maximal transaction (8 + 1.2 + 1.2 MB), ~21 MB; the block cache, 8 MB; the
+// index and bloom filter cache, 4 MB. Compactions add their table builders
+// on top, while they run. The active value log is mapped at twice
 // ValueLogFileSize (128 MB of address space, paged in as read). Values of
 // 64 KiB and more go to the value log; smaller ones stay in the LSM tree,
 // where compaction reclaims their space without value-log GC.
@@ -42,7 +43,7 @@ func badgerOptions(cfg EngineConfig) (badger.Options, int) {
 	// MetricsEnabled stays on: DB.Size reads its figures from the metrics.
 	maxBatch := 8 << 20 // badger's transaction cap at a 64 MB memtable is 9.6 MB.
 	if cfg.Profile != engineProfileDefault {
-		opt.MemTableSize = 16 << 20
+		opt.MemTableSize = 8 << 20
 		opt.NumMemtables = 2
 		opt.NumLevelZeroTables = 2
 		opt.NumLevelZeroTablesStall = 8
@@ -51,9 +52,9 @@ func badgerOptions(cfg EngineConfig) (badger.Options, int) {
 		opt.IndexCacheSize = 4 << 20
 		opt.ValueLogFileSize = 64 << 20
 		opt.ValueThreshold = 64 << 10
-		// Transaction cap: 15% of MemTableSize = 2.4 MB. A 1 MiB value, its
-		// key and the applied index fit with room to spare.
-		maxBatch = 2 << 20
+		// Transaction cap: 15% of MemTableSize = 1.2 MB. A 1 MiB value (the
+		// grid's default limit), a 4 KiB key and the applied index fit.
+		maxBatch = 1152 << 10
 	}
 	return opt, maxBatch
 }
@@ -84,7 +85,8 @@ func openBadgerEngine(cfg EngineConfig) (*badgerEngine, error) {
 	opt, maxBatch := badgerOptions(cfg)
 	// Write checks the batch against maxBatch before badger sees it, so a
 	// batch it accepts must never hit badger's ErrTxnTooBig. Badger counts at
-	// most 24 bytes per entry on top of key and value, Batch counts 32.
+	// most 24 bytes per entry on top of key and value (Batch counts 32), and
+	// 21 for its commit marker.
 	if txnCap := 15 * opt.MemTableSize / 100; int64(maxBatch) >= txnCap {
 		return nil, fmt.Errorf("%w: badger batch limit %d is not below the transaction cap %d",
 			errEngineConfig, maxBatch, txnCap)
@@ -100,10 +102,11 @@ func openBadgerEngine(cfg EngineConfig) (*badgerEngine, error) {
 	e := &badgerEngine{
 		db:       db,
 		maxBatch: maxBatch,
-		// Badger also caps the number of entries in a transaction (the
-		// transaction cap over the size of a skiplist node, 96 bytes), which
-		// a batch of many tiny ops can reach below maxBatch bytes.
-		maxOps:         int(db.MaxBatchCount()) - 1,
+		// Badger also caps the entries in a transaction, at the transaction
+		// cap over the size of a skiplist node (96 bytes), counting one for
+		// its commit marker; a batch of many tiny ops can reach that below
+		// maxBatch bytes.
+		maxOps:         int(db.MaxBatchCount()) - 2,
 		valueThreshold: int(opt.ValueThreshold),
 		vlogGCEvery:    opt.ValueLogFileSize,
 		gcKick:         make(chan struct{}, 1),

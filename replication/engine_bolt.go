@@ -63,9 +63,12 @@ func openBoltEngine(cfg EngineConfig) (*boltEngine, error) {
 		Timeout: 5 * time.Second,
 		// The freelist is rebuilt by a scan at open instead of rewritten on
 		// every commit: cheaper writes for a slower start.
-		NoFreelistSync:  true,
-		FreelistType:    bolt.FreelistMapType,
-		NoSync:          !cfg.SyncWrites,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		// Always fsync: with NoSync a power cut can leave bbolt's meta page
+		// pointing at pages never written, a corrupt file rather than a few
+		// lost writes, and bbolt is the engine of the Pis that lose power.
+		NoSync:          false,
 		InitialMmapSize: prof.initialMmap,
 	})
 	if err != nil {
@@ -277,6 +280,7 @@ type boltView struct {
 	closed bool
 }
 
+// Get returns a slice of the read-only file mapping: writing to it faults.
 func (v *boltView) Get(key []byte) ([]byte, error) {
 	if v.closed {
 		return nil, errViewClosed

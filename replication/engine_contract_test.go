@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -52,6 +53,16 @@ func TestEngineOpenConfig(t *testing.T) {
 		defer e.Close()
 		if got := e.Stats().Kind; got != want {
 			t.Fatalf("default engine on %s is %q, want %q", runtime.GOARCH, got, want)
+		}
+	})
+	t.Run("FailedOpenReturnsNil", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := os.Mkdir(filepath.Join(dir, boltFileName), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		e, err := OpenEngine(EngineConfig{Dir: dir, Kind: "bbolt"})
+		if err == nil || e != nil {
+			t.Fatalf("OpenEngine over a directory named like the bbolt file = %v, %v; want nil and an error", e, err)
 		}
 	})
 	t.Run("BadgerRefusedOn32Bit", func(t *testing.T) {
@@ -193,15 +204,15 @@ func runEngineContract(t *testing.T, open func(t *testing.T, dir string) Engine)
 
 	t.Run("BatchTooLarge", func(t *testing.T) {
 		e := openClosed(t, t.TempDir())
-		max := e.MaxBatchBytes()
+		limit := e.MaxBatchBytes()
 		big := randomBytes(256 << 10)
 
 		b := &Batch{}
-		for i := 0; b.Size() <= max; i++ {
+		for i := 0; b.Size() <= limit; i++ {
 			b.Set(fmt.Appendf(nil, "big/%03d", i), big)
 		}
 		if err := e.Write(ctx, b); !errors.Is(err, ErrBatchTooLarge) {
-			t.Fatalf("Write of %d bytes (limit %d) = %v, want ErrBatchTooLarge", b.Size(), max, err)
+			t.Fatalf("Write of %d bytes (limit %d) = %v, want ErrBatchTooLarge", b.Size(), limit, err)
 		}
 		if n := countPrefixEngine(t, e, "big/"); n != 0 {
 			t.Fatalf("refused batch wrote %d keys", n)
@@ -218,12 +229,12 @@ func runEngineContract(t *testing.T, open func(t *testing.T, dir string) Engine)
 		for _, op := range b.Ops {
 			fits.Set(op.Key, op.Value)
 		}
-		pad := max - fits.Size() - opOverhead - len("pad")
+		pad := limit - fits.Size() - opOverhead - len("pad")
 		if pad > 0 {
 			fits.Set([]byte("pad"), make([]byte, pad))
 		}
 		if err := e.Write(ctx, fits); err != nil {
-			t.Fatalf("Write of %d bytes (limit %d): %v", fits.Size(), max, err)
+			t.Fatalf("Write of %d bytes (limit %d): %v", fits.Size(), limit, err)
 		}
 		if n := countPrefixEngine(t, e, "big/"); n != len(b.Ops) {
 			t.Fatalf("after writing %d big values, %d are there", len(b.Ops), n)
@@ -483,7 +494,7 @@ func runEngineContract(t *testing.T, open func(t *testing.T, dir string) Engine)
 
 	t.Run("Concurrent", func(t *testing.T) {
 		e := openClosed(t, t.TempDir())
-		const writers, rounds = 4, 100
+		const writers, rounds = 4, 50
 		errc := make(chan error, writers+4)
 		var wg sync.WaitGroup
 		for w := range writers {

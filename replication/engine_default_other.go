@@ -15,4 +15,10 @@ func defaultEngineKind() string {
 	return engineKindBolt
 }
 
-func openBadger(cfg EngineConfig) (Engine, error) { return openBadgerEngine(cfg) }
+func openBadger(cfg EngineConfig) (Engine, error) {
+	e, err := openBadgerEngine(cfg)
+	if err != nil {
+		return nil, err // not a nil *badgerEngine in a non-nil Engine
+	}
+	return e, nil
+}

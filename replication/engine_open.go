@@ -93,7 +93,11 @@ func OpenEngine(cfg EngineConfig) (Engine, error) {
 	if cfg.Kind == engineKindBadger {
 		return openBadger(cfg)
 	}
-	return openBoltEngine(cfg)
+	e, err := openBoltEngine(cfg)
+	if err != nil {
+		return nil, err // not a nil *boltEngine in a non-nil Engine
+	}
+	return e, nil
 }
 
 // checkEngineDir refuses to open kind in a directory written by the other

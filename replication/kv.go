@@ -134,9 +134,14 @@ func (a *kvApplier) lookupDedup(tx *txn, client, seq uint64) (*gridpb.Result, bo
 	return &res, true
 }
 
+// dedupPruneMax bounds the deletes of one prune, so one command never grows
+// an engine batch past its limits; the rest go at the next prune.
+const dedupPruneMax = 1000
+
 // pruneDedup deletes dedup records older than the retention, measured in the
 // leader time of the command at this index.
 func (a *kvApplier) pruneDedup(tx *txn, now int64) {
+	pruned := 0
 	cutoff := now - int64(dedupRetention)
 	v, err := tx.eng.NewView()
 	if err != nil {
@@ -146,7 +151,8 @@ func (a *kvApplier) pruneDedup(tx *txn, now int64) {
 	_ = v.Iterate(dedupPrefix(a.group), nil, func(k, val []byte) (bool, error) {
 		if len(val) >= 8 && int64(binary.BigEndian.Uint64(val)) < cutoff {
 			tx.del(append([]byte(nil), k...))
+			pruned++
 		}
-		return true, nil
+		return pruned < dedupPruneMax, nil
 	})
 }

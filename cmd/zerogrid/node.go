@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/zerogrid/zerogrid/node"
@@ -24,6 +26,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&cfg.Limits.MaxValueBytes, "max-value-bytes", cfg.Limits.MaxValueBytes, "largest value accepted")
 	fs.IntVar(&cfg.Limits.MaxKeyBytes, "max-key-bytes", cfg.Limits.MaxKeyBytes, "largest key accepted")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	memLimit := fs.Int("memory-limit-mb", -1, "soft Go memory limit in MiB (default: 100 with --profile small, none otherwise; GOMEMLIMIT wins)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -37,6 +40,15 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
+	}
+	// The limit is process-wide, so the binary sets it, not the node package
+	// (several nodes may share a process). It makes the GC work harder
+	// before a bulk load pushes a 512 MB machine into swap.
+	if *memLimit < 0 && cfg.Profile == "small" {
+		*memLimit = 100
+	}
+	if *memLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(*memLimit) << 20)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	n, err := node.Start(ctx, cfg)
