@@ -239,7 +239,7 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	c.stop(victim)
 	// Write enough that the leader snapshots and compacts past the victim.
 	var last uint64
-	for i := 0; i < 3000; i++ {
+	for i := 0; i < 1500; i++ {
 		last = c.putRetry(0, fmt.Sprintf("k%04d", i), fmt.Sprintf("v%d", i), 5, uint64(i+1)).Version
 	}
 	ldr := c.leader(0)
@@ -248,7 +248,7 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	}
 	c.start(victim)
 	c.waitApplied(victim, 0, last)
-	for _, k := range []int{0, 1500, 2999} {
+	for _, k := range []int{0, 750, 1499} {
 		v, ok := c.staleGet(victim, 0, fmt.Sprintf("k%04d", k))
 		if !ok || v != fmt.Sprintf("v%d", k) {
 			t.Fatalf("after snapshot install k%04d = %q %v", k, v, ok)
@@ -258,8 +258,8 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 	c.stop(victim)
 	c.start(victim)
 	c.waitApplied(victim, 0, last)
-	if v, ok := c.staleGet(victim, 0, "k2999"); !ok || v != "v2999" {
-		t.Fatalf("after restart k2999 = %q %v", v, ok)
+	if v, ok := c.staleGet(victim, 0, "k1499"); !ok || v != "v1499" {
+		t.Fatalf("after restart k1499 = %q %v", v, ok)
 	}
 }
 

@@ -274,12 +274,12 @@ func (gt *inmemGroup) pump() {
 		case <-gt.stopCh:
 			// Senders' response channels are buffered: answering never blocks.
 			for _, rpc := range pending {
-				rpc.Respond(nil, raft.ErrTransportShutdown)
+				rpc.Respond(emptyResponse(rpc.Command), raft.ErrTransportShutdown)
 			}
 			for {
 				select {
 				case rpc := <-in:
-					rpc.Respond(nil, raft.ErrTransportShutdown)
+					rpc.Respond(emptyResponse(rpc.Command), raft.ErrTransportShutdown)
 				default:
 					return
 				}
@@ -388,4 +388,23 @@ func (gt *inmemGroup) InstallSnapshot(id raft.ServerID, target raft.ServerAddres
 		return raft.ErrTransportShutdown
 	}
 	return gt.inner.InstallSnapshot(id, target, args, resp, data)
+}
+
+// emptyResponse is a zero response of the type the command expects: raft's
+// in-memory pipeline dereferences the response even when an error comes
+// with it, so a nil one would panic.
+func emptyResponse(cmd any) any {
+	switch cmd.(type) {
+	case *raft.AppendEntriesRequest:
+		return &raft.AppendEntriesResponse{}
+	case *raft.RequestVoteRequest:
+		return &raft.RequestVoteResponse{}
+	case *raft.RequestPreVoteRequest:
+		return &raft.RequestPreVoteResponse{}
+	case *raft.InstallSnapshotRequest:
+		return &raft.InstallSnapshotResponse{}
+	case *raft.TimeoutNowRequest:
+		return &raft.TimeoutNowResponse{}
+	}
+	return nil
 }
