@@ -23,6 +23,13 @@ var (
 	ErrTooManyNodes     = errors.New("grid: not enough nodes for the replica count")
 	ErrBadConfig        = errors.New("grid: invalid configuration")
 	ErrClosed           = errors.New("grid: closed")
+	ErrJobInvalid       = errors.New("grid: invalid job")
+	ErrJobLimit         = errors.New("grid: job exceeded a limit")
+	ErrJobFailed        = errors.New("grid: job failed")
+	ErrContended        = errors.New("grid: key changed too often while the processor ran")
+	// ErrNoEligibleNodes says no node may hold a replica: none is active, or
+	// every active node is compute-only or short of disk.
+	ErrNoEligibleNodes = errors.New("grid: no node is eligible to hold replicas")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

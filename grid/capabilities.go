@@ -1,0 +1,93 @@
+package grid
+
+import (
+	"fmt"
+	"time"
+)
+
+// Capabilities is what a node announces about itself when it joins, measured
+// by itself (see node.Probe). Placement reads it to decide what a node may
+// hold and which replica should lead. A zero number means "not measured".
+type Capabilities struct {
+	Arch     string            `json:"arch"`            // runtime.GOARCH
+	GOARM    string            `json:"goarm,omitempty"` // "6", "7"; empty unless Arch is arm
+	OS       string            `json:"os"`              // runtime.GOOS
+	Cores    int               `json:"cores"`
+	CPUScore int64             `json:"cpu_score"` // ops/ms of a short fixed integer benchmark, one core
+	RAMTotal uint64            `json:"ram_total"` // bytes
+	RAMFree  uint64            `json:"ram_free"`  // bytes available to new work
+	DiskFree uint64            `json:"disk_free"` // bytes free to the node in its data dir
+	FsyncP50 time.Duration     `json:"fsync_p50_ns"`
+	FsyncP99 time.Duration     `json:"fsync_p99_ns"`
+	Version  string            `json:"version"`
+	Labels   map[string]string `json:"labels,omitempty"` // operator labels the node was started with
+}
+
+// Load is a node's periodic report of how busy it is.
+type Load struct {
+	CPU           float64   `json:"cpu"`             // percent of one core (100 = one core busy)
+	RSS           uint64    `json:"rss"`             // bytes
+	DiskUsed      uint64    `json:"disk_used"`       // bytes in the data dir
+	Replicas      int       `json:"replicas"`        // partition replicas hosted
+	Leaders       int       `json:"leaders"`         // of which this node leads
+	MaxAppliedLag uint64    `json:"max_applied_lag"` // worst applied-index lag behind a leader, in entries
+	ReportedAt    time.Time `json:"reported_at"`
+}
+
+// NodeState is where a node is in its life in the cluster.
+//
+//	joining → active ⇄ draining → removed
+//	active → suspect → dead (or back to active) → removed
+type NodeState string
+
+// The node states. Only active nodes receive new replicas; draining, dead and
+// removed nodes lose the ones they have; a suspect node keeps its replicas
+// (it may only be slow) but gets no new ones.
+const (
+	StateJoining  NodeState = "joining"
+	StateActive   NodeState = "active"
+	StateDraining NodeState = "draining"
+	StateSuspect  NodeState = "suspect"
+	StateDead     NodeState = "dead"
+	StateRemoved  NodeState = "removed"
+)
+
+// Valid reports whether s is one of the known states.
+func (s NodeState) Valid() bool {
+	switch s {
+	case StateJoining, StateActive, StateDraining, StateSuspect, StateDead, StateRemoved:
+		return true
+	}
+	return false
+}
+
+// NodeRecord is everything the metadata group keeps about one node.
+type NodeRecord struct {
+	Node
+	Caps  Capabilities `json:"caps"`
+	State NodeState    `json:"state"`
+	Load  Load         `json:"load"`
+}
+
+// Label returns the node's value for an operator label. The record's own
+// labels (as the operator last set them) win over the ones the node announced.
+func (r NodeRecord) Label(key string) (string, bool) {
+	if v, ok := r.Labels[key]; ok {
+		return v, true
+	}
+	v, ok := r.Caps.Labels[key]
+	return v, ok
+}
+
+// Validate checks one record on its own: identity, address and state.
+func (r NodeRecord) Validate() error {
+	switch {
+	case r.ID == "":
+		return fmt.Errorf("%w: node record with an empty id", ErrBadConfig)
+	case r.Addr == "":
+		return fmt.Errorf("%w: node %q has an empty address", ErrBadConfig, r.ID)
+	case !r.State.Valid():
+		return fmt.Errorf("%w: node %q has unknown state %q", ErrBadConfig, r.ID, r.State)
+	}
+	return nil
+}
