@@ -8,8 +8,10 @@ import (
 	"net"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/query"
 	"github.com/zerogrid/zerogrid/replication"
 )
 
@@ -44,6 +46,12 @@ type Config struct {
 	Limits grid.Limits
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
+	// Functions are the Go functions jobs may name (registered by a custom
+	// node binary); nil: none.
+	Functions *query.Registry
+	// TaskDelay delays every compute task on this node: a test knob that
+	// makes a slow node for the hedging tests. Zero in production.
+	TaskDelay time.Duration
 }
 
 // DefaultConfig returns a config with every default filled in; the caller
@@ -96,6 +104,9 @@ func (c *Config) Validate() error {
 	case "", "badger", "bbolt":
 	default:
 		bad("engine %q must be badger or bbolt", c.Engine)
+	}
+	if c.TaskDelay < 0 {
+		bad("task delay %v is negative", c.TaskDelay)
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)

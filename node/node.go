@@ -19,6 +19,7 @@ import (
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/query"
 	"github.com/zerogrid/zerogrid/replication"
 )
 
@@ -51,6 +52,9 @@ type Node struct {
 func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Functions == nil {
+		cfg.Functions = query.NewRegistry()
 	}
 	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1)}
 	if err := n.start(ctx); err != nil {
@@ -91,11 +95,14 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: raft transport: %w", err)
 	}
-	n.srv = grpc.NewServer(replication.ServerOptions()...)
+	// Stop must wait for running handlers: a task holds an engine view until
+	// its handler returns, and the engine closes right after.
+	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true))...)
 	n.trans.Register(n.srv)
 	svc := &service{n: n}
 	gridpb.RegisterKVServer(n.srv, svc)
 	gridpb.RegisterAdminServer(n.srv, svc)
+	gridpb.RegisterComputeServer(n.srv, &computeService{s: svc})
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,

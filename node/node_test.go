@@ -22,11 +22,15 @@ type embedded struct {
 	peers map[string]string
 	dirs  map[string]string
 	nodes map[string]*node.Node
+	tweak func(id string, cfg *node.Config)
 }
 
-func startEmbedded(t *testing.T, n int) *embedded {
+func startEmbedded(t *testing.T, n int, tweak ...func(id string, cfg *node.Config)) *embedded {
 	t.Helper()
 	e := &embedded{t: t, peers: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*node.Node{}}
+	if len(tweak) > 0 {
+		e.tweak = tweak[0]
+	}
 	lis := map[string]net.Listener{}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
@@ -53,6 +57,9 @@ func (e *embedded) start(id string, l net.Listener) {
 	cfg := node.DefaultConfig()
 	cfg.ID, cfg.Listener, cfg.DataDir, cfg.Peers = id, l, e.dirs[id], e.peers
 	cfg.Partitions, cfg.Profile = 8, "test"
+	if e.tweak != nil {
+		e.tweak(id, &cfg)
+	}
 	n, err := node.Start(context.Background(), cfg)
 	if err != nil {
 		e.t.Fatal(err)
@@ -68,6 +75,12 @@ func (e *embedded) stop(id string) {
 		e.t.Errorf("shutdown %s: %v", id, err)
 	}
 	delete(e.nodes, id)
+}
+
+func (e *embedded) stopAll() {
+	for id := range e.nodes {
+		e.stop(id)
+	}
 }
 
 func (e *embedded) addrs() []string {

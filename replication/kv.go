@@ -54,6 +54,9 @@ func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 	if err != nil {
 		return applyResult{err: err}
 	}
+	if c := cmd.GetCas(); c != nil && c.DedupOnlyIfSwapped && !res.Ok {
+		return applyResult{res: res}
+	}
 	if cmd.ClientId != 0 {
 		rec, merr := proto.Marshal(res)
 		if merr == nil {

@@ -37,8 +37,10 @@ func (g *Group) Meta() *MetaState { return g.meta }
 // Raft exposes the raft instance for membership changes and status.
 func (g *Group) Raft() *raft.Raft { return g.raft }
 
-// Applied is the index of the last entry applied to the engine.
-func (g *Group) Applied() uint64 { return g.sm.Applied() }
+// Applied is the index of the last log entry applied. Raft applies no-op
+// and barrier entries without handing them to the state machine, so its
+// count is ahead of the engine's; the state is the same up to either.
+func (g *Group) Applied() uint64 { return max(g.raft.AppliedIndex(), g.sm.Applied()) }
 
 // IsLeader reports whether this replica currently believes it leads.
 func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
@@ -116,7 +118,7 @@ func (g *Group) ReadView(ctx context.Context, linearizable bool) (View, uint64, 
 			return nil, 0, err
 		}
 	}
-	applied := g.sm.Applied()
+	applied := g.Applied() // read before the view, which holds at least this
 	v, err := g.sm.eng.NewView()
 	if err != nil {
 		return nil, 0, fmt.Errorf("replication: %s: open view: %w", g.id, err)
@@ -196,6 +198,34 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 	return out, more, applied, nil
 }
 
+// Each calls fn for every entry of a map whose key starts with prefix, in key
+// order, from one consistent view (see ReadView), after verifying each
+// value's checksum. It returns the applied index of the view. key and value
+// are valid only during the call.
+func (g *Group) Each(ctx context.Context, mapName string, prefix []byte, linearizable bool, fn func(key, value []byte) error) (uint64, error) {
+	v, applied, err := g.ReadView(ctx, linearizable)
+	if err != nil {
+		return 0, err
+	}
+	defer v.Close()
+	mp := mapPrefix(g.id, mapName)
+	full := append(append([]byte(nil), mp...), prefix...)
+	n := 0
+	err = v.Iterate(full, nil, func(k, val []byte) (bool, error) {
+		e, err := decodeEntry(val)
+		if err != nil {
+			return false, fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, k[len(mp):], err)
+		}
+		if n++; n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return false, err
+			}
+		}
+		return true, fn(k[len(mp):], e.Value)
+	})
+	return applied, err
+}
+
 // Status is a snapshot of the group's Raft state.
 type Status struct {
 	Group        GroupID
@@ -213,7 +243,7 @@ func (g *Group) Status() Status {
 	lid, _ := g.Leader()
 	st := Status{
 		Group: g.id, State: g.raft.State().String(), LeaderID: lid, Term: g.raft.CurrentTerm(),
-		Applied: g.sm.Applied(), CommitIndex: g.raft.CommitIndex(), LastLogIndex: g.raft.LastIndex(),
+		Applied: g.Applied(), CommitIndex: g.raft.CommitIndex(), LastLogIndex: g.raft.LastIndex(),
 	}
 	if f := g.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {

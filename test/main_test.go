@@ -43,10 +43,16 @@ func TestMain(m *testing.M) {
 // creates the named maps. Everything stops when the test ends.
 func startCluster(t *testing.T, partitions int, maps ...string) (*localcluster.Cluster, *client.Client) {
 	t.Helper()
+	return startClusterArgs(t, partitions, nil, maps...)
+}
+
+// startClusterArgs is startCluster with extra flags for every node.
+func startClusterArgs(t *testing.T, partitions int, extra []string, maps ...string) (*localcluster.Cluster, *client.Client) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	lc, err := localcluster.Start(ctx, localcluster.Config{Binary: binary, Dir: dir, Nodes: 3, Partitions: partitions, Replicas: 3, Profile: "test"})
+	lc, err := localcluster.Start(ctx, localcluster.Config{Binary: binary, Dir: dir, Nodes: 3, Partitions: partitions, Replicas: 3, Profile: "test", ExtraArgs: extra})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
+	step("shipping a job to the data: population per zone, computed where each partition lives")
+	say("    zerogrid job run --map cities --agg 'sum(v.population) by v.zone'")
+	if err := retry(ctx, 30*time.Second, func(ctx context.Context) error {
+		return demoJob(ctx, c, stdout)
+	}); err != nil {
+		return fmt.Errorf("demo: job: %w", err)
+	}
+
 	victim := "n2"
 	step("killing %s with SIGKILL", victim)
 	if err := cl.Kill(victim); err != nil {
@@ -203,4 +211,27 @@ func retry(ctx context.Context, budget time.Duration, fn func(context.Context) e
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+func demoJob(ctx context.Context, c *client.Client, w io.Writer) error {
+	res, err := c.Run(ctx, client.Job{Map: "cities", Agg: "sum(v.population) by v.zone"})
+	if err != nil {
+		return err
+	}
+	perNode := map[string][]string{}
+	var read, sent int64
+	for _, t := range res.Tasks {
+		perNode[t.Node] = append(perNode[t.Node], fmt.Sprint(t.Partition))
+		read += t.BytesRead
+		sent += t.BytesSent
+	}
+	for _, g := range res.Groups {
+		fmt.Fprintf(w, "    zone %-4s population %v\n", g.Key, g.Value)
+	}
+	for _, id := range []string{"n1", "n2", "n3"} {
+		fmt.Fprintf(w, "    tasks on %s: partitions %s\n", id, strings.Join(perNode[id], ","))
+	}
+	fmt.Fprintf(w, "    %d tasks read %s where the data lives and sent %s of partial results (in %v)\n",
+		len(res.Tasks), humanBytes(uint64(read)), humanBytes(uint64(sent)), res.Duration.Round(time.Millisecond))
+	return nil
 }

@@ -23,6 +23,10 @@ Usage:
   zerogrid del MAP KEY      --addr ADDR
   zerogrid scan MAP [PREFIX] [--limit N] [--stale] --addr ADDR
   zerogrid status           --addr ADDR   nodes, partitions, leaders, applied index, lag
+  zerogrid job run --map MAP --agg 'sum(v.amount) by v.shop' [--filter 'v.region == "eu"'] [--into MAP]
+  zerogrid job run --map MAP --script wordcount.star [--json]
+  zerogrid job explain --map MAP --agg count        which node runs each partition's task, and why
+  zerogrid apply MAP KEY --script FILE [--args JSON]  run an entry processor atomically on one key
 
 --addr accepts a comma-separated list of any cluster members; the client
 routes every request to the right partition leader itself.
@@ -57,6 +61,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runScan(ctx, rest, stdout, stderr)
 	case "status":
 		return runStatus(ctx, rest, stdout, stderr)
+	case "job":
+		return runJob(ctx, rest, stdout, stderr)
+	case "apply":
+		return runApply(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage

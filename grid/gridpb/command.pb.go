@@ -274,8 +274,12 @@ type CasOp struct {
 	Value           []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
 	Delete          bool                   `protobuf:"varint,5,opt,name=delete,proto3" json:"delete,omitempty"`
 	Crc             uint32                 `protobuf:"fixed32,6,opt,name=crc,proto3" json:"crc,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Remember the request id only if the swap happened: an entry processor
+	// retries a lost race with the same id, and a retry of a processor that did
+	// commit must find its first result.
+	DedupOnlyIfSwapped bool `protobuf:"varint,7,opt,name=dedup_only_if_swapped,json=dedupOnlyIfSwapped,proto3" json:"dedup_only_if_swapped,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CasOp) Reset() {
@@ -348,6 +352,13 @@ func (x *CasOp) GetCrc() uint32 {
 		return x.Crc
 	}
 	return 0
+}
+
+func (x *CasOp) GetDedupOnlyIfSwapped() bool {
+	if x != nil {
+		return x.DedupOnlyIfSwapped
+	}
+	return false
 }
 
 // Result is what applying a Command produced; it is also stored for
@@ -624,14 +635,15 @@ const file_command_proto_rawDesc = "" +
 	"\x03crc\x18\x04 \x01(\aR\x03crc\".\n" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\fR\x03key\"\x96\x01\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"\xc9\x01\n" +
 	"\x05CasOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x14\n" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12\x16\n" +
 	"\x06delete\x18\x05 \x01(\bR\x06delete\x12\x10\n" +
-	"\x03crc\x18\x06 \x01(\aR\x03crc\"b\n" +
+	"\x03crc\x18\x06 \x01(\aR\x03crc\x121\n" +
+	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\"b\n" +
 	"\x06Result\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +

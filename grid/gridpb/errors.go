@@ -38,6 +38,12 @@ var errorTable = []struct {
 	{grid.ErrAmbiguous, codes.Unknown, "AMBIGUOUS"},
 	{grid.ErrChecksum, codes.DataLoss, "CHECKSUM"},
 	{grid.ErrClosed, codes.Unavailable, "CLOSED"},
+	{grid.ErrJobInvalid, codes.InvalidArgument, "JOB_INVALID"},
+	{grid.ErrJobLimit, codes.ResourceExhausted, "JOB_LIMIT"},
+	{grid.ErrJobFailed, codes.Aborted, "JOB_FAILED"},
+	{grid.ErrContended, codes.Aborted, "CONTENDED"},
+	{grid.ErrNoEligibleNodes, codes.FailedPrecondition, "NO_ELIGIBLE_NODES"},
+	{grid.ErrTooManyNodes, codes.FailedPrecondition, "NOT_ENOUGH_NODES"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/zerogrid/zerogrid/client"
+)
+
+type jobFlags struct {
+	mapName, prefix, filter, agg, script, fn, args string
+	stale, noHedge                                 bool
+	steps                                          uint64
+	deadline                                       time.Duration
+}
+
+func (j *jobFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&j.mapName, "map", "", "map to run over (required)")
+	fs.StringVar(&j.prefix, "prefix", "", "only keys with this prefix")
+	fs.StringVar(&j.filter, "filter", "", `Starlark expression over k and v, e.g. 'v.region == "eu"'`)
+	fs.StringVar(&j.agg, "agg", "", `built-in aggregate: count | sum(E) | min(E) | max(E) | avg(E) | distinct(E) | topk(K, E), optionally "by E"`)
+	fs.StringVar(&j.script, "script", "", "Starlark file defining map(k, v) [combine, reduce]")
+	fs.StringVar(&j.fn, "func", "", "Go function registered in the node binary")
+	fs.StringVar(&j.args, "args", "", "JSON passed to the script or function as args")
+	fs.BoolVar(&j.stale, "stale", false, "run on the least-loaded replica's local state (default: the leader's linearizable view)")
+	fs.BoolVar(&j.noHedge, "no-hedge", false, "do not start backup copies of straggling tasks")
+	fs.Uint64Var(&j.steps, "steps", 0, "Starlark step budget per task (0: node default)")
+	fs.DurationVar(&j.deadline, "task-deadline", 0, "deadline per task (0: node default)")
+}
+
+func (j *jobFlags) job() (client.Job, error) {
+	if j.mapName == "" {
+		return client.Job{}, fmt.Errorf("%w: --map is required", errUsage)
+	}
+	job := client.Job{Map: j.mapName, Prefix: []byte(j.prefix), Filter: j.filter, Agg: j.agg, Func: j.fn, Args: j.args,
+		Stale: j.stale, NoHedge: j.noHedge, Steps: j.steps, Deadline: j.deadline}
+	if j.script != "" {
+		src, err := os.ReadFile(j.script)
+		if err != nil {
+			return client.Job{}, fmt.Errorf("read script: %w", err)
+		}
+		job.Script = string(src)
+	}
+	return job, nil
+}
+
+func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "run" && args[0] != "explain") {
+		fmt.Fprintln(stderr, "Usage: zerogrid job run|explain --map MAP (--agg AGG | --script FILE | --func NAME) [--filter EXPR] [flags]")
+		return errUsage
+	}
+	sub := args[0]
+	var cf clientFlags
+	var jf jobFlags
+	fs := newFlags("job "+sub, "job "+sub+" --map MAP (--agg AGG | --script FILE | --func NAME) [--filter EXPR] [flags]", stderr)
+	cf.register(fs)
+	jf.register(fs)
+	into := fs.String("into", "", "write the result groups into this map (key = group, value = JSON)")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	_ = fs.Set("timeout", "1h") // the shared default suits single calls, not jobs
+	pos, err := parse(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, pos)
+	}
+	job, err := jf.job()
+	if err != nil {
+		return err
+	}
+	cl, ctx, cancel, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer cl.Close()
+
+	if sub == "explain" {
+		tasks, summary, err := cl.Explain(ctx, job)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PARTITION\tNODE\tWHY\tFALLBACKS")
+		for _, t := range tasks {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", t.Partition, t.Node, t.Reason, strings.Join(t.Fallbacks, ","))
+		}
+		tw.Flush()
+		fmt.Fprintln(stdout, summary)
+		return nil
+	}
+
+	run, err := cl.Submit(ctx, job)
+	if err != nil {
+		return err
+	}
+	var res *client.JobResult
+	for res == nil {
+		ev, err := run.Next()
+		if err != nil {
+			if !*quiet {
+				fmt.Fprintln(stderr)
+			}
+			return err
+		}
+		if p := ev.Progress; p != nil && !*quiet {
+			fmt.Fprintf(stderr, "\r%s %d/%d tasks  retries %d  hedges %d ", bar(p.Done, p.Total, 30), p.Done, p.Total, p.Retries, p.Hedges)
+		}
+		res = ev.Result
+	}
+	if !*quiet {
+		var read, sent int64
+		for _, t := range res.Tasks {
+			read += t.BytesRead
+			sent += t.BytesSent
+		}
+		fmt.Fprintf(stderr, "\r%s %d/%d tasks  retries %d  hedges %d  in %v; read %s where the data lives, sent %s\n",
+			bar(1, 1, 30), len(res.Tasks), len(res.Tasks), res.Retries, res.Hedges, res.Duration.Round(time.Millisecond), humanBytes(uint64(read)), humanBytes(uint64(sent)))
+	}
+	if *into != "" {
+		n, err := cl.WriteResult(ctx, *into, res)
+		if err != nil {
+			return fmt.Errorf("wrote %d of %d groups into %s: %w", n, len(res.Groups), *into, err)
+		}
+		fmt.Fprintf(stderr, "wrote %d groups into map %s\n", n, *into)
+	}
+	if *asJSON {
+		_, err := fmt.Fprintf(stdout, "%s\n", res.JSON)
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tVALUE")
+	for _, g := range res.Groups {
+		v, _ := json.Marshal(g.Value)
+		key := g.Key
+		if key == "" {
+			key = "(all)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", key, v)
+	}
+	return tw.Flush()
+}
+
+func bar(done, total, width int) string {
+	if total <= 0 {
+		total = 1
+	}
+	n := done * width / total
+	return "[" + strings.Repeat("#", n) + strings.Repeat(".", width-n) + "]"
+}
+
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	fs := newFlags("apply", "apply MAP KEY --script FILE [--args JSON]  (entry processor: process(key, value, args))", stderr)
+	cf.register(fs)
+	script := fs.String("script", "", "Starlark file defining process(key, value, args)")
+	procArgs := fs.String("args", "", "JSON passed as args")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 || *script == "" {
+		fs.Usage()
+		return errUsage
+	}
+	src, err := os.ReadFile(*script)
+	if err != nil {
+		return fmt.Errorf("read script: %w", err)
+	}
+	cl, ctx, cancel, err := cf.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer cl.Close()
+	v, ver, deleted, err := cl.Map(pos[0]).Apply(ctx, []byte(pos[1]), string(src), *procArgs)
+	if err != nil {
+		return err
+	}
+	if deleted {
+		fmt.Fprintln(stdout, "deleted")
+		return nil
+	}
+	fmt.Fprintf(stdout, "%s\n", v)
+	fmt.Fprintf(stderr, "version=%d\n", ver)
+	return nil
+}

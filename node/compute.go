@@ -1,0 +1,558 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"google.golang.org/grpc"
+
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/query"
+	"github.com/zerogrid/zerogrid/replication"
+)
+
+// computeService runs jobs where the data lives: RunTask executes one task
+// over this node's replica of a partition; Submit coordinates a whole job
+// (plan, fan out, merge, retry, hedge) and streams progress.
+type computeService struct {
+	gridpb.UnimplementedComputeServer
+	s *service
+	// applyLocks serialise entry processors per key (striped by hash) on the
+	// leader, so processors on a hot key queue instead of racing; the CAS
+	// still guards against writes from elsewhere and leader changes.
+	applyLocks [64]sync.Mutex
+}
+
+func jobFromSpec(spec *gridpb.JobSpec) query.Job {
+	lim := query.DefaultLimits()
+	if spec.StepBudget > 0 {
+		lim.Steps = spec.StepBudget
+	}
+	if spec.DeadlineMs > 0 {
+		lim.Deadline = time.Duration(spec.DeadlineMs) * time.Millisecond
+	}
+	if spec.OutputBytes > 0 {
+		lim.OutputBytes = int(min(spec.OutputBytes, 64<<20))
+	}
+	if spec.MemoryBytes > 0 {
+		lim.MemoryBytes = spec.MemoryBytes
+	}
+	return query.Job{Map: spec.Map, Prefix: spec.Prefix, Filter: spec.Filter, Agg: spec.Agg, Script: spec.Script,
+		Func: spec.Func, Args: spec.Args, Limits: lim}
+}
+
+// jobErr maps query errors onto the grid sentinels the client understands,
+// keeping query's message (which names the limit, the line, the function).
+func jobErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, query.ErrStepBudget), errors.Is(err, query.ErrDeadline),
+		errors.Is(err, query.ErrOutputCap), errors.Is(err, query.ErrMemoryCap):
+		return fmt.Errorf("%w: %w", grid.ErrJobLimit, err)
+	case errors.Is(err, query.ErrScript):
+		return fmt.Errorf("%w: %w", grid.ErrJobFailed, err)
+	case errors.Is(err, query.ErrSyntax), errors.Is(err, query.ErrUnknownAggregate),
+		errors.Is(err, query.ErrUnknownFunction), errors.Is(err, query.ErrBadJob):
+		return fmt.Errorf("%w: %w", grid.ErrJobInvalid, err)
+	}
+	return err
+}
+
+// fatalJobErr reports errors that no other replica would answer differently.
+func fatalJobErr(err error) bool {
+	return errors.Is(err, grid.ErrJobInvalid) || errors.Is(err, grid.ErrJobLimit) || errors.Is(err, grid.ErrJobFailed) ||
+		errors.Is(err, grid.ErrUnknownMap) || errors.Is(err, grid.ErrInvalidMapName) || errors.Is(err, grid.ErrBadPartition)
+}
+
+func (c *computeService) compile(ctx context.Context, spec *gridpb.JobSpec) (*query.Program, query.Job, error) {
+	if spec == nil {
+		return nil, query.Job{}, fmt.Errorf("%w: missing job", grid.ErrBadRequest)
+	}
+	job := jobFromSpec(spec)
+	if err := grid.ValidateMapName(job.Map); err != nil {
+		return nil, job, err
+	}
+	if err := job.Validate(); err != nil {
+		return nil, job, jobErr(err)
+	}
+	if err := c.s.requireMap(ctx, job.Map); err != nil {
+		return nil, job, err
+	}
+	prog, err := query.Compile(job, c.s.n.cfg.Functions)
+	if err != nil {
+		return nil, job, jobErr(err)
+	}
+	return prog, job, nil
+}
+
+func (c *computeService) RunTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
+	res, err := c.runTask(ctx, req)
+	return res, gridpb.ToStatus(err)
+}
+
+func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
+	prog, job, err := c.compile(ctx, req.Job)
+	if err != nil {
+		return nil, err
+	}
+	g, err := c.s.group(int(req.Partition))
+	if err != nil {
+		return nil, err
+	}
+	if d := c.s.n.cfg.TaskDelay; d > 0 { // test knob: a slow node
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	start := time.Now()
+	linearizable := req.Job.Consistency == gridpb.Consistency_LINEARIZABLE
+	var applied uint64
+	part, stats, err := prog.RunTask(ctx, func(fn func(key, value []byte) error) error {
+		a, err := g.Each(ctx, job.Map, job.Prefix, linearizable, fn)
+		applied = a
+		return err
+	})
+	if err != nil {
+		return nil, jobErr(err)
+	}
+	raw, err := part.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("node: encode partial: %w", err)
+	}
+	return &gridpb.TaskResult{
+		Partition: req.Partition, Node: c.s.n.cfg.ID, Partial: raw, Entries: stats.Entries, Matched: stats.Matched,
+		BytesRead: stats.BytesRead, DurationUs: time.Since(start).Microseconds(), AppliedIndex: applied,
+	}, nil
+}
+
+// plannedTask is one partition's task and where it may run, best first.
+type plannedTask struct {
+	part   int
+	cands  []grid.Node
+	reason string
+}
+
+// plan picks a replica per partition: the leader for a linearizable view,
+// else the least-loaded replica (by tasks planned so far; this node first
+// on a tie, since local work sends nothing over the network).
+func (c *computeService) plan(spec *gridpb.JobSpec) ([]plannedTask, error) {
+	t := c.s.n.table()
+	parts := spec.Partitions
+	if len(parts) == 0 {
+		for p := range t.Partitions {
+			parts = append(parts, uint32(p))
+		}
+	}
+	load := map[string]int{}
+	self := c.s.n.cfg.ID
+	var out []plannedTask
+	seen := map[uint32]bool{}
+	for _, p := range parts {
+		if int(p) >= len(t.Partitions) {
+			return nil, fmt.Errorf("%w: %d (cluster has %d)", grid.ErrBadPartition, p, len(t.Partitions))
+		}
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		reps := append([]string(nil), t.Partitions[p].Replicas...)
+		reason := ""
+		if spec.Consistency == gridpb.Consistency_LINEARIZABLE {
+			leader := ""
+			if g, ok := c.s.n.host.Group(replication.GroupID(p)); ok {
+				leader, _ = g.Leader()
+			}
+			sort.SliceStable(reps, func(i, j int) bool { return reps[i] == leader && reps[j] != leader })
+			reason = "leader (linearizable view)"
+			if leader == "" {
+				reason = "a replica; leader unknown here, follows its hint"
+			}
+		} else {
+			sort.SliceStable(reps, func(i, j int) bool {
+				if load[reps[i]] != load[reps[j]] {
+					return load[reps[i]] < load[reps[j]]
+				}
+				return reps[i] == self && reps[j] != self
+			})
+			reason = fmt.Sprintf("least-loaded replica (stale view, %d tasks planned there before)", load[reps[0]])
+		}
+		load[reps[0]]++
+		pt := plannedTask{part: int(p), reason: reason}
+		for _, id := range reps {
+			if nd, ok := t.Node(id); ok {
+				pt.cands = append(pt.cands, nd)
+			}
+		}
+		out = append(out, pt)
+	}
+	return out, nil
+}
+
+func (c *computeService) Explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
+	resp, err := c.explain(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+func (c *computeService) explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
+	if _, _, err := c.compile(ctx, req.Job); err != nil {
+		return nil, err
+	}
+	plan, err := c.plan(req.Job)
+	if err != nil {
+		return nil, err
+	}
+	resp := &gridpb.ExplainResponse{}
+	perNode := map[string]int{}
+	for _, pt := range plan {
+		task := &gridpb.PlannedTask{Partition: uint32(pt.part), Node: pt.cands[0].ID, Reason: pt.reason}
+		for _, f := range pt.cands[1:] {
+			task.Fallbacks = append(task.Fallbacks, f.ID)
+		}
+		perNode[pt.cands[0].ID]++
+		resp.Tasks = append(resp.Tasks, task)
+	}
+	ids := make([]string, 0, len(perNode))
+	for id := range perNode {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	resp.Summary = fmt.Sprintf("%d tasks, one per partition, each run where a replica of its partition lives:", len(plan))
+	for _, id := range ids {
+		resp.Summary += fmt.Sprintf(" %s=%d", id, perNode[id])
+	}
+	return resp, nil
+}
+
+func (c *computeService) Submit(req *gridpb.SubmitRequest, stream gridpb.Compute_SubmitServer) error {
+	return gridpb.ToStatus(c.submit(req, stream))
+}
+
+func (c *computeService) submit(req *gridpb.SubmitRequest, stream gridpb.Compute_SubmitServer) error {
+	ctx := stream.Context()
+	prog, _, err := c.compile(ctx, req.Job)
+	if err != nil {
+		return err
+	}
+	plan, err := c.plan(req.Job)
+	if err != nil {
+		return err
+	}
+	co := &coordinator{c: c, prog: prog, spec: req.Job, hedge: !req.NoHedge, send: stream.Send}
+	res, err := co.run(ctx, plan)
+	if err != nil {
+		return err
+	}
+	return stream.Send(&gridpb.JobEvent{Event: &gridpb.JobEvent_Result{Result: res}})
+}
+
+// runTaskOn runs a task on node nd: in-process when nd is this node.
+func (c *computeService) runTaskOn(ctx context.Context, nd grid.Node, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
+	if nd.ID == c.s.n.cfg.ID {
+		return c.runTask(ctx, req)
+	}
+	conn, err := c.s.n.conns.get(nd.Addr)
+	if err != nil {
+		return nil, err
+	}
+	res, err := gridpb.NewComputeClient(conn).RunTask(ctx, req, grpc.MaxCallRecvMsgSize(96<<20))
+	return res, gridpb.FromStatus(err)
+}
+
+// coordinator runs one job's tasks. Its run loop is the only goroutine that
+// touches task state; attempts run in goroutines it owns and report back on
+// a channel.
+type coordinator struct {
+	c     *computeService
+	prog  *query.Program
+	spec  *gridpb.JobSpec
+	hedge bool
+	send  func(*gridpb.JobEvent) error
+
+	merged  *query.Partial
+	total   int
+	done    int
+	retries uint32
+	hedges  uint32
+	reports []*gridpb.TaskReport
+	took    []time.Duration
+}
+
+type taskState struct {
+	pt       plannedTask
+	next     int // next candidate to try
+	rounds   int
+	done     bool
+	running  map[int]context.CancelFunc // attempt number → cancel
+	started  time.Time
+	hedged   bool
+	attempts int
+}
+
+type attemptOutcome struct {
+	ts      *taskState
+	attempt int
+	node    grid.Node
+	hedge   bool
+	res     *gridpb.TaskResult
+	err     error
+}
+
+const (
+	maxTaskRounds   = 5 // times every replica of a partition may fail before the job fails
+	hedgeMinElapsed = 150 * time.Millisecond
+	hedgeFactor     = 4 // a task is a straggler after 4× the median finished task
+)
+
+func (co *coordinator) run(ctx context.Context, plan []plannedTask) (*gridpb.JobResult, error) {
+	start := time.Now()
+	co.total = len(plan)
+	var wg sync.WaitGroup
+	defer wg.Wait() // every attempt goroutine ends before run returns...
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ...once this (run first) has told them to stop
+	outcomes := make(chan attemptOutcome)
+	tasks := make([]*taskState, len(plan))
+	for i, pt := range plan {
+		tasks[i] = &taskState{pt: pt, running: map[int]context.CancelFunc{}}
+	}
+	launch := func(ts *taskState, hedge bool, delay time.Duration) {
+		nd := ts.pt.cands[ts.next%len(ts.pt.cands)]
+		ts.next++
+		ts.attempts++
+		n := ts.attempts
+		if ts.started.IsZero() {
+			ts.started = time.Now()
+		}
+		actx, acancel := context.WithCancel(ctx)
+		ts.running[n] = acancel
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if delay > 0 {
+				select {
+				case <-time.After(delay):
+				case <-actx.Done():
+				}
+			}
+			var res *gridpb.TaskResult
+			err := actx.Err()
+			if err == nil {
+				res, err = co.c.runTaskOn(actx, nd, &gridpb.TaskRequest{Job: co.spec, Partition: uint32(ts.pt.part)})
+			}
+			select {
+			case outcomes <- attemptOutcome{ts: ts, attempt: n, node: nd, hedge: hedge, res: res, err: err}:
+			case <-ctx.Done():
+			}
+		}()
+	}
+	// Bound in-flight tasks: a node runs a few tasks at once, not hundreds.
+	nodes := map[string]bool{}
+	for _, pt := range plan {
+		for _, nd := range pt.cands {
+			nodes[nd.ID] = true
+		}
+	}
+	limit := max(4, 2*len(nodes))
+	queue := tasks
+	inflight := 0
+	for inflight < limit && len(queue) > 0 {
+		launch(queue[0], false, 0)
+		queue, inflight = queue[1:], inflight+1
+	}
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for co.done < len(tasks) {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+			if co.hedge {
+				co.hedgeStragglers(tasks, launch)
+			}
+		case o := <-outcomes:
+			o.ts.running[o.attempt]() // release the attempt's context
+			delete(o.ts.running, o.attempt)
+			if o.ts.done {
+				continue // the other copy of a hedged task already counted
+			}
+			if o.err == nil {
+				if err := co.finish(o); err == nil {
+					for _, c := range o.ts.running {
+						c() // cancel the losing copy
+					}
+					inflight--
+					for inflight < limit && len(queue) > 0 {
+						launch(queue[0], false, 0)
+						queue, inflight = queue[1:], inflight+1
+					}
+					continue
+				} else {
+					o.err = err
+				}
+			}
+			if fatalJobErr(o.err) {
+				return nil, o.err
+			}
+			if len(o.ts.running) > 0 {
+				continue // another copy is still running
+			}
+			var nl *grid.NotLeaderError
+			if errors.As(o.err, &nl) && nl.LeaderID != "" {
+				for i, nd := range o.ts.pt.cands {
+					if nd.ID == nl.LeaderID {
+						o.ts.next = i
+					}
+				}
+			}
+			delay := time.Duration(0)
+			if o.ts.next%len(o.ts.pt.cands) == 0 { // every replica tried once more
+				o.ts.rounds++
+				delay = time.Duration(o.ts.rounds) * 100 * time.Millisecond // an election may be under way
+			}
+			if o.ts.rounds >= maxTaskRounds {
+				return nil, fmt.Errorf("node: partition %d: every replica failed %d times; last error: %w", o.ts.pt.part, maxTaskRounds, o.err)
+			}
+			co.retries++
+			co.c.s.n.log.Info("job task failed; retrying elsewhere", "partition", o.ts.pt.part, "node", o.node.ID, "err", o.err)
+			launch(o.ts, false, delay)
+		}
+	}
+	final, err := co.prog.Finalize(ctx, co.merged)
+	if err != nil {
+		return nil, jobErr(err)
+	}
+	raw, err := final.JSON()
+	if err != nil {
+		return nil, fmt.Errorf("node: encode job result: %w", err)
+	}
+	sort.Slice(co.reports, func(i, j int) bool { return co.reports[i].Partition < co.reports[j].Partition })
+	return &gridpb.JobResult{ResultJson: raw, Tasks: co.reports, Retries: co.retries, Hedges: co.hedges, DurationUs: time.Since(start).Microseconds()}, nil
+}
+
+// finish merges a task's partial exactly once and reports progress.
+func (co *coordinator) finish(o attemptOutcome) error {
+	part, err := query.UnmarshalPartial(o.res.Partial)
+	if err != nil {
+		return fmt.Errorf("node: partial from %s: %w", o.node.ID, err)
+	}
+	if co.merged == nil {
+		co.merged = part
+	} else if err := co.prog.Merge(co.merged, part); err != nil {
+		return jobErr(err)
+	}
+	o.ts.done = true
+	co.done++
+	took := time.Since(o.ts.started)
+	co.took = append(co.took, took)
+	sent := int64(len(o.res.Partial))
+	if o.node.ID == co.c.s.n.cfg.ID {
+		sent = 0 // ran here: nothing crossed the network
+	}
+	rep := &gridpb.TaskReport{Partition: uint32(o.ts.pt.part), Node: o.node.ID, Reason: o.ts.pt.reason, Entries: o.res.Entries,
+		BytesRead: o.res.BytesRead, BytesSent: sent, DurationUs: o.res.DurationUs, Hedge: o.hedge, Attempt: uint32(o.attempt)}
+	co.reports = append(co.reports, rep)
+	return co.send(&gridpb.JobEvent{Event: &gridpb.JobEvent_Progress{Progress: &gridpb.Progress{
+		TasksTotal: uint32(co.total), TasksDone: uint32(co.done), Retries: co.retries, Hedges: co.hedges, Finished: rep,
+	}}})
+}
+
+// hedgeStragglers starts a backup copy, on another replica, of each task
+// that has run far longer than the tasks already finished.
+func (co *coordinator) hedgeStragglers(tasks []*taskState, launch func(*taskState, bool, time.Duration)) {
+	if len(co.took) == 0 || len(co.took)*2 < len(tasks) {
+		return
+	}
+	sorted := append([]time.Duration(nil), co.took...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	threshold := max(hedgeMinElapsed, hedgeFactor*sorted[len(sorted)/2])
+	for _, ts := range tasks {
+		if ts.done || ts.hedged || len(ts.running) == 0 || len(ts.pt.cands) < 2 || time.Since(ts.started) < threshold {
+			continue
+		}
+		ts.hedged = true
+		co.hedges++
+		co.c.s.n.log.Info("hedging straggler", "partition", ts.pt.part, "after", time.Since(ts.started))
+		launch(ts, true, 0)
+	}
+}
+
+func (c *computeService) Apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
+	resp, err := c.apply(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+// maxApplyRaces bounds how often an entry processor re-runs because the key
+// changed between its read and its conditional write.
+const maxApplyRaces = 16
+
+// apply runs an entry processor at the key's leader: read the entry, run the
+// function, commit the result as a compare-and-swap on the version read. A
+// lost race re-runs the function on the new value. The CAS carries the
+// caller's request id but records it only if it swapped, so a retry of an
+// Apply that did commit returns the first result instead of running again.
+func (c *computeService) apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
+	s := c.s
+	h, err := header(req.Header)
+	if err != nil {
+		return nil, err
+	}
+	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	if err != nil {
+		return nil, err
+	}
+	proc, err := query.CompileProcessor(req.Script, query.DefaultLimits())
+	if err != nil {
+		return nil, jobErr(err)
+	}
+	lock := &c.applyLocks[xxhash.Sum64(append([]byte(h.Map+"\x00"), req.Key...))%uint64(len(c.applyLocks))]
+	lock.Lock()
+	defer lock.Unlock()
+	for race := 0; race < maxApplyRaces; race++ {
+		cur, _, err := g.Get(ctx, h.Map, req.Key, true)
+		exists := err == nil
+		if err != nil && !errors.Is(err, grid.ErrNotFound) {
+			return nil, err
+		}
+		newValue, del, err := proc.Apply(ctx, req.Key, cur.Value, exists, []byte(req.Args))
+		if err != nil {
+			return nil, jobErr(err)
+		}
+		if del && !exists {
+			return &gridpb.ApplyResponse{Deleted: true}, nil
+		}
+		if !del {
+			if err := s.n.cfg.Limits.CheckValue(newValue); err != nil {
+				return nil, fmt.Errorf("%w: the processor returned: %w", grid.ErrJobFailed, err)
+			}
+		}
+		res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
+			Map: h.Map, Key: req.Key, ExpectedVersion: cur.Version, Value: newValue, Delete: del, DedupOnlyIfSwapped: true,
+		}}})
+		if err != nil {
+			return nil, err
+		}
+		if !res.Ok {
+			continue // the key changed under us: run again on the new value
+		}
+		if del {
+			return &gridpb.ApplyResponse{Deleted: true, Version: res.Version}, nil
+		}
+		// res may be the first outcome of a retried request: return what is
+		// stored at that version, not what this run computed.
+		now, _, err := g.Get(ctx, h.Map, req.Key, true)
+		if err == nil && now.Version == res.Version {
+			return &gridpb.ApplyResponse{Value: now.Value, Version: res.Version}, nil
+		}
+		return &gridpb.ApplyResponse{Version: res.Version}, nil
+	}
+	return nil, fmt.Errorf("%w: %d attempts", grid.ErrContended, maxApplyRaces)
+}
