@@ -13,7 +13,6 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-
 // StorageLabel is the operator label that marks a compute-only node:
 // storage=false keeps every replica off it.
 const StorageLabel = "storage"
@@ -369,7 +368,6 @@ func (pl *placer) checkEnough() error {
 	}
 	return fmt.Errorf("%w: %d eligible nodes for %d replicas%s", ErrTooManyNodes, len(pl.eligible), pl.pol.Replicas, detail)
 }
-
 
 // ring picks each partition's primary: its owner on a bounded-load ring over
 // the eligible nodes. With the same nodes and settings it agrees with Place.
