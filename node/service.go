@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/metadata"
@@ -370,7 +373,28 @@ func (s *service) Status(ctx context.Context, _ *gridpb.StatusRequest) (*gridpb.
 			AppliedIndex: st.Applied, CommitIndex: st.CommitIndex, LastLogIndex: st.LastLogIndex, Voters: st.Voters,
 		})
 	}
-	stats := s.n.eng.Stats()
-	resp.DiskBytes = uint64(stats.DiskBytes)
+	resp.DiskBytes = diskUsage(s.n.cfg.DataDir)
 	return resp, nil
+}
+
+// diskUsage is the space the node's files take on disk (allocated blocks,
+// so preallocated but unwritten value-log space does not count).
+func diskUsage(dir string) uint64 {
+	var total uint64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			total += uint64(st.Blocks) * 512
+		} else {
+			total += uint64(info.Size())
+		}
+		return nil
+	})
+	return total
 }

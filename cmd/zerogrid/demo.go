@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/zerogrid/zerogrid/client"
@@ -70,11 +71,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	m := c.Map("cities")
 	start := time.Now()
-	for i := 0; i < *keys; i++ {
-		k, v := sampleEntry(i)
-		if _, err := m.Put(ctx, k, v); err != nil {
-			return fmt.Errorf("demo: load %s: %w", k, err)
-		}
+	if err := loadConcurrently(ctx, m, *keys, 16); err != nil {
+		return err
 	}
 	say("    loaded %d entries in %v", *keys, time.Since(start).Round(time.Millisecond))
 
@@ -234,4 +232,27 @@ func demoJob(ctx context.Context, c *client.Client, w io.Writer) error {
 	fmt.Fprintf(w, "    %d tasks read %s where the data lives and sent %s of partial results (in %v)\n",
 		len(res.Tasks), humanBytes(uint64(read)), humanBytes(uint64(sent)), res.Duration.Round(time.Millisecond))
 	return nil
+}
+
+// loadConcurrently writes the sample entries from several goroutines: Raft
+// batches concurrent proposals into one log write.
+func loadConcurrently(ctx context.Context, m *client.Map, keys, workers int) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < keys; i += workers {
+				k, v := sampleEntry(i)
+				if _, err := m.Put(ctx, k, v); err != nil {
+					errs <- fmt.Errorf("demo: load %s: %w", k, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
