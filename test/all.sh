@@ -2,7 +2,8 @@
 # The one test command (README.md, .ci/run): formatting, vet, the unit and
 # integration tests with the race detector, cross-builds for the Pi and
 # servers, and the storage-engine contract plus replication unit tests run as
-# real 32-bit ARM code under qemu-arm-static.
+# real 32-bit ARM code under qemu-arm-static, and the cross-arch Starlark
+# golden test likewise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,8 @@ done
 
 echo "== 32-bit ARM under qemu: engine contract + replication unit tests"
 bash test/qemu-arm.sh '^(TestEngine|TestCluster)'
+echo "== 32-bit ARM under qemu: the same Starlark jobs give the same results as on amd64"
+PKG=query bash test/qemu-arm.sh '^TestCrossArchGolden$'
 
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
