@@ -57,33 +57,28 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errUsage
 	}
 	sub := args[0]
-	var cf clientFlags
 	var jf jobFlags
-	fs := newFlags("job "+sub, "job "+sub+" --map MAP (--agg AGG | --script FILE | --func NAME) [--filter EXPR] [flags]", stderr)
-	cf.register(fs)
-	jf.register(fs)
-	into := fs.String("into", "", "write the result groups into this map (key = group, value = JSON)")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	quiet := fs.Bool("quiet", false, "no progress bar")
-	_ = fs.Set("timeout", "1h") // the shared default suits single calls, not jobs
-	pos, err := parse(fs, args[1:])
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, pos)
-	}
-	job, err := jf.job()
-	if err != nil {
-		return err
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
+	var into string
+	var asJSON, quiet bool
+	return clientCommand(ctx, args[1:], stderr, "job "+sub, "job "+sub+" --map MAP (--agg AGG | --script FILE | --func NAME) [--filter EXPR] [flags]",
+		exactly(0),
+		func(fs *flag.FlagSet) {
+			jf.register(fs)
+			fs.StringVar(&into, "into", "", "write the result groups into this map (key = group, value = JSON)")
+			fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
+			fs.BoolVar(&quiet, "quiet", false, "no progress bar")
+			_ = fs.Set("timeout", "1h") // the shared default suits single calls, not jobs
+		},
+		func(ctx context.Context, cl *client.Client, _ []string) error {
+			job, err := jf.job()
+			if err != nil {
+				return err
+			}
+			return jobCommand(ctx, cl, sub, job, into, asJSON, quiet, stdout, stderr)
+		})
+}
 
+func jobCommand(ctx context.Context, cl *client.Client, sub string, job client.Job, into string, asJSON, quiet bool, stdout, stderr io.Writer) error {
 	if sub == "explain" {
 		tasks, summary, err := cl.Explain(ctx, job)
 		if err != nil {
@@ -107,17 +102,17 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	for res == nil {
 		ev, err := run.Next()
 		if err != nil {
-			if !*quiet {
+			if !quiet {
 				fmt.Fprintln(stderr)
 			}
 			return err
 		}
-		if p := ev.Progress; p != nil && !*quiet {
+		if p := ev.Progress; p != nil && !quiet {
 			fmt.Fprintf(stderr, "\r%s %d/%d tasks  retries %d  hedges %d ", bar(p.Done, p.Total, 30), p.Done, p.Total, p.Retries, p.Hedges)
 		}
 		res = ev.Result
 	}
-	if !*quiet {
+	if !quiet {
 		var read, sent int64
 		for _, t := range res.Tasks {
 			read += t.BytesRead
@@ -126,14 +121,14 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(stderr, "\r%s %d/%d tasks  retries %d  hedges %d  in %v; read %s where the data lives, sent %s\n",
 			bar(1, 1, 30), len(res.Tasks), len(res.Tasks), res.Retries, res.Hedges, res.Duration.Round(time.Millisecond), humanBytes(uint64(read)), humanBytes(uint64(sent)))
 	}
-	if *into != "" {
-		n, err := cl.WriteResult(ctx, *into, res)
+	if into != "" {
+		n, err := cl.WriteResult(ctx, into, res)
 		if err != nil {
-			return fmt.Errorf("wrote %d of %d groups into %s: %w", n, len(res.Groups), *into, err)
+			return fmt.Errorf("wrote %d of %d groups into %s: %w", n, len(res.Groups), into, err)
 		}
-		fmt.Fprintf(stderr, "wrote %d groups into map %s\n", n, *into)
+		fmt.Fprintf(stderr, "wrote %d groups into map %s\n", n, into)
 	}
-	if *asJSON {
+	if asJSON {
 		_, err := fmt.Fprintf(stdout, "%s\n", res.JSON)
 		return err
 	}
@@ -159,38 +154,31 @@ func bar(done, total, width int) string {
 }
 
 func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlags("apply", "apply MAP KEY --script FILE [--args JSON]  (entry processor: process(key, value, args))", stderr)
-	cf.register(fs)
-	script := fs.String("script", "", "Starlark file defining process(key, value, args)")
-	procArgs := fs.String("args", "", "JSON passed as args")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 || *script == "" {
-		fs.Usage()
-		return errUsage
-	}
-	src, err := os.ReadFile(*script)
-	if err != nil {
-		return fmt.Errorf("read script: %w", err)
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	v, ver, deleted, err := cl.Map(pos[0]).Apply(ctx, []byte(pos[1]), string(src), *procArgs)
-	if err != nil {
-		return err
-	}
-	if deleted {
-		fmt.Fprintln(stdout, "deleted")
-		return nil
-	}
-	fmt.Fprintf(stdout, "%s\n", v)
-	fmt.Fprintf(stderr, "version=%d\n", ver)
-	return nil
+	var script, procArgs string
+	return clientCommand(ctx, args, stderr, "apply", "apply MAP KEY --script FILE [--args JSON]  (entry processor: process(key, value, args))",
+		exactly(2),
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&script, "script", "", "Starlark file defining process(key, value, args) (required)")
+			fs.StringVar(&procArgs, "args", "", "JSON passed as args")
+		},
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			if script == "" {
+				return fmt.Errorf("%w: --script is required", errUsage)
+			}
+			src, err := os.ReadFile(script)
+			if err != nil {
+				return fmt.Errorf("read script: %w", err)
+			}
+			v, ver, deleted, err := cl.Map(pos[0]).Apply(ctx, []byte(pos[1]), string(src), procArgs)
+			if err != nil {
+				return err
+			}
+			if deleted {
+				fmt.Fprintln(stdout, "deleted")
+				return nil
+			}
+			fmt.Fprintf(stdout, "%s\n", v)
+			fmt.Fprintf(stderr, "version=%d\n", ver)
+			return nil
+		})
 }

@@ -25,198 +25,158 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up after this long")
 }
 
-func (c *clientFlags) dial(ctx context.Context) (*client.Client, context.Context, context.CancelFunc, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	cl, err := client.Dial(ctx, splitAddrs(c.addr)...)
-	if err != nil {
-		cancel()
-		return nil, nil, nil, err
-	}
-	return cl, ctx, cancel, nil
-}
-
-func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// clientCommand is the shape of every client command: parse the shared and
+// the command's own flags (added by flags), check the argument count, dial,
+// run body, close.
+func clientCommand(ctx context.Context, args []string, stderr io.Writer, name, synopsis string,
+	nargs func(n int) bool, flags func(fs *flag.FlagSet), body func(ctx context.Context, cl *client.Client, pos []string) error) error {
 	var cf clientFlags
-	fs := newFlags("map", "map create NAME | map list  [--addr ADDR]", stderr)
+	fs := newFlags(name, synopsis, stderr)
 	cf.register(fs)
+	if flags != nil {
+		flags(fs)
+	}
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) == 0 {
+	if !nargs(len(pos)) {
 		fs.Usage()
 		return errUsage
 	}
-	cl, ctx, cancel, err := cf.dial(ctx)
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	cl, err := client.Dial(ctx, splitAddrs(cf.addr)...)
 	if err != nil {
 		return err
 	}
-	defer cancel()
 	defer cl.Close()
-	switch {
-	case pos[0] == "create" && len(pos) == 2:
-		if err := cl.CreateMap(ctx, pos[1]); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "created map %s\n", pos[1])
-		return nil
-	case pos[0] == "list" && len(pos) == 1:
-		names, err := cl.ListMaps(ctx)
-		if err != nil {
-			return err
-		}
-		for _, n := range names {
-			fmt.Fprintln(stdout, n)
-		}
-		return nil
-	}
-	fs.Usage()
-	return errUsage
+	return body(ctx, cl, pos)
+}
+
+func exactly(n int) func(int) bool { return func(got int) bool { return got == n } }
+
+func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return clientCommand(ctx, args, stderr, "map", "map create NAME | map list  [--addr ADDR]",
+		func(n int) bool { return n == 1 || n == 2 }, nil,
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			switch {
+			case pos[0] == "create" && len(pos) == 2:
+				if err := cl.CreateMap(ctx, pos[1]); err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "created map %s\n", pos[1])
+				return nil
+			case pos[0] == "list" && len(pos) == 1:
+				names, err := cl.ListMaps(ctx)
+				if err != nil {
+					return err
+				}
+				for _, n := range names {
+					fmt.Fprintln(stdout, n)
+				}
+				return nil
+			}
+			return fmt.Errorf("%w: map create NAME | map list", errUsage)
+		})
 }
 
 func runPut(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlags("put", "put MAP KEY VALUE  (VALUE - reads stdin)", stderr)
-	cf.register(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 3 {
-		fs.Usage()
-		return errUsage
-	}
-	value := []byte(pos[2])
-	if pos[2] == "-" {
-		if value, err = io.ReadAll(os.Stdin); err != nil {
-			return fmt.Errorf("read stdin: %w", err)
-		}
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	v, err := cl.Map(pos[0]).Put(ctx, []byte(pos[1]), value)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "ok version=%d\n", v)
-	return nil
+	return clientCommand(ctx, args, stderr, "put", "put MAP KEY VALUE  (VALUE - reads stdin)", exactly(3), nil,
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			value := []byte(pos[2])
+			if pos[2] == "-" {
+				var err error
+				if value, err = io.ReadAll(os.Stdin); err != nil {
+					return fmt.Errorf("read stdin: %w", err)
+				}
+			}
+			v, err := cl.Map(pos[0]).Put(ctx, []byte(pos[1]), value)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "ok version=%d\n", v)
+			return nil
+		})
 }
 
 func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlags("get", "get MAP KEY [--stale]", stderr)
-	cf.register(fs)
-	stale := fs.Bool("stale", false, "read from any replica (the reply names it and its applied index)")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 {
-		fs.Usage()
-		return errUsage
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	var opts []client.ReadOption
-	if *stale {
-		opts = append(opts, client.Stale())
-	}
-	e, err := cl.Map(pos[0]).GetEntry(ctx, []byte(pos[1]), opts...)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "%s\n", e.Value)
-	if *stale {
-		fmt.Fprintf(stderr, "version=%d served-by=%s applied-index=%d\n", e.Version, e.ServedBy, e.AppliedIndex)
-	}
-	return nil
+	var stale bool
+	return clientCommand(ctx, args, stderr, "get", "get MAP KEY [--stale]", exactly(2),
+		func(fs *flag.FlagSet) {
+			fs.BoolVar(&stale, "stale", false, "read from any replica (the reply names it and its applied index)")
+		},
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			var opts []client.ReadOption
+			if stale {
+				opts = append(opts, client.Stale())
+			}
+			e, err := cl.Map(pos[0]).GetEntry(ctx, []byte(pos[1]), opts...)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s\n", e.Value)
+			if stale {
+				fmt.Fprintf(stderr, "version=%d served-by=%s applied-index=%d\n", e.Version, e.ServedBy, e.AppliedIndex)
+			}
+			return nil
+		})
 }
 
 func runDel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlags("del", "del MAP KEY", stderr)
-	cf.register(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 2 {
-		fs.Usage()
-		return errUsage
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	existed, err := cl.Map(pos[0]).Delete(ctx, []byte(pos[1]))
-	if err != nil {
-		return err
-	}
-	if existed {
-		fmt.Fprintln(stdout, "deleted")
-	} else {
-		fmt.Fprintln(stdout, "not found (nothing to delete)")
-	}
-	return nil
+	return clientCommand(ctx, args, stderr, "del", "del MAP KEY", exactly(2), nil,
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			existed, err := cl.Map(pos[0]).Delete(ctx, []byte(pos[1]))
+			if err != nil {
+				return err
+			}
+			if existed {
+				fmt.Fprintln(stdout, "deleted")
+			} else {
+				fmt.Fprintln(stdout, "not found (nothing to delete)")
+			}
+			return nil
+		})
 }
 
 func runScan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlags("scan", "scan MAP [PREFIX] [--limit N] [--stale] [--json]", stderr)
-	cf.register(fs)
-	limit := fs.Int("limit", 0, "stop after N entries (0: all)")
-	stale := fs.Bool("stale", false, "read from any replica")
-	asJSON := fs.Bool("json", false, "print one JSON object per line")
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) < 1 || len(pos) > 2 {
-		fs.Usage()
-		return errUsage
-	}
-	var prefix []byte
-	if len(pos) == 2 {
-		prefix = []byte(pos[1])
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	var opts []client.ReadOption
-	if *stale {
-		opts = append(opts, client.Stale())
-	}
-	n := 0
-	enc := json.NewEncoder(stdout)
-	err = cl.Map(pos[0]).Scan(ctx, prefix, func(e client.Entry) error {
-		if *limit > 0 && n >= *limit {
-			return errStopScan
-		}
-		n++
-		if *asJSON {
-			return enc.Encode(map[string]any{"key": string(e.Key), "value": string(e.Value), "version": e.Version})
-		}
-		_, err := fmt.Fprintf(stdout, "%s\t%s\n", e.Key, strings.ReplaceAll(string(e.Value), "\n", `\n`))
-		return err
-	}, opts...)
-	if err != nil && !errors.Is(err, errStopScan) {
-		return err
-	}
-	fmt.Fprintf(stderr, "%d entries\n", n)
-	return nil
+	var limit int
+	var stale, asJSON bool
+	return clientCommand(ctx, args, stderr, "scan", "scan MAP [PREFIX] [--limit N] [--stale] [--json]",
+		func(n int) bool { return n == 1 || n == 2 },
+		func(fs *flag.FlagSet) {
+			fs.IntVar(&limit, "limit", 0, "stop after N entries (0: all)")
+			fs.BoolVar(&stale, "stale", false, "read from any replica")
+			fs.BoolVar(&asJSON, "json", false, "print one JSON object per line")
+		},
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			var prefix []byte
+			if len(pos) == 2 {
+				prefix = []byte(pos[1])
+			}
+			var opts []client.ReadOption
+			if stale {
+				opts = append(opts, client.Stale())
+			}
+			n := 0
+			enc := json.NewEncoder(stdout)
+			err := cl.Map(pos[0]).Scan(ctx, prefix, func(e client.Entry) error {
+				if limit > 0 && n >= limit {
+					return errStopScan
+				}
+				n++
+				if asJSON {
+					return enc.Encode(map[string]any{"key": string(e.Key), "value": string(e.Value), "version": e.Version})
+				}
+				_, err := fmt.Fprintf(stdout, "%s\t%s\n", e.Key, strings.ReplaceAll(string(e.Value), "\n", `\n`))
+				return err
+			}, opts...)
+			if err != nil && !errors.Is(err, errStopScan) {
+				return err
+			}
+			fmt.Fprintf(stderr, "%d entries\n", n)
+			return nil
+		})
 }
 
 var errStopScan = errors.New("scan stopped")

@@ -18,24 +18,8 @@ import (
 const lagThreshold = 100
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf clientFlags
-	fs := newFlags("status", "status [--addr ADDR]", stderr)
-	cf.register(fs)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		fs.Usage()
-		return errUsage
-	}
-	cl, ctx, cancel, err := cf.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	defer cl.Close()
-	return printStatus(ctx, cl, stdout)
+	return clientCommand(ctx, args, stderr, "status", "status [--addr ADDR]", exactly(0), nil,
+		func(ctx context.Context, cl *client.Client, _ []string) error { return printStatus(ctx, cl, stdout) })
 }
 
 // clusterStatus is every reachable node's view of its groups.
