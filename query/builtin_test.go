@@ -148,7 +148,7 @@ func amount(r record) (any, bool) {
 }
 
 func TestBuiltinsMatchReference(t *testing.T) {
-	kvs, recs := genData(3000, 1)
+	kvs, recs := genData(2000, 1)
 	rng := rand.New(rand.NewPCG(7, 8))
 	parts := split(kvs, 9, rng)
 

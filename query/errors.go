@@ -29,9 +29,10 @@ var (
 	// that is not JSON-able, an int beyond 64 bits...). The message carries
 	// the Starlark backtrace.
 	ErrScript = errors.New("query: script error")
-	// ErrBadPartial: UnmarshalPartial was given bytes that are not a partial.
+	// ErrBadPartial: UnmarshalPartial was given bytes that are not a
+	// partial, or Merge/Finalize a partial of another job.
 	ErrBadPartial = errors.New("query: malformed partial")
+	// ErrRegister: Registry.Register was given an empty or duplicate name,
+	// or no Map.
+	ErrRegister = errors.New("query: cannot register function")
 )
-
-// ErrRegister: Registry.Register was given an empty or duplicate name or no Map.
-var ErrRegister = errors.New("query: cannot register function")

@@ -105,9 +105,13 @@ type aggSpec struct {
 	by   syntax.Expr // nil without a by clause
 }
 
-var aggKinds = map[string]kind{
-	"count": kindCount, "sum": kindSum, "min": kindMin, "max": kindMax, "avg": kindAvg,
-	"distinct": kindDistinct, "topk": kindTopK,
+func aggKind(name string) (kind, bool) {
+	for k := kindCount; k < kindValues; k++ {
+		if k.String() == name {
+			return k, true
+		}
+	}
+	return 0, false
 }
 
 // parseAgg parses "NAME(ARGS) by EXPR". "by" is not a Starlark keyword, so
@@ -115,16 +119,15 @@ var aggKinds = map[string]kind{
 // parse on their own, then parsing the whole text with that "by" replaced
 // by ", " (same length, so positions in errors stay right).
 func parseAgg(text string) (*aggSpec, []error) {
-	head, by, err := splitBy(text)
+	head, by, byAt, err := splitBy(text)
 	if err != nil {
 		return nil, []error{err}
 	}
-	spec := &aggSpec{by: by}
-	start, end := head.Span()
-	spec.text = strings.TrimSpace(text)
-	if start.Line == 1 && end.Line == 1 && int(end.Col-1) <= len(text) && start.Col >= 1 {
-		spec.text = text[start.Col-1 : end.Col-1]
+	spec := &aggSpec{by: by, text: strings.TrimSpace(text)}
+	if byAt >= 0 {
+		spec.text = strings.TrimSpace(text[:byAt])
 	}
+	start := syntax.Start(head)
 	var name string
 	var args []syntax.Expr
 	switch h := head.(type) {
@@ -142,7 +145,7 @@ func parseAgg(text string) (*aggSpec, []error) {
 	default:
 		return nil, []error{fmt.Errorf("%w: %q: want count or NAME(EXPR) [by EXPR]", ErrUnknownAggregate, text)}
 	}
-	k, ok := aggKinds[name]
+	k, ok := aggKind(name)
 	if !ok {
 		return nil, []error{fmt.Errorf("%w: %s: %q (want count, sum, min, max, avg, distinct or topk)", ErrUnknownAggregate, start, name)}
 	}
@@ -193,24 +196,26 @@ func parseAgg(text string) (*aggSpec, []error) {
 	return spec, nil
 }
 
-func splitBy(text string) (head, by syntax.Expr, err error) {
+// splitBy returns the aggregate, the by expression (nil if none) and the
+// offset of "by" (-1 if none).
+func splitBy(text string) (head, by syntax.Expr, byAt int, err error) {
 	var byErr error
 	for _, i := range byCandidates(text) {
 		if strings.TrimSpace(text[:i]) == "" {
 			continue
 		}
-		if _, err := dialect.ParseExpr("agg", text[:i], 0); err != nil {
+		if _, err := dialect().ParseExpr("agg", text[:i], 0); err != nil {
 			continue // this "by" is inside the aggregate (e.g. in a string)
 		}
 		joined := text[:i] + ", " + text[i+2:]
-		e, err := dialect.ParseExpr("agg", joined, 0)
+		e, err := dialect().ParseExpr("agg", joined, 0)
 		if err != nil {
 			if byErr == nil {
 				byErr = err // most likely a mistake in the by expression
 			}
 			continue
 		}
-		if _, err := dialect.ParseExpr("agg", trimLeft(text[i+2:]), 0); err != nil {
+		if _, err := dialect().ParseExpr("agg", trimLeft(text[i+2:]), 0); err != nil {
 			continue
 		}
 		t, ok := e.(*syntax.TupleExpr)
@@ -222,19 +227,19 @@ func splitBy(text string) (head, by syntax.Expr, err error) {
 		} else {
 			by = &syntax.TupleExpr{List: rest}
 		}
-		return t.List[0], by, nil
+		return t.List[0], by, i, nil
 	}
-	e, err := dialect.ParseExpr("agg", text, 0)
+	e, err := dialect().ParseExpr("agg", text, 0)
 	if err != nil {
 		if byErr != nil {
 			err = byErr
 		}
-		return nil, nil, compileErr(err)
+		return nil, nil, -1, compileErr(err)
 	}
 	if _, isTuple := e.(*syntax.TupleExpr); isTuple {
-		return nil, nil, fmt.Errorf("%w: %q: want one aggregate", ErrUnknownAggregate, text)
+		return nil, nil, -1, fmt.Errorf("%w: %q: want one aggregate", ErrUnknownAggregate, text)
 	}
-	return e, nil, nil
+	return e, nil, -1, nil
 }
 
 // byCandidates lists the offsets of "by" standing alone as a word.
@@ -310,11 +315,12 @@ func compileJob(j Job, reg *Registry, build bool) (*Program, error) {
 	p := &Program{job: j, lim: j.Limits.withDefaults(), args: args}
 	var filterProg, aggProg, byProg, scriptProg *starlark.Program
 	if strings.TrimSpace(j.Filter) != "" {
-		e, err := dialect.ParseExpr("filter", trimLeft(j.Filter), 0)
+		e, err := dialect().ParseExpr("filter", trimLeft(j.Filter), 0)
 		if err != nil {
 			errs = append(errs, compileErr(err))
 		} else {
 			p.needV = p.needV || usesName(e, "v")
+			p.fastFilter = compileFast(e)
 			if filterProg, err = exprProgram("filter", e); err != nil {
 				errs = append(errs, err)
 			}
@@ -327,6 +333,9 @@ func compileJob(j Job, reg *Registry, build bool) (*Program, error) {
 			p.kind, p.k, p.aggText, p.hasBy = spec.kind, spec.k, spec.text, spec.by != nil
 			if spec.arg != nil {
 				p.needV = p.needV || usesName(spec.arg, "v")
+				if f := compileFast(spec.arg); f != nil && f.isLeaf() {
+					p.fastAgg = f
+				}
 				var err error
 				if aggProg, err = exprProgram("agg", spec.arg); err != nil {
 					errs = append(errs, err)
@@ -334,6 +343,9 @@ func compileJob(j Job, reg *Registry, build bool) (*Program, error) {
 			}
 			if spec.by != nil {
 				p.needV = p.needV || usesName(spec.by, "v")
+				if f := compileFast(spec.by); f != nil && f.isLeaf() {
+					p.fastBy = f
+				}
 				var err error
 				if byProg, err = exprProgram("by", spec.by); err != nil {
 					errs = append(errs, err)
@@ -343,7 +355,7 @@ func compileJob(j Job, reg *Registry, build bool) (*Program, error) {
 	}
 	if len(set) == 1 && set[0] == "Script" {
 		p.kind, p.needV = kindValues, true
-		f, err := dialect.Parse("script", j.Script, 0)
+		f, err := dialect().Parse("script", j.Script, 0)
 		if err != nil {
 			errs = append(errs, compileErr(err))
 		} else {

@@ -102,8 +102,15 @@ func TestRunawayScriptsAreStopped(t *testing.T) {
 			t.Logf("%v after %v", err, time.Since(start).Round(time.Millisecond))
 		})
 	}
+	// Every run waits for its watchdog (wg.Wait), but a goroutine that has
+	// called wg.Done may take a moment more to exit: wait for the count.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
 	if after := runtime.NumGoroutine(); after > before {
-		t.Fatalf("%d goroutines before, %d after: a watchdog leaked", before, after)
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines before, %d after: a watchdog leaked\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
 }
 

@@ -66,7 +66,10 @@ func TestPartialRoundTrip(t *testing.T) {
 func TestUnmarshalPartialRejectsDamage(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 1))
 	for _, b := range seedPartials(t) {
-		for i := range len(b) { // every truncation
+		for i := range len(b) { // truncations (all of them for small partials)
+			if len(b) > 400 && i%7 != 0 && i < len(b)-50 {
+				continue
+			}
 			if _, err := UnmarshalPartial(b[:i]); !errors.Is(err, ErrBadPartial) {
 				t.Fatalf("truncated to %d of %d bytes: err = %v", i, len(b), err)
 			}
@@ -74,7 +77,7 @@ func TestUnmarshalPartialRejectsDamage(t *testing.T) {
 		if _, err := UnmarshalPartial(append(bytes.Clone(b), 0)); !errors.Is(err, ErrBadPartial) {
 			t.Fatalf("trailing byte accepted")
 		}
-		for range 200 { // random corruption: an error or a valid partial, never a panic
+		for range 100 { // random corruption: an error or a valid partial, never a panic
 			c := bytes.Clone(b)
 			c[rng.IntN(len(c))] = byte(rng.IntN(256))
 			_, _ = UnmarshalPartial(c)

@@ -25,7 +25,7 @@ func CompileProcessor(src string, limits Limits) (*Processor, error) {
 		return nil, errs[0]
 	}
 	lim := limits.withDefaults()
-	f, err := dialect.Parse("processor", src, 0)
+	f, err := dialect().Parse("processor", src, 0)
 	if err != nil {
 		return nil, compileErr(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"slices"
 	"sort"
+	"strconv"
 
 	"go.starlark.net/starlark"
 )
@@ -27,7 +28,8 @@ type Program struct {
 	hasBy     bool
 	needV     bool // some expression reads v: decode values
 
-	filter, agg, by *starlark.Function
+	filter, agg, by             *starlark.Function
+	fastFilter, fastAgg, fastBy *fastExpr // Go forms of the above, when simple enough
 
 	mapFn, combineFn, reduceFn starlark.Callable
 	goFn                       *GoFunc
@@ -72,14 +74,16 @@ type task struct {
 	exprArgs starlark.Tuple
 	tmp      big.Int
 	scratch  []byte
-	dirty    []gkey // keys with more than one pending value
+	dirty    []gkey   // keys with more than one pending value
+	members  []member // reused by the fast path
 	inMap    bool
 }
 
 // RunTask runs the job over one partition. scan must call fn for every
 // (key, value) of the partition in key order, already restricted to the
-// job's map and prefix, and stop at fn's first error; key and value need
-// only be valid during the call. RunTask filters, maps and combines
+// job's map and prefix, one call at a time, and stop at fn's first error
+// (returning it, wrapped or not); key and value need only be valid during
+// the call. RunTask filters, maps and combines
 // locally and returns the partial. A limit stops it with an error wrapping
 // ErrStepBudget, ErrDeadline, ErrOutputCap or ErrMemoryCap; cancelling ctx
 // stops it with ctx's error.
@@ -125,12 +129,28 @@ func (t *task) process(key, value []byte) error {
 		t.single.n++
 		return nil
 	}
+	passed := p.filter == nil // the filter is known to hold
+	if p.fastFilter != nil || p.fastAgg != nil || p.fastBy != nil {
+		fr := fastRec{key: key, raw: value, buf: &t.members}
+		if !passed && p.fastFilter != nil {
+			ok, sure := fr.truth(p.fastFilter)
+			if sure && !ok {
+				return nil
+			}
+			passed = sure
+		}
+		if passed && p.kind != kindValues {
+			if done, err := t.fastAccumulate(&fr, key); done {
+				return err
+			}
+		}
+	}
 	k, v := starlark.Value(starlark.String(key)), starlark.Value(starlark.None)
 	if p.needV {
 		v = decodeStored(value)
 	}
 	t.exprArgs[0], t.exprArgs[1] = k, v
-	if p.filter != nil {
+	if !passed {
 		ok, err := t.r.call(p.filter, t.exprArgs...)
 		if err != nil {
 			return err
@@ -155,13 +175,47 @@ func (t *task) process(key, value []byte) error {
 		}
 		g = t.part.group(gk)
 	}
-	if err := t.accumulate(g, key); err != nil {
-		return err
+	var x any
+	if p.agg != nil {
+		res, err := t.r.call(p.agg, t.exprArgs...)
+		if err != nil {
+			return err
+		}
+		if x, err = toGo(res); err != nil {
+			return t.valueErr("%v", err)
+		}
 	}
-	if t.part.size > p.lim.OutputBytes {
-		return t.capErr()
+	return t.accumulate(g, key, x)
+}
+
+// fastAccumulate aggregates a matched record without Starlark when the by
+// and aggregate expressions have fast forms; done is false when Starlark
+// must do it.
+func (t *task) fastAccumulate(fr *fastRec, key []byte) (done bool, err error) {
+	p := t.p
+	g := t.single
+	if p.by != nil {
+		if p.fastBy == nil {
+			return false, nil
+		}
+		bv, ok := fr.value(p.fastBy)
+		if !ok {
+			return false, nil
+		}
+		g = t.part.group(groupKeyGo(bv))
 	}
-	return nil
+	var x any
+	if p.agg != nil {
+		if p.fastAgg == nil {
+			return false, nil
+		}
+		var ok bool
+		if x, ok = fr.value(p.fastAgg); !ok {
+			return false, nil
+		}
+	}
+	t.stats.Matched++
+	return true, t.accumulate(g, key, x)
 }
 
 func (t *task) capErr() error {
@@ -174,103 +228,114 @@ func (t *task) valueErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrScript, t.p.aggText, fmt.Sprintf(format, args...))
 }
 
-// accumulate feeds one matched entry into a built-in aggregate.
-func (t *task) accumulate(g *state, key []byte) error {
+// accumulate feeds one matched entry's value (a Go value; nil is skipped)
+// into a built-in aggregate.
+func (t *task) accumulate(g *state, key []byte, x any) error {
 	p := t.p
 	if p.kind == kindCount {
 		g.n++
 		t.stats.Emitted++
-		return nil
+		return t.checkSize()
 	}
-	x, err := t.r.call(p.agg, t.exprArgs...)
-	if err != nil {
-		return err
-	}
-	if x == starlark.None {
+	if x == nil {
 		return nil
 	}
 	t.stats.Emitted++
 	switch p.kind {
 	case kindSum, kindAvg:
 		switch x := x.(type) {
-		case starlark.Int:
-			n, ok := x.Int64()
-			if !ok {
-				return t.valueErr("integer %s does not fit in 64 bits", x)
-			}
-			g.sum.addInt(n)
-		case starlark.Float:
-			f := float64(x)
-			if math.IsNaN(f) || math.IsInf(f, 0) {
-				return t.valueErr("%v is not a finite number", f)
-			}
-			g.sum.addFloat(f, &t.tmp)
+		case int64:
+			g.sum.addInt(x)
+		case float64:
+			g.sum.addFloat(x, &t.tmp)
 		default:
-			return t.valueErr("%s is a %s, want int or float", x, x.Type())
+			return t.valueErr("%s is a %s, want int or float", repr(x), typeName(x))
 		}
 		if p.kind == kindAvg {
 			g.n++
 		}
 	case kindMin, kindMax:
-		gx, err := scalarOf(x)
-		if err != nil {
+		if err := orderable(x); err != nil {
 			return t.valueErr("%v", err)
 		}
 		if g.val == nil {
-			g.val = gx
+			g.val = x
 			return nil
 		}
-		c, err := compareScalars(gx, g.val)
+		c, err := compareScalars(x, g.val)
 		if err != nil {
 			return t.valueErr("%v", err)
 		}
 		if (p.kind == kindMin && c < 0) || (p.kind == kindMax && c > 0) {
-			g.val = gx
+			g.val = x
 		}
 	case kindDistinct:
-		gx, err := toGo(x)
-		if err != nil {
-			return t.valueErr("%v", err)
-		}
-		t.scratch = appendValue(t.scratch[:0], gx, true)
+		t.scratch = appendValue(t.scratch[:0], x, true)
 		if _, seen := g.set[string(t.scratch)]; !seen {
 			g.set[string(t.scratch)] = struct{}{}
 			t.part.size += len(t.scratch) + 2
 		}
 	case kindTopK:
-		gx, err := scalarOf(x)
-		if err != nil {
+		if err := orderable(x); err != nil {
 			return t.valueErr("%v", err)
 		}
 		if len(g.top) > 0 {
-			if _, err := compareScalars(g.top[0].val, gx); err != nil {
+			if _, err := compareScalars(g.top[0].val, x); err != nil {
 				return t.valueErr("%v", err)
 			}
 		}
 		before := len(g.top)
-		g.top = pushTop(g.top, p.k, topEntry{key: string(key), val: gx})
+		g.top = pushTop(g.top, p.k, topEntry{key: string(key), val: x})
 		if len(g.top) > before {
-			t.part.size += len(key) + sizeOf(gx) + 2
+			t.part.size += len(key) + sizeOf(x) + 2
 		}
+	}
+	return t.checkSize()
+}
+
+func (t *task) checkSize() error {
+	if t.part.size > t.p.lim.OutputBytes {
+		return t.capErr()
 	}
 	return nil
 }
 
-// scalarOf converts a value that min, max and topk can order.
-func scalarOf(x starlark.Value) (any, error) {
-	switch x := x.(type) {
-	case starlark.Int:
-		return int64Of(x)
-	case starlark.Float:
-		f := float64(x)
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			return nil, fmt.Errorf("%v is not a finite number", f)
-		}
-		return f, nil
-	case starlark.String:
-		return string(x), nil
+// orderable accepts the values min, max and topk can order.
+func orderable(x any) error {
+	switch x.(type) {
+	case int64, float64, string:
+		return nil
 	}
-	return nil, fmt.Errorf("%s is a %s, want a number or a string", x, x.Type())
+	return fmt.Errorf("%s is a %s, want a number or a string", repr(x), typeName(x))
+}
+
+func repr(x any) string {
+	if s, ok := x.(string); ok {
+		return strconv.Quote(s)
+	}
+	b, err := json.Marshal(x)
+	if err != nil {
+		return fmt.Sprint(x)
+	}
+	return string(b)
+}
+
+// groupKeyGo is groupKey for a value from the fast path.
+func groupKeyGo(x any) gkey {
+	switch x := x.(type) {
+	case string:
+		return gkey{s: x}
+	case int64:
+		return gkey{isInt: true, i: x}
+	case float64:
+		if x == math.Trunc(x) && x >= -(1<<63) && x < 1<<63 {
+			return gkey{isInt: true, i: int64(x)}
+		}
+		return gkey{s: string(appendJSONFloat(nil, x))}
+	case bool:
+		return gkey{s: strconv.FormatBool(x)}
+	}
+	return gkey{s: "null"}
 }
 
 // groupKey turns a by value into a group key: strings as they are, ints

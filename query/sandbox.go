@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"runtime/metrics"
 	"strings"
@@ -11,8 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.starlark.net/lib/json"
-	"go.starlark.net/lib/math"
+	starlarkjson "go.starlark.net/lib/json"
+	starlarkmath "go.starlark.net/lib/math"
 	"go.starlark.net/resolve"
 	"go.starlark.net/starlark"
 	"go.starlark.net/syntax"
@@ -20,7 +21,9 @@ import (
 
 // dialect is the Starlark accepted everywhere. while and recursion are
 // allowed because the step budget bounds them.
-var dialect = &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, Recursion: true}
+func dialect() *syntax.FileOptions {
+	return &syntax.FileOptions{Set: true, While: true, TopLevelControl: true, Recursion: true}
+}
 
 // memTick is how often a run samples heap growth. A runaway allocation is
 // noticed within a tick or two (plus scheduling delay on a busy core).
@@ -29,7 +32,7 @@ const memTick = 2 * time.Millisecond
 // predeclared returns the names user code sees besides the Starlark core:
 // args (the job's Args, decoded and frozen), json and math. No I/O.
 func predeclared(args starlark.Value) starlark.StringDict {
-	return starlark.StringDict{"args": args, "json": json.Module, "math": math.Module}
+	return starlark.StringDict{"args": args, "json": starlarkjson.Module, "math": starlarkmath.Module}
 }
 
 func isExprPredeclared(name string) bool {
@@ -81,7 +84,7 @@ func newRun(parent context.Context, lim Limits, name string) *run {
 	r.th.SetMaxExecutionSteps(lim.Steps)
 	metrics.Read(r.samples)
 	r.memBase = r.samples[0].Value.Uint64()
-	r.memNext = r.memBase + lim.MemoryBytes
+	r.memNext = satAdd(r.memBase, lim.MemoryBytes)
 	r.wg.Add(1)
 	go r.watch(parent)
 	return r
@@ -105,7 +108,7 @@ func (r *run) watch(parent context.Context) {
 			return
 		case <-tick.C:
 			if grew, over := r.heapGrowth(); over {
-				r.fail(fmt.Errorf("%w: heap grew by %d MiB, limit %d MiB", ErrMemoryCap, grew>>20, r.lim.MemoryBytes>>20))
+				r.fail(fmt.Errorf("%w: the heap grew by %.1f MiB, limit %.1f MiB", ErrMemoryCap, float64(grew)/(1<<20), float64(r.lim.MemoryBytes)/(1<<20)))
 				return
 			}
 		}
@@ -123,11 +126,18 @@ func (r *run) heapGrowth() (grew uint64, over bool) {
 	runtime.GC()
 	metrics.Read(r.samples)
 	live := r.samples[1].Value.Uint64()
-	if live > r.memBase+r.lim.MemoryBytes {
+	if live > satAdd(r.memBase, r.lim.MemoryBytes) {
 		return live - r.memBase, true
 	}
-	r.memNext = max(r.memBase+r.lim.MemoryBytes, live+r.lim.MemoryBytes/2)
+	r.memNext = max(satAdd(r.memBase, r.lim.MemoryBytes), satAdd(live, r.lim.MemoryBytes/2))
 	return 0, false
+}
+
+func satAdd(a, b uint64) uint64 {
+	if a > math.MaxUint64-b {
+		return math.MaxUint64
+	}
+	return a + b
 }
 
 // fail records the first reason to stop and stops the thread.
@@ -246,7 +256,7 @@ func exprProgram(name string, expr syntax.Expr) (*starlark.Program, error) {
 		Rparen: pos,
 		Body:   []syntax.Stmt{&syntax.ReturnStmt{Return: pos, Result: expr}},
 	}
-	f := &syntax.File{Path: pos.Filename(), Stmts: []syntax.Stmt{def}, Options: dialect}
+	f := &syntax.File{Path: pos.Filename(), Stmts: []syntax.Stmt{def}, Options: dialect()}
 	prog, err := starlark.FileProgram(f, isExprPredeclared)
 	if err != nil {
 		return nil, compileErr(err)

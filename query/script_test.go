@@ -244,3 +244,19 @@ func TestEmitKeysAndValues(t *testing.T) {
 		t.Fatalf("groups = %s, want %s (ints numerically, before strings)", got, want)
 	}
 }
+
+func TestSafeHelpers(t *testing.T) {
+	data := [][]kv{{{"a", []byte(`{"price": 12.7, "tags": ["x", "y"]}`)}, {"b", []byte(`{"price": 3.2, "tags": []}`)}}}
+	res, err := runJob(t, Job{Agg: "count", Filter: "math.floor(v.price) >= 10"}, nil, data, nil)
+	if err != nil || res.Groups[0].Value != int64(1) {
+		t.Fatalf("math: %v %v", res, err)
+	}
+	script := "def map(k, v):\n    emit(k, json.encode(v.tags))\n    emit(k + '-back', json.decode(json.encode(v))['price'])\n"
+	res, err = runJob(t, Job{Script: script}, nil, data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := mustJSON(t, res.Groups), `[{"Key":"a","Value":["[\"x\",\"y\"]"]},{"Key":"a-back","Value":[12.7]},{"Key":"b","Value":["[]"]},{"Key":"b-back","Value":[3.2]}]`; got != want {
+		t.Fatalf("json: got %s, want %s", got, want)
+	}
+}

@@ -74,16 +74,7 @@ func (o *object) SetField(name string, v starlark.Value) error {
 }
 
 func (o *object) CompareSameType(op syntax.Token, y starlark.Value, depth int) (bool, error) {
-	return o.Dict.CompareSameType(op, y.(*object).Dict, depth)
-}
-
-// decodeStored turns a stored value into Starlark: its JSON value if it is
-// JSON, else the bytes as a string.
-func decodeStored(b []byte) starlark.Value {
-	if v, ok := parseJSON(b); ok {
-		return v
-	}
-	return starlark.String(b)
+	return o.Dict.CompareSameType(op, asObject(y).Dict, depth)
 }
 
 // parseJSON decodes one JSON document (strictly: trailing bytes fail).
@@ -100,20 +91,20 @@ func parseJSON(b []byte) (starlark.Value, bool) {
 	return v, d.i == len(d.b)
 }
 
+// jsonDecoder parses JSON into Starlark values, or with skip set only
+// checks it (without allocating): both modes accept exactly the same input.
 type jsonDecoder struct {
-	b []byte
-	i int
+	b    []byte
+	i    int
+	skip bool
 }
 
 func (d *jsonDecoder) skipWS() {
-	for d.i < len(d.b) {
-		switch d.b[d.i] {
-		case ' ', '\t', '\n', '\r':
-			d.i++
-		default:
-			return
-		}
+	b, i := d.b, d.i
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
 	}
+	d.i = i
 }
 
 func (d *jsonDecoder) value(depth int) (starlark.Value, bool) {
@@ -150,7 +141,10 @@ func (d *jsonDecoder) literal(word string, v starlark.Value) (starlark.Value, bo
 
 func (d *jsonDecoder) object(depth int) (starlark.Value, bool) {
 	d.i++ // {
-	obj := newObject(0)
+	var obj *object
+	if !d.skip {
+		obj = newObject(0)
+	}
 	d.skipWS()
 	if d.i < len(d.b) && d.b[d.i] == '}' {
 		d.i++
@@ -175,8 +169,10 @@ func (d *jsonDecoder) object(depth int) (starlark.Value, bool) {
 		if !ok {
 			return nil, false
 		}
-		if err := obj.SetKey(starlark.String(k), v); err != nil {
-			return nil, false
+		if !d.skip {
+			if err := obj.SetKey(starlark.String(k), v); err != nil {
+				return nil, false
+			}
 		}
 		d.skipWS()
 		if d.i >= len(d.b) {
@@ -208,7 +204,9 @@ func (d *jsonDecoder) array(depth int) (starlark.Value, bool) {
 		if !ok {
 			return nil, false
 		}
-		elems = append(elems, v)
+		if !d.skip {
+			elems = append(elems, v)
+		}
 		d.skipWS()
 		if d.i >= len(d.b) {
 			return nil, false
@@ -230,11 +228,15 @@ func (d *jsonDecoder) array(depth int) (starlark.Value, bool) {
 func (d *jsonDecoder) str() (string, bool) {
 	d.i++ // "
 	start := d.i
-	for d.i < len(d.b) {
-		c := d.b[d.i]
+	b, i := d.b, d.i
+	for i < len(b) {
+		c := b[i]
 		if c == '"' {
-			s := string(d.b[start:d.i])
-			d.i++
+			var s string
+			if !d.skip {
+				s = string(b[start:i])
+			}
+			d.i = i + 1
 			return s, true
 		}
 		if c == '\\' {
@@ -243,19 +245,28 @@ func (d *jsonDecoder) str() (string, bool) {
 		if c < 0x20 {
 			return "", false
 		}
-		d.i++
+		i++
 	}
-	buf := append([]byte(nil), d.b[start:d.i]...)
+	d.i = i
+	var buf []byte
+	if !d.skip {
+		buf = append(buf, d.b[start:d.i]...)
+	}
 	for d.i < len(d.b) {
 		c := d.b[d.i]
 		switch {
 		case c == '"':
 			d.i++
+			if d.skip {
+				return "", true
+			}
 			return string(buf), true
 		case c < 0x20:
 			return "", false
 		case c != '\\':
-			buf = append(buf, c)
+			if !d.skip {
+				buf = append(buf, c)
+			}
 			d.i++
 			continue
 		}
@@ -303,9 +314,14 @@ func (d *jsonDecoder) str() (string, bool) {
 					r = utf8.RuneError
 				}
 			}
-			buf = utf8.AppendRune(buf, r)
+			if !d.skip {
+				buf = utf8.AppendRune(buf, r)
+			}
 		default:
 			return "", false
+		}
+		if d.skip {
+			buf = buf[:0] // escapes append to buf above; keep it empty
 		}
 	}
 	return "", false
@@ -333,6 +349,22 @@ func (d *jsonDecoder) hex4() (rune, bool) {
 }
 
 func (d *jsonDecoder) number() (starlark.Value, bool) {
+	x, ok := d.scanNumber()
+	if !ok || d.skip {
+		return nil, ok
+	}
+	switch x := x.(type) {
+	case int64:
+		return starlark.MakeInt64(x), true
+	case *big.Int:
+		return starlark.MakeBigInt(x), true
+	}
+	return starlark.Float(x.(float64)), true
+}
+
+// scanNumber parses a JSON number: integral ones into an int64 (or a
+// *big.Int beyond int64), others into a float64; nil in skip mode.
+func (d *jsonDecoder) scanNumber() (any, bool) {
 	start := d.i
 	neg := false
 	if d.b[d.i] == '-' {
@@ -351,7 +383,7 @@ func (d *jsonDecoder) number() (starlark.Value, bool) {
 		return nil, false
 	}
 	intEnd := d.i
-	integral := true
+	integral, exponent := true, false
 	if d.i < len(d.b) && d.b[d.i] == '.' {
 		integral = false
 		d.i++
@@ -360,7 +392,7 @@ func (d *jsonDecoder) number() (starlark.Value, bool) {
 		}
 	}
 	if d.i < len(d.b) && (d.b[d.i] == 'e' || d.b[d.i] == 'E') {
-		integral = false
+		integral, exponent = false, true
 		d.i++
 		if d.i < len(d.b) && (d.b[d.i] == '+' || d.b[d.i] == '-') {
 			d.i++
@@ -368,6 +400,13 @@ func (d *jsonDecoder) number() (starlark.Value, bool) {
 		if !d.digits() {
 			return nil, false
 		}
+	}
+	if d.skip {
+		if integral || (!exponent && intEnd-digits <= 300) {
+			return nil, true // cannot overflow a float64
+		}
+		_, err := strconv.ParseFloat(string(d.b[start:d.i]), 64)
+		return nil, err == nil
 	}
 	if integral {
 		if intEnd-digits <= 18 { // fits in int64 without overflow checks
@@ -378,19 +417,22 @@ func (d *jsonDecoder) number() (starlark.Value, bool) {
 			if neg {
 				n = -n
 			}
-			return starlark.MakeInt64(n), true
+			return n, true
 		}
 		z, ok := new(big.Int).SetString(string(d.b[start:intEnd]), 10)
 		if !ok {
 			return nil, false
 		}
-		return starlark.MakeBigInt(z), true
+		if z.IsInt64() {
+			return z.Int64(), true
+		}
+		return z, true
 	}
 	f, err := strconv.ParseFloat(string(d.b[start:d.i]), 64)
 	if err != nil { // out of range: not something we can represent
 		return nil, false
 	}
-	return starlark.Float(f), true
+	return f, true
 }
 
 func (d *jsonDecoder) digits() bool {
@@ -445,6 +487,8 @@ func toGoDepth(v starlark.Value, depth int) (any, error) {
 		return out, nil
 	case *object:
 		return dictToGo(v.Dict, depth)
+	case *lazyObject:
+		return dictToGo(v.obj().Dict, depth)
 	case *starlark.Dict:
 		return dictToGo(v, depth)
 	}
@@ -634,6 +678,8 @@ func appendStarlarkJSON(buf []byte, v starlark.Value, depth int) ([]byte, error)
 		return append(buf, ']'), nil
 	case *object:
 		return appendDictJSON(buf, v.Dict, depth)
+	case *lazyObject:
+		return appendDictJSON(buf, v.obj().Dict, depth)
 	case *starlark.Dict:
 		return appendDictJSON(buf, v, depth)
 	}
