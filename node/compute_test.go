@@ -375,7 +375,7 @@ func waitCaughtUp(t *testing.T, c *client.Client, e *embedded) {
 			}
 			for _, g := range st.Groups {
 				if g.State == "Leader" {
-					commit[g.Partition] = g.CommitIndex
+					commit[g.Partition] = g.AppliedIndex // the leader applies before it acknowledges
 				}
 				applied[g.Partition] = append(applied[g.Partition], g.AppliedIndex)
 			}
@@ -383,7 +383,7 @@ func waitCaughtUp(t *testing.T, c *client.Client, e *embedded) {
 		for p, list := range applied {
 			for _, a := range list {
 				if a < commit[p] || commit[p] == 0 {
-					return fmt.Errorf("partition %d: applied %v, leader commit %d", p, list, commit[p])
+					return fmt.Errorf("partition %d: applied %v, leader applied %d", p, list, commit[p])
 				}
 			}
 		}

@@ -37,10 +37,13 @@ func (g *Group) Meta() *MetaState { return g.meta }
 // Raft exposes the raft instance for membership changes and status.
 func (g *Group) Raft() *raft.Raft { return g.raft }
 
-// Applied is the index of the last log entry applied. Raft applies no-op
-// and barrier entries without handing them to the state machine, so its
-// count is ahead of the engine's; the state is the same up to either.
-func (g *Group) Applied() uint64 { return max(g.raft.AppliedIndex(), g.sm.Applied()) }
+// Applied is the index of the last entry the state machine holds. It may
+// trail the commit index by no-op and barrier entries, which raft never
+// hands to the state machine; raft's own AppliedIndex is no substitute: it
+// moves when entries are dispatched to the state machine, before they are
+// applied. A replica has every acknowledged write once its Applied reaches
+// the leader's (the leader applies before it acknowledges).
+func (g *Group) Applied() uint64 { return g.sm.Applied() }
 
 // IsLeader reports whether this replica currently believes it leads.
 func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
@@ -118,7 +121,7 @@ func (g *Group) ReadView(ctx context.Context, linearizable bool) (View, uint64, 
 			return nil, 0, err
 		}
 	}
-	applied := g.Applied() // read before the view, which holds at least this
+	applied := g.sm.Applied() // read before the view, which holds at least this
 	v, err := g.sm.eng.NewView()
 	if err != nil {
 		return nil, 0, fmt.Errorf("replication: %s: open view: %w", g.id, err)

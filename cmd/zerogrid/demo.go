@@ -168,7 +168,7 @@ func checkAll(ctx context.Context, m *client.Map, keys int) error {
 }
 
 // caughtUp reports nil once every group on node id has applied what its
-// leader has committed.
+// leader has applied (and so every acknowledged write).
 func caughtUp(ctx context.Context, c *client.Client, id string) error {
 	cs, err := collectStatus(ctx, c)
 	if err != nil {
@@ -181,7 +181,7 @@ func caughtUp(ctx context.Context, c *client.Client, id string) error {
 			return fmt.Errorf("%s not reachable yet", id)
 		}
 		for _, g := range byNode {
-			if g.State == "Leader" && mine.AppliedIndex < g.CommitIndex {
+			if g.State == "Leader" && mine.AppliedIndex < g.AppliedIndex {
 				behind = append(behind, fmt.Sprint(p))
 			}
 		}

@@ -14,7 +14,7 @@ import (
 )
 
 // lagThreshold: a replica further than this many entries behind its
-// leader's commit index is reported as lagging.
+// leader has applied is reported as lagging.
 const lagThreshold = 100
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -88,12 +88,15 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 	sort.Slice(parts, func(i, j int) bool { return parts[i] < parts[j] })
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PARTITION\tLEADER\tTERM\tCOMMIT\tREPLICAS (applied index)\tLAGGING")
+	// A replica lags when it has applied less than its leader: the leader's
+	// applied index (not its commit index, which also counts no-op entries
+	// no state machine sees) covers every acknowledged write.
 	for _, p := range parts {
 		byNode := cs.groups[p]
-		leader, term, commit := "", uint64(0), uint64(0)
+		leader, term, commit, leaderApplied := "", uint64(0), uint64(0), uint64(0)
 		for id, g := range byNode {
 			if g.State == "Leader" {
-				leader, term, commit = id, g.Term, g.CommitIndex
+				leader, term, commit, leaderApplied = id, g.Term, g.CommitIndex, g.AppliedIndex
 			}
 		}
 		voters := []string{}
@@ -112,7 +115,7 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 				continue
 			}
 			reps = append(reps, fmt.Sprintf("%s=%d", id, g.AppliedIndex))
-			if leader != "" && commit > g.AppliedIndex+lagThreshold {
+			if leader != "" && leaderApplied > g.AppliedIndex+lagThreshold {
 				lagging = append(lagging, id)
 			}
 		}
