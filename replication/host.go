@@ -33,7 +33,10 @@ type RaftTiming struct {
 func DefaultTiming() RaftTiming {
 	return RaftTiming{
 		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, LeaderLeaseTimeout: 500 * time.Millisecond,
-		CommitTimeout: 50 * time.Millisecond, SnapshotInterval: 2 * time.Minute, SnapshotThreshold: 8192,
+		// CommitTimeout paces the AppendEntries an idle leader sends to carry
+		// the commit index; at 50 ms (raft's default) 32 idle groups kept
+		// 0.75 of a core busy on 3 nodes. Writes are not delayed by it.
+		CommitTimeout: 500 * time.Millisecond, SnapshotInterval: 2 * time.Minute, SnapshotThreshold: 8192,
 		TrailingLogs: 10240, MaxAppendEntries: 64,
 	}
 }
@@ -43,6 +46,7 @@ func DefaultTiming() RaftTiming {
 func SmallTiming() RaftTiming {
 	t := DefaultTiming()
 	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 1500*time.Millisecond
+	t.CommitTimeout = 2 * time.Second
 	t.SnapshotThreshold, t.TrailingLogs = 4096, 4096
 	// At most 16 entries per AppendEntries: with 1 MiB values a batch stays
 	// near 16 MiB instead of 64 MiB on a 512 MB machine.
@@ -56,7 +60,7 @@ func SmallTiming() RaftTiming {
 func TestTiming() RaftTiming {
 	t := DefaultTiming()
 	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 400*time.Millisecond, 400*time.Millisecond, 300*time.Millisecond
-	t.CommitTimeout = 5 * time.Millisecond
+	t.CommitTimeout = 50 * time.Millisecond
 	t.SnapshotThreshold, t.TrailingLogs = 1024, 256
 	t.SnapshotInterval = 2 * time.Second
 	return t

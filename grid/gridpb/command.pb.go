@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: command.proto
+// source: grid/gridpb/command.proto
 
 package gridpb
 
@@ -41,7 +41,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_grid_gridpb_command_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +53,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[0]
+	mi := &file_grid_gridpb_command_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +66,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{0}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Command) GetClientId() uint64 {
@@ -158,7 +158,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_grid_gridpb_command_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -170,7 +170,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[1]
+	mi := &file_grid_gridpb_command_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -183,7 +183,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{1}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *PutOp) GetMap() string {
@@ -224,7 +224,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_grid_gridpb_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -236,7 +236,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[2]
+	mi := &file_grid_gridpb_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -249,7 +249,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{2}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DeleteOp) GetMap() string {
@@ -284,7 +284,7 @@ type CasOp struct {
 
 func (x *CasOp) Reset() {
 	*x = CasOp{}
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_grid_gridpb_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +296,7 @@ func (x *CasOp) String() string {
 func (*CasOp) ProtoMessage() {}
 
 func (x *CasOp) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[3]
+	mi := &file_grid_gridpb_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +309,7 @@ func (x *CasOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CasOp.ProtoReflect.Descriptor instead.
 func (*CasOp) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{3}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CasOp) GetMap() string {
@@ -376,7 +376,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_grid_gridpb_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +388,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[4]
+	mi := &file_grid_gridpb_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +401,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Result) GetVersion() uint64 {
@@ -446,7 +446,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_grid_gridpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +458,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[5]
+	mi := &file_grid_gridpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +471,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -524,7 +524,7 @@ type CreateMapOp struct {
 
 func (x *CreateMapOp) Reset() {
 	*x = CreateMapOp{}
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_grid_gridpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +536,7 @@ func (x *CreateMapOp) String() string {
 func (*CreateMapOp) ProtoMessage() {}
 
 func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[6]
+	mi := &file_grid_gridpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +549,7 @@ func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapOp.ProtoReflect.Descriptor instead.
 func (*CreateMapOp) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateMapOp) GetName() string {
@@ -571,7 +571,7 @@ type SetTableOp struct {
 
 func (x *SetTableOp) Reset() {
 	*x = SetTableOp{}
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_grid_gridpb_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +583,7 @@ func (x *SetTableOp) String() string {
 func (*SetTableOp) ProtoMessage() {}
 
 func (x *SetTableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_command_proto_msgTypes[7]
+	mi := &file_grid_gridpb_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +596,7 @@ func (x *SetTableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTableOp.ProtoReflect.Descriptor instead.
 func (*SetTableOp) Descriptor() ([]byte, []int) {
-	return file_command_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetTableOp) GetExpectedEpoch() uint64 {
@@ -613,11 +613,11 @@ func (x *SetTableOp) GetTableJson() []byte {
 	return nil
 }
 
-var File_command_proto protoreflect.FileDescriptor
+var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
-const file_command_proto_rawDesc = "" +
+const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\rcommand.proto\x12\vzerogrid.v1\"\xe0\x01\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\"\xe0\x01\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -663,19 +663,19 @@ const file_command_proto_rawDesc = "" +
 	"table_json\x18\x02 \x01(\fR\ttableJsonB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
-	file_command_proto_rawDescOnce sync.Once
-	file_command_proto_rawDescData []byte
+	file_grid_gridpb_command_proto_rawDescOnce sync.Once
+	file_grid_gridpb_command_proto_rawDescData []byte
 )
 
-func file_command_proto_rawDescGZIP() []byte {
-	file_command_proto_rawDescOnce.Do(func() {
-		file_command_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)))
+func file_grid_gridpb_command_proto_rawDescGZIP() []byte {
+	file_grid_gridpb_command_proto_rawDescOnce.Do(func() {
+		file_grid_gridpb_command_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_grid_gridpb_command_proto_rawDesc), len(file_grid_gridpb_command_proto_rawDesc)))
 	})
-	return file_command_proto_rawDescData
+	return file_grid_gridpb_command_proto_rawDescData
 }
 
-var file_command_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
-var file_command_proto_goTypes = []any{
+var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_grid_gridpb_command_proto_goTypes = []any{
 	(*Command)(nil),     // 0: zerogrid.v1.Command
 	(*PutOp)(nil),       // 1: zerogrid.v1.PutOp
 	(*DeleteOp)(nil),    // 2: zerogrid.v1.DeleteOp
@@ -685,7 +685,7 @@ var file_command_proto_goTypes = []any{
 	(*CreateMapOp)(nil), // 6: zerogrid.v1.CreateMapOp
 	(*SetTableOp)(nil),  // 7: zerogrid.v1.SetTableOp
 }
-var file_command_proto_depIdxs = []int32{
+var file_grid_gridpb_command_proto_depIdxs = []int32{
 	1, // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
 	2, // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
 	3, // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
@@ -698,17 +698,17 @@ var file_command_proto_depIdxs = []int32{
 	0, // [0:5] is the sub-list for field type_name
 }
 
-func init() { file_command_proto_init() }
-func file_command_proto_init() {
-	if File_command_proto != nil {
+func init() { file_grid_gridpb_command_proto_init() }
+func file_grid_gridpb_command_proto_init() {
+	if File_grid_gridpb_command_proto != nil {
 		return
 	}
-	file_command_proto_msgTypes[0].OneofWrappers = []any{
+	file_grid_gridpb_command_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Cas)(nil),
 	}
-	file_command_proto_msgTypes[5].OneofWrappers = []any{
+	file_grid_gridpb_command_proto_msgTypes[5].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
 		(*MetaCommand_SetTable)(nil),
 	}
@@ -716,17 +716,17 @@ func file_command_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_command_proto_rawDesc), len(file_command_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_command_proto_rawDesc), len(file_grid_gridpb_command_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
-		GoTypes:           file_command_proto_goTypes,
-		DependencyIndexes: file_command_proto_depIdxs,
-		MessageInfos:      file_command_proto_msgTypes,
+		GoTypes:           file_grid_gridpb_command_proto_goTypes,
+		DependencyIndexes: file_grid_gridpb_command_proto_depIdxs,
+		MessageInfos:      file_grid_gridpb_command_proto_msgTypes,
 	}.Build()
-	File_command_proto = out.File
-	file_command_proto_goTypes = nil
-	file_command_proto_depIdxs = nil
+	File_grid_gridpb_command_proto = out.File
+	file_grid_gridpb_command_proto_goTypes = nil
+	file_grid_gridpb_command_proto_depIdxs = nil
 }

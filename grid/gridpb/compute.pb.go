@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: compute.proto
+// source: grid/gridpb/compute.proto
 
 package gridpb
 
@@ -47,7 +47,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_compute_proto_msgTypes[0]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -59,7 +59,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[0]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -72,7 +72,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{0}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *JobSpec) GetMap() string {
@@ -176,7 +176,7 @@ type TaskRequest struct {
 
 func (x *TaskRequest) Reset() {
 	*x = TaskRequest{}
-	mi := &file_compute_proto_msgTypes[1]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -188,7 +188,7 @@ func (x *TaskRequest) String() string {
 func (*TaskRequest) ProtoMessage() {}
 
 func (x *TaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[1]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -201,7 +201,7 @@ func (x *TaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskRequest.ProtoReflect.Descriptor instead.
 func (*TaskRequest) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{1}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *TaskRequest) GetJob() *JobSpec {
@@ -235,7 +235,7 @@ type TaskResult struct {
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_compute_proto_msgTypes[2]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +247,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[2]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +260,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{2}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TaskResult) GetPartition() uint32 {
@@ -330,7 +330,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_compute_proto_msgTypes[3]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +342,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[3]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +355,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{3}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SubmitRequest) GetJob() *JobSpec {
@@ -389,7 +389,7 @@ type TaskReport struct {
 
 func (x *TaskReport) Reset() {
 	*x = TaskReport{}
-	mi := &file_compute_proto_msgTypes[4]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +401,7 @@ func (x *TaskReport) String() string {
 func (*TaskReport) ProtoMessage() {}
 
 func (x *TaskReport) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[4]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +414,7 @@ func (x *TaskReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskReport.ProtoReflect.Descriptor instead.
 func (*TaskReport) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TaskReport) GetPartition() uint32 {
@@ -493,7 +493,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_compute_proto_msgTypes[5]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +505,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[5]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +518,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Progress) GetTasksTotal() uint32 {
@@ -570,7 +570,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_compute_proto_msgTypes[6]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +582,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[6]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +595,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobResult) GetResultJson() []byte {
@@ -646,7 +646,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_compute_proto_msgTypes[7]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +658,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[7]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +671,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -727,7 +727,7 @@ type PlannedTask struct {
 
 func (x *PlannedTask) Reset() {
 	*x = PlannedTask{}
-	mi := &file_compute_proto_msgTypes[8]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +739,7 @@ func (x *PlannedTask) String() string {
 func (*PlannedTask) ProtoMessage() {}
 
 func (x *PlannedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[8]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +752,7 @@ func (x *PlannedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedTask.ProtoReflect.Descriptor instead.
 func (*PlannedTask) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{8}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PlannedTask) GetPartition() uint32 {
@@ -793,7 +793,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_compute_proto_msgTypes[9]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +805,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[9]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +818,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExplainResponse) GetTasks() []*PlannedTask {
@@ -848,7 +848,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_compute_proto_msgTypes[10]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +860,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[10]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +873,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ApplyRequest) GetHeader() *WriteHeader {
@@ -915,7 +915,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_compute_proto_msgTypes[11]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +927,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_compute_proto_msgTypes[11]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +940,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_compute_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyResponse) GetDeleted() bool {
@@ -964,11 +964,11 @@ func (x *ApplyResponse) GetVersion() uint64 {
 	return 0
 }
 
-var File_compute_proto protoreflect.FileDescriptor
+var File_grid_gridpb_compute_proto protoreflect.FileDescriptor
 
-const file_compute_proto_rawDesc = "" +
+const file_grid_gridpb_compute_proto_rawDesc = "" +
 	"\n" +
-	"\rcompute.proto\x12\vzerogrid.v1\x1a\bkv.proto\"\x81\x03\n" +
+	"\x19grid/gridpb/compute.proto\x12\vzerogrid.v1\x1a\x14grid/gridpb/kv.proto\"\x81\x03\n" +
 	"\aJobSpec\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\fR\x06prefix\x12\x16\n" +
@@ -1064,19 +1064,19 @@ const file_compute_proto_rawDesc = "" +
 	"\x05Apply\x12\x19.zerogrid.v1.ApplyRequest\x1a\x1a.zerogrid.v1.ApplyResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
-	file_compute_proto_rawDescOnce sync.Once
-	file_compute_proto_rawDescData []byte
+	file_grid_gridpb_compute_proto_rawDescOnce sync.Once
+	file_grid_gridpb_compute_proto_rawDescData []byte
 )
 
-func file_compute_proto_rawDescGZIP() []byte {
-	file_compute_proto_rawDescOnce.Do(func() {
-		file_compute_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_compute_proto_rawDesc), len(file_compute_proto_rawDesc)))
+func file_grid_gridpb_compute_proto_rawDescGZIP() []byte {
+	file_grid_gridpb_compute_proto_rawDescOnce.Do(func() {
+		file_grid_gridpb_compute_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_grid_gridpb_compute_proto_rawDesc), len(file_grid_gridpb_compute_proto_rawDesc)))
 	})
-	return file_compute_proto_rawDescData
+	return file_grid_gridpb_compute_proto_rawDescData
 }
 
-var file_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
-var file_compute_proto_goTypes = []any{
+var file_grid_gridpb_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_grid_gridpb_compute_proto_goTypes = []any{
 	(*JobSpec)(nil),         // 0: zerogrid.v1.JobSpec
 	(*TaskRequest)(nil),     // 1: zerogrid.v1.TaskRequest
 	(*TaskResult)(nil),      // 2: zerogrid.v1.TaskResult
@@ -1092,7 +1092,7 @@ var file_compute_proto_goTypes = []any{
 	(Consistency)(0),        // 12: zerogrid.v1.Consistency
 	(*WriteHeader)(nil),     // 13: zerogrid.v1.WriteHeader
 }
-var file_compute_proto_depIdxs = []int32{
+var file_grid_gridpb_compute_proto_depIdxs = []int32{
 	12, // 0: zerogrid.v1.JobSpec.consistency:type_name -> zerogrid.v1.Consistency
 	0,  // 1: zerogrid.v1.TaskRequest.job:type_name -> zerogrid.v1.JobSpec
 	0,  // 2: zerogrid.v1.SubmitRequest.job:type_name -> zerogrid.v1.JobSpec
@@ -1117,13 +1117,13 @@ var file_compute_proto_depIdxs = []int32{
 	0,  // [0:9] is the sub-list for field type_name
 }
 
-func init() { file_compute_proto_init() }
-func file_compute_proto_init() {
-	if File_compute_proto != nil {
+func init() { file_grid_gridpb_compute_proto_init() }
+func file_grid_gridpb_compute_proto_init() {
+	if File_grid_gridpb_compute_proto != nil {
 		return
 	}
-	file_kv_proto_init()
-	file_compute_proto_msgTypes[7].OneofWrappers = []any{
+	file_grid_gridpb_kv_proto_init()
+	file_grid_gridpb_compute_proto_msgTypes[7].OneofWrappers = []any{
 		(*JobEvent_Progress)(nil),
 		(*JobEvent_Result)(nil),
 	}
@@ -1131,17 +1131,17 @@ func file_compute_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_compute_proto_rawDesc), len(file_compute_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_compute_proto_rawDesc), len(file_grid_gridpb_compute_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_compute_proto_goTypes,
-		DependencyIndexes: file_compute_proto_depIdxs,
-		MessageInfos:      file_compute_proto_msgTypes,
+		GoTypes:           file_grid_gridpb_compute_proto_goTypes,
+		DependencyIndexes: file_grid_gridpb_compute_proto_depIdxs,
+		MessageInfos:      file_grid_gridpb_compute_proto_msgTypes,
 	}.Build()
-	File_compute_proto = out.File
-	file_compute_proto_goTypes = nil
-	file_compute_proto_depIdxs = nil
+	File_grid_gridpb_compute_proto = out.File
+	file_grid_gridpb_compute_proto_goTypes = nil
+	file_grid_gridpb_compute_proto_depIdxs = nil
 }

@@ -2,7 +2,7 @@
 // versions:
 // - protoc-gen-go-grpc v1.5.1
 // - protoc             v3.21.12
-// source: compute.proto
+// source: grid/gridpb/compute.proto
 
 package gridpb
 
@@ -247,5 +247,5 @@ var Compute_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
-	Metadata: "compute.proto",
+	Metadata: "grid/gridpb/compute.proto",
 }

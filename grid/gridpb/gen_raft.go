@@ -1,3 +1,3 @@
 package gridpb
 
-//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative raft.proto
+//go:generate protoc -I ../.. --go_out=../.. --go_opt=module=github.com/zerogrid/zerogrid --go-grpc_out=../.. --go-grpc_opt=module=github.com/zerogrid/zerogrid grid/gridpb/raft.proto

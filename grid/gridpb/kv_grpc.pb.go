@@ -2,7 +2,7 @@
 // versions:
 // - protoc-gen-go-grpc v1.5.1
 // - protoc             v3.21.12
-// source: kv.proto
+// source: grid/gridpb/kv.proto
 
 package gridpb
 
@@ -277,7 +277,7 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
-	Metadata: "kv.proto",
+	Metadata: "grid/gridpb/kv.proto",
 }
 
 const (
@@ -497,5 +497,5 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
-	Metadata: "kv.proto",
+	Metadata: "grid/gridpb/kv.proto",
 }

@@ -2,7 +2,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: raft.proto
+// source: grid/gridpb/raft.proto
 
 package gridpb
 
@@ -64,11 +64,11 @@ func (x RaftLogType) String() string {
 }
 
 func (RaftLogType) Descriptor() protoreflect.EnumDescriptor {
-	return file_raft_proto_enumTypes[0].Descriptor()
+	return file_grid_gridpb_raft_proto_enumTypes[0].Descriptor()
 }
 
 func (RaftLogType) Type() protoreflect.EnumType {
-	return &file_raft_proto_enumTypes[0]
+	return &file_grid_gridpb_raft_proto_enumTypes[0]
 }
 
 func (x RaftLogType) Number() protoreflect.EnumNumber {
@@ -77,7 +77,7 @@ func (x RaftLogType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RaftLogType.Descriptor instead.
 func (RaftLogType) EnumDescriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{0}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{0}
 }
 
 // RaftHeader is raft.RPCHeader.
@@ -92,7 +92,7 @@ type RaftHeader struct {
 
 func (x *RaftHeader) Reset() {
 	*x = RaftHeader{}
-	mi := &file_raft_proto_msgTypes[0]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -104,7 +104,7 @@ func (x *RaftHeader) String() string {
 func (*RaftHeader) ProtoMessage() {}
 
 func (x *RaftHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[0]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -117,7 +117,7 @@ func (x *RaftHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftHeader.ProtoReflect.Descriptor instead.
 func (*RaftHeader) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{0}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *RaftHeader) GetProtocolVersion() int64 {
@@ -157,7 +157,7 @@ type RaftLog struct {
 
 func (x *RaftLog) Reset() {
 	*x = RaftLog{}
-	mi := &file_raft_proto_msgTypes[1]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -169,7 +169,7 @@ func (x *RaftLog) String() string {
 func (*RaftLog) ProtoMessage() {}
 
 func (x *RaftLog) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[1]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -182,7 +182,7 @@ func (x *RaftLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftLog.ProtoReflect.Descriptor instead.
 func (*RaftLog) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{1}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *RaftLog) GetIndex() uint64 {
@@ -243,7 +243,7 @@ type RaftAppendEntriesRequest struct {
 
 func (x *RaftAppendEntriesRequest) Reset() {
 	*x = RaftAppendEntriesRequest{}
-	mi := &file_raft_proto_msgTypes[2]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +255,7 @@ func (x *RaftAppendEntriesRequest) String() string {
 func (*RaftAppendEntriesRequest) ProtoMessage() {}
 
 func (x *RaftAppendEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[2]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +268,7 @@ func (x *RaftAppendEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAppendEntriesRequest.ProtoReflect.Descriptor instead.
 func (*RaftAppendEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{2}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RaftAppendEntriesRequest) GetGroup() uint32 {
@@ -340,7 +340,7 @@ type RaftAppendEntriesResponse struct {
 
 func (x *RaftAppendEntriesResponse) Reset() {
 	*x = RaftAppendEntriesResponse{}
-	mi := &file_raft_proto_msgTypes[3]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +352,7 @@ func (x *RaftAppendEntriesResponse) String() string {
 func (*RaftAppendEntriesResponse) ProtoMessage() {}
 
 func (x *RaftAppendEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[3]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +365,7 @@ func (x *RaftAppendEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAppendEntriesResponse.ProtoReflect.Descriptor instead.
 func (*RaftAppendEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{3}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RaftAppendEntriesResponse) GetHeader() *RaftHeader {
@@ -418,7 +418,7 @@ type RaftRequestVoteRequest struct {
 
 func (x *RaftRequestVoteRequest) Reset() {
 	*x = RaftRequestVoteRequest{}
-	mi := &file_raft_proto_msgTypes[4]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +430,7 @@ func (x *RaftRequestVoteRequest) String() string {
 func (*RaftRequestVoteRequest) ProtoMessage() {}
 
 func (x *RaftRequestVoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[4]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +443,7 @@ func (x *RaftRequestVoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestVoteRequest.ProtoReflect.Descriptor instead.
 func (*RaftRequestVoteRequest) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RaftRequestVoteRequest) GetGroup() uint32 {
@@ -507,7 +507,7 @@ type RaftRequestVoteResponse struct {
 
 func (x *RaftRequestVoteResponse) Reset() {
 	*x = RaftRequestVoteResponse{}
-	mi := &file_raft_proto_msgTypes[5]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +519,7 @@ func (x *RaftRequestVoteResponse) String() string {
 func (*RaftRequestVoteResponse) ProtoMessage() {}
 
 func (x *RaftRequestVoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[5]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +532,7 @@ func (x *RaftRequestVoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestVoteResponse.ProtoReflect.Descriptor instead.
 func (*RaftRequestVoteResponse) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RaftRequestVoteResponse) GetHeader() *RaftHeader {
@@ -576,7 +576,7 @@ type RaftRequestPreVoteRequest struct {
 
 func (x *RaftRequestPreVoteRequest) Reset() {
 	*x = RaftRequestPreVoteRequest{}
-	mi := &file_raft_proto_msgTypes[6]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +588,7 @@ func (x *RaftRequestPreVoteRequest) String() string {
 func (*RaftRequestPreVoteRequest) ProtoMessage() {}
 
 func (x *RaftRequestPreVoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[6]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +601,7 @@ func (x *RaftRequestPreVoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestPreVoteRequest.ProtoReflect.Descriptor instead.
 func (*RaftRequestPreVoteRequest) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RaftRequestPreVoteRequest) GetGroup() uint32 {
@@ -650,7 +650,7 @@ type RaftRequestPreVoteResponse struct {
 
 func (x *RaftRequestPreVoteResponse) Reset() {
 	*x = RaftRequestPreVoteResponse{}
-	mi := &file_raft_proto_msgTypes[7]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +662,7 @@ func (x *RaftRequestPreVoteResponse) String() string {
 func (*RaftRequestPreVoteResponse) ProtoMessage() {}
 
 func (x *RaftRequestPreVoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[7]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +675,7 @@ func (x *RaftRequestPreVoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestPreVoteResponse.ProtoReflect.Descriptor instead.
 func (*RaftRequestPreVoteResponse) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RaftRequestPreVoteResponse) GetHeader() *RaftHeader {
@@ -709,7 +709,7 @@ type RaftTimeoutNowRequest struct {
 
 func (x *RaftTimeoutNowRequest) Reset() {
 	*x = RaftTimeoutNowRequest{}
-	mi := &file_raft_proto_msgTypes[8]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +721,7 @@ func (x *RaftTimeoutNowRequest) String() string {
 func (*RaftTimeoutNowRequest) ProtoMessage() {}
 
 func (x *RaftTimeoutNowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[8]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +734,7 @@ func (x *RaftTimeoutNowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftTimeoutNowRequest.ProtoReflect.Descriptor instead.
 func (*RaftTimeoutNowRequest) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{8}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RaftTimeoutNowRequest) GetGroup() uint32 {
@@ -760,7 +760,7 @@ type RaftTimeoutNowResponse struct {
 
 func (x *RaftTimeoutNowResponse) Reset() {
 	*x = RaftTimeoutNowResponse{}
-	mi := &file_raft_proto_msgTypes[9]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +772,7 @@ func (x *RaftTimeoutNowResponse) String() string {
 func (*RaftTimeoutNowResponse) ProtoMessage() {}
 
 func (x *RaftTimeoutNowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[9]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +785,7 @@ func (x *RaftTimeoutNowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftTimeoutNowResponse.ProtoReflect.Descriptor instead.
 func (*RaftTimeoutNowResponse) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RaftTimeoutNowResponse) GetHeader() *RaftHeader {
@@ -815,7 +815,7 @@ type RaftInstallSnapshotRequest struct {
 
 func (x *RaftInstallSnapshotRequest) Reset() {
 	*x = RaftInstallSnapshotRequest{}
-	mi := &file_raft_proto_msgTypes[10]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +827,7 @@ func (x *RaftInstallSnapshotRequest) String() string {
 func (*RaftInstallSnapshotRequest) ProtoMessage() {}
 
 func (x *RaftInstallSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[10]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +840,7 @@ func (x *RaftInstallSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftInstallSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*RaftInstallSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RaftInstallSnapshotRequest) GetGroup() uint32 {
@@ -934,7 +934,7 @@ type RaftInstallSnapshotMessage struct {
 
 func (x *RaftInstallSnapshotMessage) Reset() {
 	*x = RaftInstallSnapshotMessage{}
-	mi := &file_raft_proto_msgTypes[11]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +946,7 @@ func (x *RaftInstallSnapshotMessage) String() string {
 func (*RaftInstallSnapshotMessage) ProtoMessage() {}
 
 func (x *RaftInstallSnapshotMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[11]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +959,7 @@ func (x *RaftInstallSnapshotMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftInstallSnapshotMessage.ProtoReflect.Descriptor instead.
 func (*RaftInstallSnapshotMessage) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RaftInstallSnapshotMessage) GetMsg() isRaftInstallSnapshotMessage_Msg {
@@ -1016,7 +1016,7 @@ type RaftInstallSnapshotResponse struct {
 
 func (x *RaftInstallSnapshotResponse) Reset() {
 	*x = RaftInstallSnapshotResponse{}
-	mi := &file_raft_proto_msgTypes[12]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1028,7 @@ func (x *RaftInstallSnapshotResponse) String() string {
 func (*RaftInstallSnapshotResponse) ProtoMessage() {}
 
 func (x *RaftInstallSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_raft_proto_msgTypes[12]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1041,7 @@ func (x *RaftInstallSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftInstallSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*RaftInstallSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_raft_proto_rawDescGZIP(), []int{12}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RaftInstallSnapshotResponse) GetHeader() *RaftHeader {
@@ -1065,12 +1065,11 @@ func (x *RaftInstallSnapshotResponse) GetSuccess() bool {
 	return false
 }
 
-var File_raft_proto protoreflect.FileDescriptor
+var File_grid_gridpb_raft_proto protoreflect.FileDescriptor
 
-const file_raft_proto_rawDesc = "" +
+const file_grid_gridpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\n" +
-	"raft.proto\x12\vzerogrid.v1\"[\n" +
+	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"[\n" +
 	"\n" +
 	"RaftHeader\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\x03R\x0fprotocolVersion\x12\x0e\n" +
@@ -1166,20 +1165,20 @@ const file_raft_proto_rawDesc = "" +
 	"\x0fInstallSnapshot\x12'.zerogrid.v1.RaftInstallSnapshotMessage\x1a(.zerogrid.v1.RaftInstallSnapshotResponse(\x01B*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
-	file_raft_proto_rawDescOnce sync.Once
-	file_raft_proto_rawDescData []byte
+	file_grid_gridpb_raft_proto_rawDescOnce sync.Once
+	file_grid_gridpb_raft_proto_rawDescData []byte
 )
 
-func file_raft_proto_rawDescGZIP() []byte {
-	file_raft_proto_rawDescOnce.Do(func() {
-		file_raft_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_raft_proto_rawDesc), len(file_raft_proto_rawDesc)))
+func file_grid_gridpb_raft_proto_rawDescGZIP() []byte {
+	file_grid_gridpb_raft_proto_rawDescOnce.Do(func() {
+		file_grid_gridpb_raft_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_grid_gridpb_raft_proto_rawDesc), len(file_grid_gridpb_raft_proto_rawDesc)))
 	})
-	return file_raft_proto_rawDescData
+	return file_grid_gridpb_raft_proto_rawDescData
 }
 
-var file_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
-var file_raft_proto_goTypes = []any{
+var file_grid_gridpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_grid_gridpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_grid_gridpb_raft_proto_goTypes = []any{
 	(RaftLogType)(0),                    // 0: zerogrid.v1.RaftLogType
 	(*RaftHeader)(nil),                  // 1: zerogrid.v1.RaftHeader
 	(*RaftLog)(nil),                     // 2: zerogrid.v1.RaftLog
@@ -1195,7 +1194,7 @@ var file_raft_proto_goTypes = []any{
 	(*RaftInstallSnapshotMessage)(nil),  // 12: zerogrid.v1.RaftInstallSnapshotMessage
 	(*RaftInstallSnapshotResponse)(nil), // 13: zerogrid.v1.RaftInstallSnapshotResponse
 }
-var file_raft_proto_depIdxs = []int32{
+var file_grid_gridpb_raft_proto_depIdxs = []int32{
 	0,  // 0: zerogrid.v1.RaftLog.type:type_name -> zerogrid.v1.RaftLogType
 	1,  // 1: zerogrid.v1.RaftAppendEntriesRequest.header:type_name -> zerogrid.v1.RaftHeader
 	2,  // 2: zerogrid.v1.RaftAppendEntriesRequest.entries:type_name -> zerogrid.v1.RaftLog
@@ -1228,12 +1227,12 @@ var file_raft_proto_depIdxs = []int32{
 	0,  // [0:13] is the sub-list for field type_name
 }
 
-func init() { file_raft_proto_init() }
-func file_raft_proto_init() {
-	if File_raft_proto != nil {
+func init() { file_grid_gridpb_raft_proto_init() }
+func file_grid_gridpb_raft_proto_init() {
+	if File_grid_gridpb_raft_proto != nil {
 		return
 	}
-	file_raft_proto_msgTypes[11].OneofWrappers = []any{
+	file_grid_gridpb_raft_proto_msgTypes[11].OneofWrappers = []any{
 		(*RaftInstallSnapshotMessage_Request)(nil),
 		(*RaftInstallSnapshotMessage_Chunk)(nil),
 	}
@@ -1241,18 +1240,18 @@ func file_raft_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_raft_proto_rawDesc), len(file_raft_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_raft_proto_rawDesc), len(file_grid_gridpb_raft_proto_rawDesc)),
 			NumEnums:      1,
 			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_raft_proto_goTypes,
-		DependencyIndexes: file_raft_proto_depIdxs,
-		EnumInfos:         file_raft_proto_enumTypes,
-		MessageInfos:      file_raft_proto_msgTypes,
+		GoTypes:           file_grid_gridpb_raft_proto_goTypes,
+		DependencyIndexes: file_grid_gridpb_raft_proto_depIdxs,
+		EnumInfos:         file_grid_gridpb_raft_proto_enumTypes,
+		MessageInfos:      file_grid_gridpb_raft_proto_msgTypes,
 	}.Build()
-	File_raft_proto = out.File
-	file_raft_proto_goTypes = nil
-	file_raft_proto_depIdxs = nil
+	File_grid_gridpb_raft_proto = out.File
+	file_grid_gridpb_raft_proto_goTypes = nil
+	file_grid_gridpb_raft_proto_depIdxs = nil
 }

@@ -2,7 +2,7 @@
 // versions:
 // - protoc-gen-go-grpc v1.5.1
 // - protoc             v3.21.12
-// source: raft.proto
+// source: grid/gridpb/raft.proto
 
 package gridpb
 
@@ -313,5 +313,5 @@ var Raft_ServiceDesc = grpc.ServiceDesc{
 			ClientStreams: true,
 		},
 	},
-	Metadata: "raft.proto",
+	Metadata: "grid/gridpb/raft.proto",
 }
