@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/node/localcluster"
+)
+
+// benchMap is the map the workload uses.
+const benchMap = "bench"
+
+// zgStore is a 3-node zerogrid cluster of real processes and one client
+// shared by every workload goroutine (client.Client is safe for concurrent
+// use).
+type zgStore struct {
+	cluster *localcluster.Cluster
+	client  *client.Client
+	m       *client.Map
+	pids    []int
+}
+
+var _ store = (*zgStore)(nil)
+
+// buildZerogrid builds cmd/zerogrid with the root module's own go.mod, so the
+// binary has the same dependency versions as a release build, not those this
+// module's requirement graph (etcd's client) would select.
+func buildZerogrid(ctx context.Context, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/zerogrid/zerogrid")
+	dir, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("find the zerogrid module (run from test/bench, or pass -zerogrid): %w", err)
+	}
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/zerogrid")
+	build.Dir = strings.TrimSpace(string(dir))
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("go build ./cmd/zerogrid in %s: %w", build.Dir, err)
+	}
+	return nil
+}
+
+// startZerogrid starts the cluster, creates the map and waits until every
+// partition has a leader.
+func startZerogrid(ctx context.Context, binary, dir, profile string) (*zgStore, error) {
+	abs, err := filepath.Abs(binary)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := localcluster.Start(ctx, localcluster.Config{
+		Binary: abs, Dir: dir, Nodes: 3, Partitions: 32, Replicas: 3, Profile: profile,
+	})
+	if err != nil {
+		return nil, err
+	}
+	z := &zgStore{cluster: cl}
+	if err := z.init(ctx, abs); err != nil {
+		z.Close()
+		return nil, err
+	}
+	return z, nil
+}
+
+func (z *zgStore) init(ctx context.Context, binary string) error {
+	for _, id := range z.cluster.IDs() {
+		pid, err := findPIDByArg(binary, "--data-dir", z.cluster.DataDir(id))
+		if err != nil {
+			return fmt.Errorf("zerogrid node %s: %w", id, err)
+		}
+		z.pids = append(z.pids, pid)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var err error
+	for {
+		if z.client == nil {
+			z.client, err = client.Dial(wctx, z.cluster.Addrs()...)
+		}
+		if z.client != nil {
+			err = z.client.CreateMap(wctx, benchMap)
+			if errors.Is(err, grid.ErrMapExists) {
+				err = nil
+			}
+		}
+		if err == nil {
+			err = z.allLeaders(wctx)
+		}
+		if err == nil {
+			z.m = z.client.Map(benchMap)
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("zerogrid cluster not ready: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (z *zgStore) allLeaders(ctx context.Context) error {
+	t, err := z.client.Table(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range t.Partitions {
+		if p.Leader == "" {
+			return fmt.Errorf("partition %d has no leader yet", p.ID)
+		}
+	}
+	return nil
+}
+
+func (z *zgStore) Name() string { return "zerogrid" }
+
+func (z *zgStore) Put(ctx context.Context, key, value []byte) error {
+	_, err := z.m.Put(ctx, key, value)
+	return err
+}
+
+func (z *zgStore) Get(ctx context.Context, key []byte) error {
+	_, _, err := z.m.Get(ctx, key)
+	return err
+}
+
+func (z *zgStore) StaleGet(ctx context.Context, key []byte) error {
+	_, _, err := z.m.Get(ctx, key, client.Stale())
+	return err
+}
+
+func (z *zgStore) PIDs() []int { return z.pids }
+
+func (z *zgStore) Close() {
+	if z.client != nil {
+		_ = z.client.Close()
+	}
+	z.cluster.Stop()
+}
