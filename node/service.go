@@ -217,6 +217,67 @@ func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*
 	return &gridpb.CompareAndSwapResponse{Swapped: res.Ok, Version: res.Version}, nil
 }
 
+// maxTxnOps bounds the compares and writes of one transaction.
+const maxTxnOps = 128
+
+func (s *service) Txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
+	resp, err := s.txn(ctx, req)
+	return resp, gridpb.ToStatus(err)
+}
+
+func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
+	h, err := header(req.Header)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(req.Compares) + len(req.ThenOps) + len(req.ElseOps); n == 0 || n > maxTxnOps {
+		return nil, fmt.Errorf("%w: a transaction has 1..%d compares and writes, got %d", grid.ErrBadRequest, maxTxnOps, n)
+	}
+	var keys [][]byte
+	for _, c := range req.Compares {
+		keys = append(keys, c.Key)
+	}
+	for _, branch := range [][]*gridpb.TxnWrite{req.ThenOps, req.ElseOps} {
+		size := 0
+		for _, w := range branch {
+			keys = append(keys, w.Key)
+			if w.Delete && len(w.Value) > 0 {
+				return nil, fmt.Errorf("%w: a delete carries no value", grid.ErrBadRequest)
+			}
+			if err := s.n.cfg.Limits.CheckValue(w.Value); err != nil {
+				return nil, err
+			}
+			if w.Crc != 0 && w.Crc != replication.Checksum(w.Value) {
+				return nil, fmt.Errorf("%w: value of %q does not match the CRC32C sent with it", grid.ErrChecksum, w.Key)
+			}
+			size += len(w.Key) + len(w.Value)
+		}
+		if size > s.n.cfg.Limits.MaxValueBytes {
+			return nil, fmt.Errorf("%w: a transaction branch writes %d bytes, limit %d", grid.ErrValueTooLarge, size, s.n.cfg.Limits.MaxValueBytes)
+		}
+	}
+	var g *replication.Group
+	part := -1
+	for _, k := range keys {
+		kg, err := s.partitionFor(ctx, h.Map, k)
+		if err != nil {
+			return nil, err
+		}
+		p := int(kg.ID())
+		if part >= 0 && p != part {
+			return nil, fmt.Errorf("%w: transaction keys span partitions %d and %d; give related keys one {hash tag}", grid.ErrBadRequest, part, p)
+		}
+		part, g = p, kg
+	}
+	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Txn{Txn: &gridpb.TxnOp{
+		Map: h.Map, Compares: req.Compares, ThenOps: req.ThenOps, ElseOps: req.ElseOps,
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &gridpb.TxnResponse{Succeeded: res.Ok, Version: res.Version}, nil
+}
+
 func (s *service) Get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
 	resp, err := s.get(ctx, req)
 	return resp, gridpb.ToStatus(err)

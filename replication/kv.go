@@ -120,9 +120,58 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		}
 		tx.set(k, encodeEntry(StoredEntry{Version: index, CRC: crc, Value: c.Value}))
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
+	case *gridpb.Command_Txn:
+		return a.applyTxn(tx, index, op.Txn)
 	default:
 		return nil, fmt.Errorf("%w: command without an operation", ErrCorrupt)
 	}
+}
+
+// applyTxn evaluates every compare against the state before the entry,
+// then applies one branch; the whole entry is one atomic engine batch.
+func (a *kvApplier) applyTxn(tx *txn, index uint64, t *gridpb.TxnOp) (*gridpb.Result, error) {
+	ok := true
+	for _, c := range t.Compares {
+		raw, err := tx.get(dataKey(a.group, t.Map, c.Key))
+		exists := err == nil
+		if err != nil && !errors.Is(err, ErrEngineNotFound) {
+			return nil, fmt.Errorf("replication: txn read: %w", err)
+		}
+		var cur StoredEntry
+		if exists {
+			if cur, err = decodeEntry(raw); err != nil {
+				return nil, err
+			}
+		}
+		switch c.Target {
+		case gridpb.TxnCompare_VERSION:
+			ok = ok && cur.Version == c.Version // version 0: absent
+		case gridpb.TxnCompare_VALUE:
+			ok = ok && exists && string(cur.Value) == string(c.Value)
+		case gridpb.TxnCompare_EXISTS:
+			ok = ok && exists
+		case gridpb.TxnCompare_MISSING:
+			ok = ok && !exists
+		}
+	}
+	ops := t.ThenOps
+	if !ok {
+		ops = t.ElseOps
+	}
+	for _, w := range ops {
+		if !w.Delete && w.Crc != 0 && w.Crc != Checksum(w.Value) {
+			return &gridpb.Result{Error: "CHECKSUM"}, nil // nothing applied: checked before any write
+		}
+	}
+	for _, w := range ops {
+		k := dataKey(a.group, t.Map, w.Key)
+		if w.Delete {
+			tx.del(k)
+			continue
+		}
+		tx.set(k, encodeEntry(StoredEntry{Version: index, CRC: Checksum(w.Value), Value: w.Value}))
+	}
+	return &gridpb.Result{Ok: ok, Version: index}, nil
 }
 
 func (a *kvApplier) lookupDedup(tx *txn, client, seq uint64) (*gridpb.Result, bool) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -102,6 +103,22 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := kv.Put(ctx, &gridpb.PutRequest{Header: hdr("good"), Key: []byte("k"), Value: bytes.Repeat([]byte("x"), replication.MaxRaftMessageBytes+1)})
 			return err
 		}, nil, codes.ResourceExhausted},
+		{"transaction over two partitions", func() error {
+			var other []byte
+			for i := 0; other == nil; i++ {
+				k := []byte(fmt.Sprintf("x%d", i))
+				if grid.PartitionOf("good", k, 4) != grid.PartitionOf("good", []byte("k"), 4) {
+					other = k
+				}
+			}
+			_, err := kv.Txn(ctx, &gridpb.TxnRequest{Header: hdr("good"), ThenOps: []*gridpb.TxnWrite{
+				{Key: []byte("k"), Value: []byte("evil")}, {Key: other, Value: []byte("evil")}}})
+			return err
+		}, grid.ErrBadRequest, codes.InvalidArgument},
+		{"empty transaction", func() error {
+			_, err := kv.Txn(ctx, &gridpb.TxnRequest{Header: hdr("good")})
+			return err
+		}, grid.ErrBadRequest, codes.InvalidArgument},
 		{"get from unknown map", func() error {
 			_, err := kv.Get(ctx, &gridpb.GetRequest{Map: "nosuchmap", Key: []byte("k")})
 			return err

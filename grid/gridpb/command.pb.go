@@ -21,6 +21,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type TxnCompare_Target int32
+
+const (
+	TxnCompare_VERSION TxnCompare_Target = 0
+	TxnCompare_VALUE   TxnCompare_Target = 1
+	TxnCompare_EXISTS  TxnCompare_Target = 2
+	TxnCompare_MISSING TxnCompare_Target = 3
+)
+
+// Enum value maps for TxnCompare_Target.
+var (
+	TxnCompare_Target_name = map[int32]string{
+		0: "VERSION",
+		1: "VALUE",
+		2: "EXISTS",
+		3: "MISSING",
+	}
+	TxnCompare_Target_value = map[string]int32{
+		"VERSION": 0,
+		"VALUE":   1,
+		"EXISTS":  2,
+		"MISSING": 3,
+	}
+)
+
+func (x TxnCompare_Target) Enum() *TxnCompare_Target {
+	p := new(TxnCompare_Target)
+	*p = x
+	return p
+}
+
+func (x TxnCompare_Target) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TxnCompare_Target) Descriptor() protoreflect.EnumDescriptor {
+	return file_grid_gridpb_command_proto_enumTypes[0].Descriptor()
+}
+
+func (TxnCompare_Target) Type() protoreflect.EnumType {
+	return &file_grid_gridpb_command_proto_enumTypes[0]
+}
+
+func (x TxnCompare_Target) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TxnCompare_Target.Descriptor instead.
+func (TxnCompare_Target) EnumDescriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5, 0}
+}
+
 // Command is one Raft log entry of a data partition.
 type Command struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -34,6 +86,7 @@ type Command struct {
 	//	*Command_Put
 	//	*Command_Delete
 	//	*Command_Cas
+	//	*Command_Txn
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -124,6 +177,15 @@ func (x *Command) GetCas() *CasOp {
 	return nil
 }
 
+func (x *Command) GetTxn() *TxnOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -140,11 +202,17 @@ type Command_Cas struct {
 	Cas *CasOp `protobuf:"bytes,12,opt,name=cas,proto3,oneof"`
 }
 
+type Command_Txn struct {
+	Txn *TxnOp `protobuf:"bytes,13,opt,name=txn,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
 
 func (*Command_Cas) isCommand_Op() {}
+
+func (*Command_Txn) isCommand_Op() {}
 
 type PutOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -361,6 +429,212 @@ func (x *CasOp) GetDedupOnlyIfSwapped() bool {
 	return false
 }
 
+// TxnOp: if every compare holds, apply then_ops, else else_ops; all keys
+// share one partition (one hash tag), so one log entry covers them all.
+type TxnOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Map           string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
+	Compares      []*TxnCompare          `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
+	ThenOps       []*TxnWrite            `protobuf:"bytes,3,rep,name=then_ops,json=thenOps,proto3" json:"then_ops,omitempty"`
+	ElseOps       []*TxnWrite            `protobuf:"bytes,4,rep,name=else_ops,json=elseOps,proto3" json:"else_ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOp) Reset() {
+	*x = TxnOp{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOp) ProtoMessage() {}
+
+func (x *TxnOp) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
+func (*TxnOp) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TxnOp) GetMap() string {
+	if x != nil {
+		return x.Map
+	}
+	return ""
+}
+
+func (x *TxnOp) GetCompares() []*TxnCompare {
+	if x != nil {
+		return x.Compares
+	}
+	return nil
+}
+
+func (x *TxnOp) GetThenOps() []*TxnWrite {
+	if x != nil {
+		return x.ThenOps
+	}
+	return nil
+}
+
+func (x *TxnOp) GetElseOps() []*TxnWrite {
+	if x != nil {
+		return x.ElseOps
+	}
+	return nil
+}
+
+type TxnCompare struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Target        TxnCompare_Target      `protobuf:"varint,2,opt,name=target,proto3,enum=zerogrid.v1.TxnCompare_Target" json:"target,omitempty"`
+	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Value         []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnCompare) Reset() {
+	*x = TxnCompare{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnCompare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnCompare) ProtoMessage() {}
+
+func (x *TxnCompare) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnCompare.ProtoReflect.Descriptor instead.
+func (*TxnCompare) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TxnCompare) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnCompare) GetTarget() TxnCompare_Target {
+	if x != nil {
+		return x.Target
+	}
+	return TxnCompare_VERSION
+}
+
+func (x *TxnCompare) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *TxnCompare) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type TxnWrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Delete        bool                   `protobuf:"varint,3,opt,name=delete,proto3" json:"delete,omitempty"`
+	Crc           uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnWrite) Reset() {
+	*x = TxnWrite{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnWrite) ProtoMessage() {}
+
+func (x *TxnWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnWrite.ProtoReflect.Descriptor instead.
+func (*TxnWrite) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TxnWrite) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnWrite) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *TxnWrite) GetDelete() bool {
+	if x != nil {
+		return x.Delete
+	}
+	return false
+}
+
+func (x *TxnWrite) GetCrc() uint32 {
+	if x != nil {
+		return x.Crc
+	}
+	return 0
+}
+
 // Result is what applying a Command produced; it is also stored for
 // deduplication so a retried command returns the same result.
 type Result struct {
@@ -376,7 +650,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[4]
+	mi := &file_grid_gridpb_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +662,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[4]
+	mi := &file_grid_gridpb_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +675,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Result) GetVersion() uint64 {
@@ -446,7 +720,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[5]
+	mi := &file_grid_gridpb_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +732,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[5]
+	mi := &file_grid_gridpb_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +745,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -524,7 +798,7 @@ type CreateMapOp struct {
 
 func (x *CreateMapOp) Reset() {
 	*x = CreateMapOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[6]
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +810,7 @@ func (x *CreateMapOp) String() string {
 func (*CreateMapOp) ProtoMessage() {}
 
 func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[6]
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +823,7 @@ func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapOp.ProtoReflect.Descriptor instead.
 func (*CreateMapOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateMapOp) GetName() string {
@@ -571,7 +845,7 @@ type SetTableOp struct {
 
 func (x *SetTableOp) Reset() {
 	*x = SetTableOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[7]
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +857,7 @@ func (x *SetTableOp) String() string {
 func (*SetTableOp) ProtoMessage() {}
 
 func (x *SetTableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[7]
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +870,7 @@ func (x *SetTableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTableOp.ProtoReflect.Descriptor instead.
 func (*SetTableOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetTableOp) GetExpectedEpoch() uint64 {
@@ -617,7 +891,7 @@ var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\"\xe0\x01\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\"\x88\x02\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -626,7 +900,8 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x03put\x18\n" +
 	" \x01(\v2\x12.zerogrid.v1.PutOpH\x00R\x03put\x12/\n" +
 	"\x06delete\x18\v \x01(\v2\x15.zerogrid.v1.DeleteOpH\x00R\x06delete\x12&\n" +
-	"\x03cas\x18\f \x01(\v2\x12.zerogrid.v1.CasOpH\x00R\x03casB\x04\n" +
+	"\x03cas\x18\f \x01(\v2\x12.zerogrid.v1.CasOpH\x00R\x03cas\x12&\n" +
+	"\x03txn\x18\r \x01(\v2\x12.zerogrid.v1.TxnOpH\x00R\x03txnB\x04\n" +
 	"\x02op\"S\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
@@ -643,7 +918,29 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12\x16\n" +
 	"\x06delete\x18\x05 \x01(\bR\x06delete\x12\x10\n" +
 	"\x03crc\x18\x06 \x01(\aR\x03crc\x121\n" +
-	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\"b\n" +
+	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\"\xb2\x01\n" +
+	"\x05TxnOp\x12\x10\n" +
+	"\x03map\x18\x01 \x01(\tR\x03map\x123\n" +
+	"\bcompares\x18\x02 \x03(\v2\x17.zerogrid.v1.TxnCompareR\bcompares\x120\n" +
+	"\bthen_ops\x18\x03 \x03(\v2\x15.zerogrid.v1.TxnWriteR\athenOps\x120\n" +
+	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\"\xc1\x01\n" +
+	"\n" +
+	"TxnCompare\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x126\n" +
+	"\x06target\x18\x02 \x01(\x0e2\x1e.zerogrid.v1.TxnCompare.TargetR\x06target\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x14\n" +
+	"\x05value\x18\x04 \x01(\fR\x05value\"9\n" +
+	"\x06Target\x12\v\n" +
+	"\aVERSION\x10\x00\x12\t\n" +
+	"\x05VALUE\x10\x01\x12\n" +
+	"\n" +
+	"\x06EXISTS\x10\x02\x12\v\n" +
+	"\aMISSING\x10\x03\"\\\n" +
+	"\bTxnWrite\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x16\n" +
+	"\x06delete\x18\x03 \x01(\bR\x06delete\x12\x10\n" +
+	"\x03crc\x18\x04 \x01(\aR\x03crc\"b\n" +
 	"\x06Result\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
@@ -674,28 +971,38 @@ func file_grid_gridpb_command_proto_rawDescGZIP() []byte {
 	return file_grid_gridpb_command_proto_rawDescData
 }
 
-var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_grid_gridpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_grid_gridpb_command_proto_goTypes = []any{
-	(*Command)(nil),     // 0: zerogrid.v1.Command
-	(*PutOp)(nil),       // 1: zerogrid.v1.PutOp
-	(*DeleteOp)(nil),    // 2: zerogrid.v1.DeleteOp
-	(*CasOp)(nil),       // 3: zerogrid.v1.CasOp
-	(*Result)(nil),      // 4: zerogrid.v1.Result
-	(*MetaCommand)(nil), // 5: zerogrid.v1.MetaCommand
-	(*CreateMapOp)(nil), // 6: zerogrid.v1.CreateMapOp
-	(*SetTableOp)(nil),  // 7: zerogrid.v1.SetTableOp
+	(TxnCompare_Target)(0), // 0: zerogrid.v1.TxnCompare.Target
+	(*Command)(nil),        // 1: zerogrid.v1.Command
+	(*PutOp)(nil),          // 2: zerogrid.v1.PutOp
+	(*DeleteOp)(nil),       // 3: zerogrid.v1.DeleteOp
+	(*CasOp)(nil),          // 4: zerogrid.v1.CasOp
+	(*TxnOp)(nil),          // 5: zerogrid.v1.TxnOp
+	(*TxnCompare)(nil),     // 6: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),       // 7: zerogrid.v1.TxnWrite
+	(*Result)(nil),         // 8: zerogrid.v1.Result
+	(*MetaCommand)(nil),    // 9: zerogrid.v1.MetaCommand
+	(*CreateMapOp)(nil),    // 10: zerogrid.v1.CreateMapOp
+	(*SetTableOp)(nil),     // 11: zerogrid.v1.SetTableOp
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
-	1, // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
-	2, // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
-	3, // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
-	6, // 3: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	7, // 4: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
+	3,  // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
+	4,  // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
+	5,  // 3: zerogrid.v1.Command.txn:type_name -> zerogrid.v1.TxnOp
+	6,  // 4: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	7,  // 5: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	7,  // 6: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 7: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	10, // 8: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	11, // 9: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -707,8 +1014,9 @@ func file_grid_gridpb_command_proto_init() {
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Cas)(nil),
+		(*Command_Txn)(nil),
 	}
-	file_grid_gridpb_command_proto_msgTypes[5].OneofWrappers = []any{
+	file_grid_gridpb_command_proto_msgTypes[8].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
 		(*MetaCommand_SetTable)(nil),
 	}
@@ -717,13 +1025,14 @@ func file_grid_gridpb_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_command_proto_rawDesc), len(file_grid_gridpb_command_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   8,
+			NumEnums:      1,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_grid_gridpb_command_proto_goTypes,
 		DependencyIndexes: file_grid_gridpb_command_proto_depIdxs,
+		EnumInfos:         file_grid_gridpb_command_proto_enumTypes,
 		MessageInfos:      file_grid_gridpb_command_proto_msgTypes,
 	}.Build()
 	File_grid_gridpb_command_proto = out.File

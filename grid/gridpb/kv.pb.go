@@ -633,6 +633,127 @@ func (x *CompareAndSwapResponse) GetVersion() uint64 {
 	return 0
 }
 
+// TxnRequest: compare, then writes, all or nothing, within one partition.
+type TxnRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *WriteHeader           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Compares      []*TxnCompare          `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
+	ThenOps       []*TxnWrite            `protobuf:"bytes,3,rep,name=then_ops,json=thenOps,proto3" json:"then_ops,omitempty"`
+	ElseOps       []*TxnWrite            `protobuf:"bytes,4,rep,name=else_ops,json=elseOps,proto3" json:"else_ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRequest) Reset() {
+	*x = TxnRequest{}
+	mi := &file_grid_gridpb_kv_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRequest) ProtoMessage() {}
+
+func (x *TxnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_kv_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
+func (*TxnRequest) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TxnRequest) GetHeader() *WriteHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetCompares() []*TxnCompare {
+	if x != nil {
+		return x.Compares
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetThenOps() []*TxnWrite {
+	if x != nil {
+		return x.ThenOps
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetElseOps() []*TxnWrite {
+	if x != nil {
+		return x.ElseOps
+	}
+	return nil
+}
+
+type TxnResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Succeeded     bool                   `protobuf:"varint,1,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResponse) Reset() {
+	*x = TxnResponse{}
+	mi := &file_grid_gridpb_kv_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResponse) ProtoMessage() {}
+
+func (x *TxnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_kv_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
+func (*TxnResponse) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TxnResponse) GetSucceeded() bool {
+	if x != nil {
+		return x.Succeeded
+	}
+	return false
+}
+
+func (x *TxnResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 type Entry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -645,7 +766,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[9]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -657,7 +778,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[9]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -670,7 +791,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Entry) GetKey() []byte {
@@ -717,7 +838,7 @@ type ScanRequest struct {
 
 func (x *ScanRequest) Reset() {
 	*x = ScanRequest{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[10]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +850,7 @@ func (x *ScanRequest) String() string {
 func (*ScanRequest) ProtoMessage() {}
 
 func (x *ScanRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[10]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +863,7 @@ func (x *ScanRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanRequest.ProtoReflect.Descriptor instead.
 func (*ScanRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ScanRequest) GetMap() string {
@@ -799,7 +920,7 @@ type ScanResponse struct {
 
 func (x *ScanResponse) Reset() {
 	*x = ScanResponse{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[11]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +932,7 @@ func (x *ScanResponse) String() string {
 func (*ScanResponse) ProtoMessage() {}
 
 func (x *ScanResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[11]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +945,7 @@ func (x *ScanResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScanResponse.ProtoReflect.Descriptor instead.
 func (*ScanResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ScanResponse) GetEntries() []*Entry {
@@ -857,7 +978,7 @@ type CreateMapRequest struct {
 
 func (x *CreateMapRequest) Reset() {
 	*x = CreateMapRequest{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[12]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +990,7 @@ func (x *CreateMapRequest) String() string {
 func (*CreateMapRequest) ProtoMessage() {}
 
 func (x *CreateMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[12]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1003,7 @@ func (x *CreateMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapRequest.ProtoReflect.Descriptor instead.
 func (*CreateMapRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{12}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateMapRequest) GetName() string {
@@ -900,7 +1021,7 @@ type CreateMapResponse struct {
 
 func (x *CreateMapResponse) Reset() {
 	*x = CreateMapResponse{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[13]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1033,7 @@ func (x *CreateMapResponse) String() string {
 func (*CreateMapResponse) ProtoMessage() {}
 
 func (x *CreateMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[13]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1046,7 @@ func (x *CreateMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapResponse.ProtoReflect.Descriptor instead.
 func (*CreateMapResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{13}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{15}
 }
 
 type ListMapsRequest struct {
@@ -936,7 +1057,7 @@ type ListMapsRequest struct {
 
 func (x *ListMapsRequest) Reset() {
 	*x = ListMapsRequest{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[14]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1069,7 @@ func (x *ListMapsRequest) String() string {
 func (*ListMapsRequest) ProtoMessage() {}
 
 func (x *ListMapsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[14]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1082,7 @@ func (x *ListMapsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMapsRequest.ProtoReflect.Descriptor instead.
 func (*ListMapsRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{14}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{16}
 }
 
 type ListMapsResponse struct {
@@ -973,7 +1094,7 @@ type ListMapsResponse struct {
 
 func (x *ListMapsResponse) Reset() {
 	*x = ListMapsResponse{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[15]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1106,7 @@ func (x *ListMapsResponse) String() string {
 func (*ListMapsResponse) ProtoMessage() {}
 
 func (x *ListMapsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[15]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1119,7 @@ func (x *ListMapsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMapsResponse.ProtoReflect.Descriptor instead.
 func (*ListMapsResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{15}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListMapsResponse) GetNames() []string {
@@ -1018,7 +1139,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[16]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1151,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[16]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1164,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{16}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NodeInfo) GetId() string {
@@ -1071,7 +1192,7 @@ type PartitionInfo struct {
 
 func (x *PartitionInfo) Reset() {
 	*x = PartitionInfo{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[17]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1204,7 @@ func (x *PartitionInfo) String() string {
 func (*PartitionInfo) ProtoMessage() {}
 
 func (x *PartitionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[17]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1217,7 @@ func (x *PartitionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionInfo.ProtoReflect.Descriptor instead.
 func (*PartitionInfo) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{17}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PartitionInfo) GetId() uint32 {
@@ -1128,7 +1249,7 @@ type GetTableRequest struct {
 
 func (x *GetTableRequest) Reset() {
 	*x = GetTableRequest{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[18]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1261,7 @@ func (x *GetTableRequest) String() string {
 func (*GetTableRequest) ProtoMessage() {}
 
 func (x *GetTableRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[18]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1274,7 @@ func (x *GetTableRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTableRequest.ProtoReflect.Descriptor instead.
 func (*GetTableRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{18}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{20}
 }
 
 type TableResponse struct {
@@ -1168,7 +1289,7 @@ type TableResponse struct {
 
 func (x *TableResponse) Reset() {
 	*x = TableResponse{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[19]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1301,7 @@ func (x *TableResponse) String() string {
 func (*TableResponse) ProtoMessage() {}
 
 func (x *TableResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[19]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1314,7 @@ func (x *TableResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableResponse.ProtoReflect.Descriptor instead.
 func (*TableResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{19}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TableResponse) GetEpoch() uint64 {
@@ -1232,7 +1353,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[20]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1365,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[20]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1378,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{20}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{22}
 }
 
 type GroupStatus struct {
@@ -1277,7 +1398,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[21]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1410,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[21]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1423,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{21}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GroupStatus) GetPartition() int32 {
@@ -1376,7 +1497,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1509,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1522,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{22}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1457,7 +1578,7 @@ var File_grid_gridpb_kv_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x14grid/gridpb/kv.proto\x12\vzerogrid.v1\"N\n" +
+	"\x14grid/gridpb/kv.proto\x12\vzerogrid.v1\x1a\x19grid/gridpb/command.proto\"N\n" +
 	"\vWriteHeader\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\x04R\bclientId\x12\x10\n" +
@@ -1497,6 +1618,15 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\x03crc\x18\x06 \x01(\aR\x03crc\"L\n" +
 	"\x16CompareAndSwapResponse\x12\x18\n" +
 	"\aswapped\x18\x01 \x01(\bR\aswapped\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\xd7\x01\n" +
+	"\n" +
+	"TxnRequest\x120\n" +
+	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x123\n" +
+	"\bcompares\x18\x02 \x03(\v2\x17.zerogrid.v1.TxnCompareR\bcompares\x120\n" +
+	"\bthen_ops\x18\x03 \x03(\v2\x15.zerogrid.v1.TxnWriteR\athenOps\x120\n" +
+	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\"E\n" +
+	"\vTxnResponse\x12\x1c\n" +
+	"\tsucceeded\x18\x01 \x01(\bR\tsucceeded\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"[\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -1558,13 +1688,14 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"disk_bytes\x18\a \x01(\x04R\tdiskBytes**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x012\xd5\x02\n" +
+	"\x05STALE\x10\x012\x8f\x03\n" +
 	"\x02KV\x128\n" +
 	"\x03Put\x12\x17.zerogrid.v1.PutRequest\x1a\x18.zerogrid.v1.PutResponse\x128\n" +
 	"\x03Get\x12\x17.zerogrid.v1.GetRequest\x1a\x18.zerogrid.v1.GetResponse\x12A\n" +
 	"\x06Delete\x12\x1a.zerogrid.v1.DeleteRequest\x1a\x1b.zerogrid.v1.DeleteResponse\x12Y\n" +
 	"\x0eCompareAndSwap\x12\".zerogrid.v1.CompareAndSwapRequest\x1a#.zerogrid.v1.CompareAndSwapResponse\x12=\n" +
-	"\x04Scan\x12\x18.zerogrid.v1.ScanRequest\x1a\x19.zerogrid.v1.ScanResponse0\x012\xa5\x02\n" +
+	"\x04Scan\x12\x18.zerogrid.v1.ScanRequest\x1a\x19.zerogrid.v1.ScanResponse0\x01\x128\n" +
+	"\x03Txn\x12\x17.zerogrid.v1.TxnRequest\x1a\x18.zerogrid.v1.TxnResponse2\xa5\x02\n" +
 	"\x05Admin\x12J\n" +
 	"\tCreateMap\x12\x1d.zerogrid.v1.CreateMapRequest\x1a\x1e.zerogrid.v1.CreateMapResponse\x12G\n" +
 	"\bListMaps\x12\x1c.zerogrid.v1.ListMapsRequest\x1a\x1d.zerogrid.v1.ListMapsResponse\x12D\n" +
@@ -1584,7 +1715,7 @@ func file_grid_gridpb_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_grid_gridpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_grid_gridpb_kv_proto_goTypes = []any{
 	(Consistency)(0),               // 0: zerogrid.v1.Consistency
 	(*WriteHeader)(nil),            // 1: zerogrid.v1.WriteHeader
@@ -1596,54 +1727,64 @@ var file_grid_gridpb_kv_proto_goTypes = []any{
 	(*DeleteResponse)(nil),         // 7: zerogrid.v1.DeleteResponse
 	(*CompareAndSwapRequest)(nil),  // 8: zerogrid.v1.CompareAndSwapRequest
 	(*CompareAndSwapResponse)(nil), // 9: zerogrid.v1.CompareAndSwapResponse
-	(*Entry)(nil),                  // 10: zerogrid.v1.Entry
-	(*ScanRequest)(nil),            // 11: zerogrid.v1.ScanRequest
-	(*ScanResponse)(nil),           // 12: zerogrid.v1.ScanResponse
-	(*CreateMapRequest)(nil),       // 13: zerogrid.v1.CreateMapRequest
-	(*CreateMapResponse)(nil),      // 14: zerogrid.v1.CreateMapResponse
-	(*ListMapsRequest)(nil),        // 15: zerogrid.v1.ListMapsRequest
-	(*ListMapsResponse)(nil),       // 16: zerogrid.v1.ListMapsResponse
-	(*NodeInfo)(nil),               // 17: zerogrid.v1.NodeInfo
-	(*PartitionInfo)(nil),          // 18: zerogrid.v1.PartitionInfo
-	(*GetTableRequest)(nil),        // 19: zerogrid.v1.GetTableRequest
-	(*TableResponse)(nil),          // 20: zerogrid.v1.TableResponse
-	(*StatusRequest)(nil),          // 21: zerogrid.v1.StatusRequest
-	(*GroupStatus)(nil),            // 22: zerogrid.v1.GroupStatus
-	(*StatusResponse)(nil),         // 23: zerogrid.v1.StatusResponse
+	(*TxnRequest)(nil),             // 10: zerogrid.v1.TxnRequest
+	(*TxnResponse)(nil),            // 11: zerogrid.v1.TxnResponse
+	(*Entry)(nil),                  // 12: zerogrid.v1.Entry
+	(*ScanRequest)(nil),            // 13: zerogrid.v1.ScanRequest
+	(*ScanResponse)(nil),           // 14: zerogrid.v1.ScanResponse
+	(*CreateMapRequest)(nil),       // 15: zerogrid.v1.CreateMapRequest
+	(*CreateMapResponse)(nil),      // 16: zerogrid.v1.CreateMapResponse
+	(*ListMapsRequest)(nil),        // 17: zerogrid.v1.ListMapsRequest
+	(*ListMapsResponse)(nil),       // 18: zerogrid.v1.ListMapsResponse
+	(*NodeInfo)(nil),               // 19: zerogrid.v1.NodeInfo
+	(*PartitionInfo)(nil),          // 20: zerogrid.v1.PartitionInfo
+	(*GetTableRequest)(nil),        // 21: zerogrid.v1.GetTableRequest
+	(*TableResponse)(nil),          // 22: zerogrid.v1.TableResponse
+	(*StatusRequest)(nil),          // 23: zerogrid.v1.StatusRequest
+	(*GroupStatus)(nil),            // 24: zerogrid.v1.GroupStatus
+	(*StatusResponse)(nil),         // 25: zerogrid.v1.StatusResponse
+	(*TxnCompare)(nil),             // 26: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),               // 27: zerogrid.v1.TxnWrite
 }
 var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	1,  // 0: zerogrid.v1.PutRequest.header:type_name -> zerogrid.v1.WriteHeader
 	0,  // 1: zerogrid.v1.GetRequest.consistency:type_name -> zerogrid.v1.Consistency
 	1,  // 2: zerogrid.v1.DeleteRequest.header:type_name -> zerogrid.v1.WriteHeader
 	1,  // 3: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
-	0,  // 4: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
-	10, // 5: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
-	17, // 6: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
-	18, // 7: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
-	22, // 8: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
-	2,  // 9: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
-	4,  // 10: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
-	6,  // 11: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
-	8,  // 12: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
-	11, // 13: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
-	13, // 14: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
-	15, // 15: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
-	19, // 16: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
-	21, // 17: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
-	3,  // 18: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
-	5,  // 19: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
-	7,  // 20: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
-	9,  // 21: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
-	12, // 22: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
-	14, // 23: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
-	16, // 24: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
-	20, // 25: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
-	23, // 26: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	1,  // 4: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
+	26, // 5: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
+	27, // 6: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
+	27, // 7: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 8: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
+	12, // 9: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
+	19, // 10: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
+	20, // 11: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
+	24, // 12: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
+	2,  // 13: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
+	4,  // 14: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
+	6,  // 15: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
+	8,  // 16: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
+	13, // 17: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
+	10, // 18: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
+	15, // 19: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
+	17, // 20: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
+	21, // 21: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
+	23, // 22: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
+	3,  // 23: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
+	5,  // 24: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
+	7,  // 25: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
+	9,  // 26: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
+	14, // 27: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
+	11, // 28: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
+	16, // 29: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
+	18, // 30: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
+	22, // 31: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
+	25, // 32: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_kv_proto_init() }
@@ -1651,13 +1792,14 @@ func file_grid_gridpb_kv_proto_init() {
 	if File_grid_gridpb_kv_proto != nil {
 		return
 	}
+	file_grid_gridpb_command_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_kv_proto_rawDesc), len(file_grid_gridpb_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
