@@ -457,7 +457,14 @@ func (co *coordinator) finish(o attemptOutcome) error {
 	if o.node.ID == co.c.s.n.cfg.ID {
 		sent = 0 // ran here: nothing crossed the network
 	}
-	rep := &gridpb.TaskReport{Partition: uint32(o.ts.pt.part), Node: o.node.ID, Reason: o.ts.pt.reason, Entries: o.res.Entries,
+	reason := o.ts.pt.reason
+	switch {
+	case o.hedge:
+		reason = "backup copy of a straggler (hedge)"
+	case o.node.ID != o.ts.pt.cands[0].ID:
+		reason = fmt.Sprintf("fallback replica after %d failed attempt(s)", o.attempt-1)
+	}
+	rep := &gridpb.TaskReport{Partition: uint32(o.ts.pt.part), Node: o.node.ID, Reason: reason, Entries: o.res.Entries,
 		BytesRead: o.res.BytesRead, BytesSent: sent, DurationUs: o.res.DurationUs, Hedge: o.hedge, Attempt: uint32(o.attempt)}
 	co.reports = append(co.reports, rep)
 	return co.send(&gridpb.JobEvent{Event: &gridpb.JobEvent_Progress{Progress: &gridpb.Progress{
