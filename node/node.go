@@ -223,9 +223,9 @@ func (n *Node) onFatal(err error) {
 }
 
 // table is the committed partition table, or the static one until the
-// metadata group has committed it.
+// metadata group has committed it. It is shared: callers must not modify it.
 func (n *Node) table() *grid.Table {
-	if t := n.meta.Meta().Table(); t != nil {
+	if t := n.meta.Meta().SharedTable(); t != nil {
 		return t
 	}
 	return n.static

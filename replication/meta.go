@@ -53,6 +53,15 @@ func (m *MetaState) Maps() []string {
 	return out
 }
 
+// SharedTable returns the committed table itself, for the hot path: a
+// committed table is replaced, never modified, so sharing it is safe as
+// long as the caller does not modify it either.
+func (m *MetaState) SharedTable() *grid.Table {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.table
+}
+
 // Table returns a copy of the committed partition table, or nil before one
 // has been committed.
 func (m *MetaState) Table() *grid.Table {
