@@ -508,11 +508,8 @@ const maxApplyRaces = 16
 // Apply that did commit returns the first result instead of running again.
 func (c *computeService) apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
 	s := c.s
-	h, err := header(req.Header)
-	if err != nil {
-		return nil, err
-	}
-	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	h := req.Header
+	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
 		return nil, err
 	}

@@ -26,12 +26,7 @@ type sale struct {
 // loadSales writes n records and returns them as the client sees them.
 func loadSales(t *testing.T, c *client.Client, mapName string, n int) map[string]sale {
 	t.Helper()
-	retry(t, 20*time.Second, func(ctx context.Context) error {
-		if err := c.CreateMap(ctx, mapName); err != nil && !errors.Is(err, grid.ErrMapExists) {
-			return err
-		}
-		return nil
-	})
+	createMap(t, c, mapName)
 	rng := rand.New(rand.NewPCG(1, 2))
 	words := []string{"pi", "zero", "grid", "raft", "data", "edge"}
 	regions := []string{"eu", "us", "asia"}
@@ -68,13 +63,7 @@ func runJob(t *testing.T, c *client.Client, job client.Job) *client.JobResult {
 }
 
 func TestJobsEqualClientSideComputation(t *testing.T) {
-	e := startEmbedded(t, 3)
-	defer e.stopAll()
-	c, err := client.Dial(context.Background(), e.addrs()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, c := startWithMaps(t, nil)
 	data := loadSales(t, c, "sales", 600)
 
 	// The straightforward computation, over the same data.
@@ -190,12 +179,7 @@ def reduce(key, values):
 		}
 	}
 	ctx := context.Background()
-	retry(t, 10*time.Second, func(ctx context.Context) error {
-		if err := c.CreateMap(ctx, "wordcounts"); err != nil && !errors.Is(err, grid.ErrMapExists) {
-			return err
-		}
-		return nil
-	})
+	createMap(t, c, "wordcounts")
 	if _, err := c.WriteResult(ctx, "wordcounts", res); err != nil {
 		t.Fatal(err)
 	}
@@ -214,13 +198,7 @@ def reduce(key, values):
 }
 
 func TestJobErrorsAreClearAndWriteNothing(t *testing.T) {
-	e := startEmbedded(t, 3)
-	defer e.stopAll()
-	c, err := client.Dial(context.Background(), e.addrs()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, c := startWithMaps(t, nil)
 	loadSales(t, c, "sales", 50)
 	ctx := context.Background()
 	cases := []struct {
@@ -306,19 +284,7 @@ func TestJobSurvivesNodeLossAndHedgesSlowNode(t *testing.T) {
 }
 
 func TestEntryProcessor(t *testing.T) {
-	e := startEmbedded(t, 3)
-	defer e.stopAll()
-	c, err := client.Dial(context.Background(), e.addrs()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	retry(t, 20*time.Second, func(ctx context.Context) error {
-		if err := c.CreateMap(ctx, "counters"); err != nil && !errors.Is(err, grid.ErrMapExists) {
-			return err
-		}
-		return nil
-	})
+	_, c := startWithMaps(t, []string{"counters"})
 	m := c.Map("counters")
 	incr := `
 def process(key, value, args):

@@ -77,6 +77,34 @@ func (e *embedded) stop(id string) {
 	delete(e.nodes, id)
 }
 
+// startWithMaps starts an embedded cluster, a client on it, and the named
+// maps; all stop when the test ends.
+func startWithMaps(t *testing.T, maps []string, tweak ...func(id string, cfg *node.Config)) (*embedded, *client.Client) {
+	t.Helper()
+	e := startEmbedded(t, 3, tweak...)
+	t.Cleanup(e.stopAll)
+	c, err := client.Dial(context.Background(), e.addrs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, m := range maps {
+		createMap(t, c, m)
+	}
+	return e, c
+}
+
+// createMap creates a map, retrying while the cluster elects its leaders.
+func createMap(t *testing.T, c *client.Client, name string) {
+	t.Helper()
+	retry(t, 20*time.Second, func(ctx context.Context) error {
+		if err := c.CreateMap(ctx, name); err != nil && !errors.Is(err, grid.ErrMapExists) {
+			return err
+		}
+		return nil
+	})
+}
+
 func (e *embedded) stopAll() {
 	for id := range e.nodes {
 		e.stop(id)
@@ -115,12 +143,7 @@ func TestEmbeddedClusterFailoverAndNoLeaks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	retry(t, 20*time.Second, func(ctx context.Context) error {
-		if err := c.CreateMap(ctx, "m"); err != nil && !errors.Is(err, grid.ErrMapExists) {
-			return err
-		}
-		return nil
-	})
+	createMap(t, c, "m")
 	m := c.Map("m")
 	for i := 0; i < 100; i++ {
 		k := []byte(fmt.Sprintf("key-%03d", i))

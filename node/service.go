@@ -105,11 +105,25 @@ func (s *service) linearizableMaps(ctx context.Context) ([]string, error) {
 	return names, err
 }
 
-func header(h *gridpb.WriteHeader) (*gridpb.WriteHeader, error) {
+// writeTarget validates a write's header, map and key and returns the local
+// group that holds the key's partition.
+func (s *service) writeTarget(ctx context.Context, h *gridpb.WriteHeader, key []byte) (*replication.Group, error) {
 	if h == nil {
 		return nil, fmt.Errorf("%w: missing write header", grid.ErrBadRequest)
 	}
-	return h, nil
+	return s.partitionFor(ctx, h.Map, key)
+}
+
+// checkValue enforces the value limit and, when the client sent one, the
+// value's CRC32C.
+func (s *service) checkValue(value []byte, crc uint32) error {
+	if err := s.n.cfg.Limits.CheckValue(value); err != nil {
+		return err
+	}
+	if crc != 0 && crc != replication.Checksum(value) {
+		return fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
+	}
+	return nil
 }
 
 func resultErr(res *gridpb.Result) error {
@@ -143,17 +157,11 @@ func (s *service) Put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 }
 
 func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
-	h, err := header(req.Header)
-	if err != nil {
+	if err := s.checkValue(req.Value, req.Crc); err != nil {
 		return nil, err
 	}
-	if err := s.n.cfg.Limits.CheckValue(req.Value); err != nil {
-		return nil, err
-	}
-	if req.Crc != 0 && req.Crc != replication.Checksum(req.Value) {
-		return nil, fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
-	}
-	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	h := req.Header
+	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -170,11 +178,8 @@ func (s *service) Delete(ctx context.Context, req *gridpb.DeleteRequest) (*gridp
 }
 
 func (s *service) del(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
-	h, err := header(req.Header)
-	if err != nil {
-		return nil, err
-	}
-	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	h := req.Header
+	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -191,20 +196,14 @@ func (s *service) CompareAndSwap(ctx context.Context, req *gridpb.CompareAndSwap
 }
 
 func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
-	h, err := header(req.Header)
-	if err != nil {
-		return nil, err
-	}
 	if req.Delete && len(req.Value) > 0 {
 		return nil, fmt.Errorf("%w: a compare-and-delete carries no value", grid.ErrBadRequest)
 	}
-	if err := s.n.cfg.Limits.CheckValue(req.Value); err != nil {
+	if err := s.checkValue(req.Value, req.Crc); err != nil {
 		return nil, err
 	}
-	if req.Crc != 0 && req.Crc != replication.Checksum(req.Value) {
-		return nil, fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
-	}
-	g, err := s.partitionFor(ctx, h.Map, req.Key)
+	h := req.Header
+	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -226,9 +225,9 @@ func (s *service) Txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 }
 
 func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
-	h, err := header(req.Header)
-	if err != nil {
-		return nil, err
+	h := req.Header
+	if h == nil {
+		return nil, fmt.Errorf("%w: missing write header", grid.ErrBadRequest)
 	}
 	if n := len(req.Compares) + len(req.ThenOps) + len(req.ElseOps); n == 0 || n > maxTxnOps {
 		return nil, fmt.Errorf("%w: a transaction has 1..%d compares and writes, got %d", grid.ErrBadRequest, maxTxnOps, n)
@@ -244,11 +243,8 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 			if w.Delete && len(w.Value) > 0 {
 				return nil, fmt.Errorf("%w: a delete carries no value", grid.ErrBadRequest)
 			}
-			if err := s.n.cfg.Limits.CheckValue(w.Value); err != nil {
-				return nil, err
-			}
-			if w.Crc != 0 && w.Crc != replication.Checksum(w.Value) {
-				return nil, fmt.Errorf("%w: value of %q does not match the CRC32C sent with it", grid.ErrChecksum, w.Key)
+			if err := s.checkValue(w.Value, w.Crc); err != nil {
+				return nil, fmt.Errorf("key %q: %w", w.Key, err)
 			}
 			size += len(w.Key) + len(w.Value)
 		}

@@ -14,19 +14,7 @@ import (
 )
 
 func TestTransactionsAllOrNothing(t *testing.T) {
-	e := startEmbedded(t, 3)
-	defer e.stopAll()
-	c, err := client.Dial(context.Background(), e.addrs()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	retry(t, 20*time.Second, func(ctx context.Context) error {
-		if err := c.CreateMap(ctx, "bank"); err != nil && !errors.Is(err, grid.ErrMapExists) {
-			return err
-		}
-		return nil
-	})
+	_, c := startWithMaps(t, []string{"bank"})
 	m := c.Map("bank")
 	ctx := context.Background()
 	accounts := []string{"acct:{alice}:a", "acct:{alice}:b", "acct:{alice}:c", "acct:{alice}:d"}
