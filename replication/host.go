@@ -226,6 +226,64 @@ func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstra
 	return g, nil
 }
 
+// RemoveGroup retires this node's replica of group id: it shuts the group
+// down, drops its state from the engine and deletes its Raft log and
+// snapshots. The engine state goes first: a crash midway leaves a Raft log
+// without state, which the next start either restores from a snapshot (if
+// this node is still a replica) or removes (if it is not). Removing a group
+// that is not open only deletes what is on disk.
+func (h *Host) RemoveGroup(ctx context.Context, id GroupID) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return ErrHostClosed
+	}
+	g, ok := h.groups[id]
+	delete(h.groups, id)
+	h.mu.Unlock()
+	if ok {
+		if err := g.shutdown(); err != nil {
+			return err
+		}
+	}
+	if err := h.cfg.Engine.DropPrefix(ctx, groupPrefix(id)); err != nil {
+		return fmt.Errorf("replication: %s: drop state: %w", id, err)
+	}
+	if err := h.cfg.Engine.Sync(); err != nil {
+		return fmt.Errorf("replication: %s: sync after drop: %w", id, err)
+	}
+	if err := os.RemoveAll(filepath.Join(h.cfg.Dir, id.String())); err != nil {
+		return fmt.Errorf("replication: %s: delete raft log: %w", id, err)
+	}
+	return nil
+}
+
+// OnDisk lists the groups that have a Raft directory on disk, open or not.
+func (h *Host) OnDisk() ([]GroupID, error) {
+	ents, err := os.ReadDir(h.cfg.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("replication: list groups: %w", err)
+	}
+	var out []GroupID
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if e.Name() == MetaGroup.String() {
+			out = append(out, MetaGroup)
+			continue
+		}
+		var n uint32
+		if _, err := fmt.Sscanf(e.Name(), "p%d", &n); err == nil && GroupID(n).String() == e.Name() {
+			out = append(out, GroupID(n))
+		}
+	}
+	return out, nil
+}
+
 // Group returns an open group.
 func (h *Host) Group(id GroupID) (*Group, bool) {
 	h.mu.Lock()
