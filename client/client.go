@@ -298,6 +298,7 @@ func tableFromProto(r *gridpb.TableResponse) (*grid.Table, error) {
 	for _, p := range r.GetPartitions() {
 		t.Partitions = append(t.Partitions, grid.Partition{
 			ID: int(p.GetId()), Replicas: append([]string(nil), p.GetReplicas()...), Leader: p.GetLeader(),
+			Learner: p.GetLearner(), Leaving: p.GetLeaving(),
 		})
 	}
 	sort.Slice(t.Partitions, func(i, j int) bool { return t.Partitions[i].ID < t.Partitions[j].ID })

@@ -369,8 +369,17 @@ func (pl *placer) checkEnough() error {
 	return fmt.Errorf("%w: %d eligible nodes for %d replicas%s", ErrTooManyNodes, len(pl.eligible), pl.pol.Replicas, detail)
 }
 
+// ringMember and ringHasher adapt node ids and xxhash to consistent's ring.
+type ringMember string
+
+func (m ringMember) String() string { return string(m) }
+
+type ringHasher struct{}
+
+func (ringHasher) Sum64(b []byte) uint64 { return xxhash.Sum64(b) }
+
 // ring picks each partition's primary: its owner on a bounded-load ring over
-// the eligible nodes. With the same nodes and settings it agrees with Place.
+// the eligible nodes.
 func (pl *placer) ring() (err error) {
 	members := make([]consistent.Member, 0, len(pl.eligible))
 	for _, i := range pl.eligible {

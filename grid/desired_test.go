@@ -671,23 +671,6 @@ func TestDesiredGrowMovesNearIdeal(t *testing.T) {
 	}
 }
 
-// TestDesiredKeepsPlaceTable: a table from the bootstrap Place is a valid
-// starting point and is not reshuffled.
-func TestDesiredKeepsPlaceTable(t *testing.T) {
-	var nodes []Node
-	for _, r := range names("n", 1, 3) {
-		nodes = append(nodes, r.Node)
-	}
-	tbl, err := Place(nodes, 32, DefaultPlacementPolicy())
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan := mustDesired(t, names("n", 1, 3), tbl, DefaultPolicy())
-	if len(plan.Moves) != 0 {
-		t.Errorf("bootstrap table reshuffled: %v", plan.Moves)
-	}
-}
-
 // TestDesiredReplicaCountChange: raising the replica count adds replicas
 // without moving any; lowering it only removes.
 func TestDesiredReplicaCountChange(t *testing.T) {

@@ -30,6 +30,14 @@ var (
 	// ErrNoEligibleNodes says no node may hold a replica: none is active, or
 	// every active node is compute-only or short of disk.
 	ErrNoEligibleNodes = errors.New("grid: no node is eligible to hold replicas")
+	// ErrJoinRefused: the join token is wrong, or the cluster admits no joins.
+	ErrJoinRefused = errors.New("grid: join refused")
+	// ErrNodeExists: a node id or address is already a member.
+	ErrNodeExists = errors.New("grid: node already a member")
+	// ErrUnknownNode: no node has this id.
+	ErrUnknownNode = errors.New("grid: unknown node")
+	// ErrNodeBusy: the node still holds replicas (drain it first).
+	ErrNodeBusy = errors.New("grid: node still holds replicas")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

@@ -51,27 +51,35 @@ func TestPartitionOfAffinityAndSpread(t *testing.T) {
 	}
 }
 
-func TestPlaceDeterministicDistinctBounded(t *testing.T) {
-	var nodes []Node
+// TestBootstrapTableDeterministicDistinctBounded: the table a fresh cluster
+// starts from (Desired over the founders, no current table) is the same
+// whatever the order of the nodes, has distinct replicas, and bounds the
+// primaries per node.
+func TestBootstrapTableDeterministicDistinctBounded(t *testing.T) {
+	var nodes []NodeRecord
 	for i := 1; i <= 5; i++ {
-		nodes = append(nodes, Node{ID: fmt.Sprintf("n%d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 7100+i)})
+		nodes = append(nodes, NodeRecord{Node: Node{ID: fmt.Sprintf("n%d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 7100+i)}, State: StateActive})
 	}
-	policy := DefaultPlacementPolicy()
-	t1, err := Place(nodes, 64, policy)
+	policy := DefaultPolicy()
+	policy.Partitions = 64
+	p1, err := Desired(nodes, nil, policy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Order of input does not matter.
-	rev := append([]Node(nil), nodes...)
+	rev := append([]NodeRecord(nil), nodes...)
 	for i, j := 0, len(rev)-1; i < j; i, j = i+1, j-1 {
 		rev[i], rev[j] = rev[j], rev[i]
 	}
-	t2, err := Place(rev, 64, policy)
+	p2, err := Desired(rev, nil, policy)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t1, t2 := p1.Table, p2.Table
 	if err := t1.Validate(); err != nil {
 		t.Fatal(err)
+	}
+	if t1.Epoch != 1 {
+		t.Errorf("bootstrap epoch %d, want 1", t1.Epoch)
 	}
 	primaries := map[string]int{}
 	for i, p := range t1.Partitions {
@@ -93,14 +101,22 @@ func TestPlaceDeterministicDistinctBounded(t *testing.T) {
 	if len(t1.PartitionsOf("n1")) == 0 {
 		t.Error("n1 holds no partition")
 	}
+	// Planning again over the same nodes moves nothing.
+	again, err := Desired(nodes, t1, DefaultPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Moves) != 0 || again.Table.Epoch != t1.Epoch {
+		t.Errorf("bootstrap table reshuffled: %v (epoch %d)", again.Moves, again.Table.Epoch)
+	}
 }
 
-func TestPlaceRejectsBadInput(t *testing.T) {
-	nodes := []Node{{ID: "a", Addr: "x:1"}, {ID: "b", Addr: "x:2"}}
-	if _, err := Place(nodes, 8, PlacementPolicy{Replicas: 3}); !errors.Is(err, ErrTooManyNodes) {
+func TestBootstrapRejectsBadInput(t *testing.T) {
+	nodes := []NodeRecord{{Node: Node{ID: "a", Addr: "x:1"}, State: StateActive}, {Node: Node{ID: "b", Addr: "x:2"}, State: StateActive}}
+	if _, err := Desired(nodes, nil, Policy{Replicas: 3, Partitions: 8}); !errors.Is(err, ErrTooManyNodes) {
 		t.Errorf("3 replicas on 2 nodes: %v", err)
 	}
-	if _, err := Place(nodes, 0, PlacementPolicy{Replicas: 1}); !errors.Is(err, ErrBadConfig) {
+	if _, err := Desired(nodes, nil, Policy{Replicas: 1}); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("0 partitions: %v", err)
 	}
 	dup := &Table{Nodes: []Node{{ID: "a", Addr: "x:1"}, {ID: "a", Addr: "x:2"}}}

@@ -2,6 +2,7 @@ package grid
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -18,7 +19,16 @@ type Partition struct {
 	ID       int      `json:"id"`
 	Replicas []string `json:"replicas"` // node ids; order is placement preference
 	Leader   string   `json:"leader,omitempty"`
+	// A replica move in flight (see node's reconciler): Learner is being
+	// added (a non-voter catching up, then a voter) and Leaving is removed
+	// once it has been; either may be empty. Replicas changes only when the
+	// move completes, so clients route to Replicas throughout.
+	Learner string `json:"learner,omitempty"`
+	Leaving string `json:"leaving,omitempty"`
 }
+
+// Moving reports whether a replica move is in flight for the partition.
+func (p Partition) Moving() bool { return p.Learner != "" || p.Leaving != "" }
 
 // Table is the partition table: which nodes hold which partition. Epoch grows
 // with every change of replica sets, so a client can tell a stale copy.
@@ -56,6 +66,18 @@ func (t *Table) PartitionsOf(id string) []int {
 	return out
 }
 
+// Hosts lists the partitions node id must host: those it is a replica of and
+// those it is joining as a learner.
+func (t *Table) Hosts(id string) []int {
+	var out []int
+	for _, p := range t.Partitions {
+		if p.Learner == id || slices.Contains(p.Replicas, id) {
+			out = append(out, p.ID)
+		}
+	}
+	return out
+}
+
 // Clone returns a deep copy.
 func (t *Table) Clone() *Table {
 	c := &Table{Epoch: t.Epoch, Replicas: t.Replicas}
@@ -70,7 +92,7 @@ func (t *Table) Clone() *Table {
 		c.Nodes = append(c.Nodes, nn)
 	}
 	for _, p := range t.Partitions {
-		c.Partitions = append(c.Partitions, Partition{ID: p.ID, Replicas: append([]string(nil), p.Replicas...), Leader: p.Leader})
+		c.Partitions = append(c.Partitions, Partition{ID: p.ID, Replicas: append([]string(nil), p.Replicas...), Leader: p.Leader, Learner: p.Learner, Leaving: p.Leaving})
 	}
 	return c
 }
@@ -97,6 +119,12 @@ func (t *Table) Validate() error {
 				return fmt.Errorf("%w: partition %d has unknown or repeated replica %q", ErrBadConfig, p.ID, r)
 			}
 			seen[r] = true
+		}
+		if p.Learner != "" && (!ids[p.Learner] || seen[p.Learner]) {
+			return fmt.Errorf("%w: partition %d has unknown or existing learner %q", ErrBadConfig, p.ID, p.Learner)
+		}
+		if p.Leaving != "" && !seen[p.Leaving] {
+			return fmt.Errorf("%w: partition %d is removing %q, which is not a replica", ErrBadConfig, p.ID, p.Leaving)
 		}
 	}
 	return nil

@@ -63,8 +63,10 @@ func runJob(t *testing.T, c *client.Client, job client.Job) *client.JobResult {
 }
 
 func TestJobsEqualClientSideComputation(t *testing.T) {
-	_, c := startWithMaps(t, nil)
+	e, c := startWithMaps(t, nil)
 	data := loadSales(t, c, "sales", 600)
+	// Stale jobs read followers: they see every write once caught up.
+	waitCaughtUp(t, c, e)
 
 	// The straightforward computation, over the same data.
 	count, sum := map[string]int64{}, map[string]int64{}

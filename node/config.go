@@ -28,8 +28,27 @@ type Config struct {
 	// DataDir holds the engine and the Raft logs.
 	DataDir string
 	// Peers is the static initial cluster: node id → address, this node
-	// included.
+	// included. Only the founding nodes of a cluster have peers; a node that
+	// joins a running cluster has Join instead.
 	Peers map[string]string
+	// Join lists addresses of running members to join through (any member
+	// forwards to the metadata leader). Ignored once the node has joined:
+	// a restart uses the state on disk.
+	Join []string
+	// JoinToken is the cluster's join secret. Founding nodes that set it
+	// admit joiners presenting the same token; a cluster founded without a
+	// token refuses every join.
+	JoinToken string
+	// Labels are operator labels the node announces (zone=..., rack=...,
+	// storage=false for a compute-only node).
+	Labels map[string]string
+	// ReportInterval is how often the node reports its load to the
+	// metadata leader; 0: by profile.
+	ReportInterval time.Duration
+	// DeadAfter is how long a node may stay silent before the metadata
+	// leader declares it dead and re-creates its replicas elsewhere; it is
+	// suspect (no new replicas) after a third of that. 0: by profile.
+	DeadAfter time.Duration
 	// Partitions is the fixed partition count, decided when the cluster is
 	// created.
 	Partitions int
@@ -77,10 +96,33 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		bad("data dir is required")
 	}
-	if len(c.Peers) == 0 {
-		bad("peers are required (id=addr,...; include this node)")
-	} else if _, ok := c.Peers[c.ID]; !ok {
-		bad("peers do not include this node %q", c.ID)
+	switch {
+	case len(c.Peers) == 0 && len(c.Join) == 0:
+		bad("either peers (id=addr,... including this node, to found a cluster) or join addresses are required")
+	case len(c.Peers) > 0 && len(c.Join) > 0:
+		bad("peers found a new cluster and join enters a running one: give one of them, not both")
+	case len(c.Peers) > 0:
+		if _, ok := c.Peers[c.ID]; !ok {
+			bad("peers do not include this node %q", c.ID)
+		}
+	}
+	for _, addr := range c.Join {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("join address %q: %v", addr, err)
+		}
+	}
+	if len(c.Join) > 0 && c.JoinToken == "" {
+		bad("joining needs the cluster's join token")
+	}
+	for k, v := range c.Labels {
+		if k == "" || strings.ContainsAny(k+v, ",= \t") {
+			bad("label %q=%q must be a non-empty key and a value without ',', '=' or spaces", k, v)
+		}
+	}
+	if c.ReportInterval < 0 || c.DeadAfter < 0 {
+		bad("report interval %v and dead-after %v must not be negative", c.ReportInterval, c.DeadAfter)
+	} else if c.DeadAfter > 0 && c.DeadAfter < 3*c.reportInterval() {
+		bad("dead-after %v must be at least three report intervals (%v)", c.DeadAfter, 3*c.reportInterval())
 	}
 	for id, addr := range c.Peers {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -124,6 +166,50 @@ func (c *Config) timing() replication.RaftTiming {
 	return replication.DefaultTiming()
 }
 
+// reportInterval is the load-report period: 2 s by default, 5 s on a Pi
+// Zero, 200 ms in tests.
+func (c *Config) reportInterval() time.Duration {
+	if c.ReportInterval > 0 {
+		return c.ReportInterval
+	}
+	switch c.Profile {
+	case "small":
+		return 5 * time.Second
+	case "test":
+		return 200 * time.Millisecond
+	}
+	return 2 * time.Second
+}
+
+// deadAfter is the silence after which a node is declared dead: a minute
+// by default (a reboot is not a death), 3 s in tests.
+func (c *Config) deadAfter() time.Duration {
+	if c.DeadAfter > 0 {
+		return c.DeadAfter
+	}
+	if c.Profile == "test" {
+		return 3 * time.Second
+	}
+	return time.Minute
+}
+
+// ParseLabels parses "zone=a,rack=3" into a map.
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(part, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%w: label %q must look like key=value", grid.ErrBadConfig, part)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
 func (c *Config) logger() *slog.Logger {
 	if c.Logger != nil {
 		return c.Logger
@@ -159,4 +245,11 @@ func ParsePeers(s string) (map[string]string, error) {
 		out[id] = addr
 	}
 	return out, nil
+}
+
+// policy is the placement policy of a cluster this node founds.
+func (c *Config) policy() grid.Policy {
+	p := grid.DefaultPolicy()
+	p.Replicas = c.Replicas
+	return p
 }

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,7 +36,11 @@ type Node struct {
 	host   *replication.Host
 	srv    *grpc.Server
 	meta   *replication.Group
-	static *grid.Table // the table computed from the static peer list
+	static *grid.Table // the table computed from the static peer list (empty when joining)
+	caps   grid.Capabilities
+	mgr    *manager
+	cpu    cpuMeter
+	told   atomic.Pointer[string] // the last thing the metadata leader told this node
 
 	conns peerConns
 
@@ -66,21 +69,26 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 func (n *Node) start(ctx context.Context) error {
 	cfg := &n.cfg
-	table, err := grid.Place(cfg.nodes(), cfg.Partitions, grid.PlacementPolicy{Replicas: cfg.Replicas, VirtualNodes: 64, Load: 1.25})
-	if err != nil {
-		return fmt.Errorf("node: initial placement: %w", err)
+	n.static = &grid.Table{}
+	if len(cfg.Peers) > 0 {
+		t, err := bootstrapTable(cfg)
+		if err != nil {
+			return err
+		}
+		n.static = t
 	}
-	n.static = table
 
+	created := false
+	if _, err := os.Stat(cfg.DataDir); errors.Is(err, os.ErrNotExist) {
+		created = true
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("node: data dir: %w", err)
 	}
-	n.eng, err = replication.OpenEngine(replication.EngineConfig{
-		Dir: filepath.Join(cfg.DataDir, "engine"), Kind: cfg.Engine, Profile: engineProfile(cfg.Profile), SyncWrites: cfg.SyncEngineWrites,
-	})
-	if err != nil {
-		return fmt.Errorf("node: open engine: %w", err)
-	}
+	// A joining node with no Raft state yet must be admitted first; a
+	// refused join leaves nothing behind.
+	_, err := os.Stat(filepath.Join(cfg.DataDir, "raft", replication.MetaGroup.String()))
+	joining := len(cfg.Join) > 0 && errors.Is(err, os.ErrNotExist)
 
 	n.lis = cfg.Listener
 	if n.lis == nil {
@@ -90,7 +98,28 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}
 	n.addr = cfg.Peers[cfg.ID]
+	if n.addr == "" {
+		n.addr = n.lis.Addr().String()
+	}
+	n.caps, err = Probe(ctx, cfg.DataDir, cfg.Labels, Version)
+	if err != nil {
+		return fmt.Errorf("node: capability probe: %w", err)
+	}
+	if joining {
+		if err := n.join(ctx); err != nil {
+			if created {
+				os.RemoveAll(cfg.DataDir)
+			}
+			return err
+		}
+	}
 
+	n.eng, err = replication.OpenEngine(replication.EngineConfig{
+		Dir: filepath.Join(cfg.DataDir, "engine"), Kind: cfg.Engine, Profile: engineProfile(cfg.Profile), SyncWrites: cfg.SyncEngineWrites,
+	})
+	if err != nil {
+		return fmt.Errorf("node: open engine: %w", err)
+	}
 	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: raft.ServerID(cfg.ID), LocalAddr: raft.ServerAddress(n.addr), Logger: n.log})
 	if err != nil {
 		return fmt.Errorf("node: raft transport: %w", err)
@@ -103,6 +132,7 @@ func (n *Node) start(ctx context.Context) error {
 	gridpb.RegisterKVServer(n.srv, svc)
 	gridpb.RegisterAdminServer(n.srv, svc)
 	gridpb.RegisterComputeServer(n.srv, &computeService{s: svc})
+	gridpb.RegisterClusterServer(n.srv, &clusterService{s: svc})
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,
@@ -112,8 +142,14 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: raft host: %w", err)
 	}
 
-	// Serve before opening groups so peers' votes and heartbeats are answered
-	// as soon as raft starts.
+	n.meta, err = n.host.OpenGroup(ctx, replication.MetaGroup, replication.KindMeta, metaServers(n.static.Nodes))
+	if err != nil {
+		return fmt.Errorf("node: metadata group: %w", err)
+	}
+	n.mgr = newManager(n)
+	// Serve before opening the partitions so peers' votes and heartbeats
+	// are answered as soon as their raft starts; handlers may then use the
+	// metadata group and the manager.
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -122,34 +158,66 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}()
 
-	n.meta, err = n.host.OpenGroup(ctx, replication.MetaGroup, replication.KindMeta, metaServers(table.Nodes))
-	if err != nil {
-		return fmt.Errorf("node: metadata group: %w", err)
-	}
-	current := table
-	if t := n.meta.Meta().Table(); t != nil {
-		current = t
-	}
-	for _, p := range current.PartitionsOf(cfg.ID) {
-		var servers []raft.Server
-		for _, id := range current.Partitions[p].Replicas {
-			nd, _ := current.Node(id)
-			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(nd.Addr)})
+	if n.meta.Meta().Table() == nil && len(n.static.Partitions) > 0 {
+		// A founding node of a new cluster: every founder bootstraps each of
+		// its partitions with the same voters, from the same static table.
+		for _, p := range n.static.PartitionsOf(cfg.ID) {
+			var servers []raft.Server
+			for _, id := range n.static.Partitions[p].Replicas {
+				nd, _ := n.static.Node(id)
+				servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(nd.Addr)})
+			}
+			if _, err := n.host.OpenGroup(ctx, replication.GroupID(p), replication.KindData, servers); err != nil {
+				return fmt.Errorf("node: partition %d: %w", p, err)
+			}
 		}
-		if _, err := n.host.OpenGroup(ctx, replication.GroupID(p), replication.KindData, servers); err != nil {
-			return fmt.Errorf("node: partition %d: %w", p, err)
-		}
+	} else if err := n.syncGroups(ctx); err != nil {
+		return err
 	}
 
 	loopCtx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
+	n.goLoop(func() { n.agentLoop(loopCtx) })
+	n.goLoop(func() { n.mgr.loop(loopCtx) })
+	if joining {
+		// Wait for the metadata log to reach this node, so the node serves
+		// with a partition table.
+		for n.meta.Meta().SharedTable() == nil {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("node: waiting for the cluster's metadata: %w", ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	n.log.Info("node started", "addr", n.addr, "partitions", len(n.table().Hosts(cfg.ID)), "joined", joining)
+	return nil
+}
+
+// bootstrapTable is the table a founding node starts from: the placement of
+// the static peers, all active, before any node has announced itself. Every
+// founder computes the same one.
+func bootstrapTable(cfg *Config) (*grid.Table, error) {
+	recs := make([]grid.NodeRecord, 0, len(cfg.Peers))
+	for _, nd := range cfg.nodes() {
+		recs = append(recs, grid.NodeRecord{Node: nd, State: grid.StateActive})
+	}
+	pol := cfg.policy()
+	pol.Partitions = cfg.Partitions
+	plan, err := grid.Desired(recs, nil, pol)
+	if err != nil {
+		return nil, fmt.Errorf("node: initial placement: %w", err)
+	}
+	return plan.Table, nil
+}
+
+// goLoop runs f on a goroutine the node owns.
+func (n *Node) goLoop(f func()) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		n.metaLoop(loopCtx)
+		f()
 	}()
-	n.log.Info("node started", "addr", n.addr, "partitions", len(current.PartitionsOf(cfg.ID)))
-	return nil
 }
 
 // engineProfile: the engine runs its low-memory profile under every node
@@ -178,33 +246,6 @@ func metaServers(nodes []grid.Node) []raft.Server {
 	return out
 }
 
-// metaLoop commits the initial partition table once a metadata leader exists.
-func (n *Node) metaLoop(ctx context.Context) {
-	tick := time.NewTicker(n.cfg.timing().HeartbeatTimeout / 2)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if n.meta.Meta().Table() != nil || !n.meta.IsLeader() {
-			continue
-		}
-		raw, err := json.Marshal(n.static)
-		if err != nil {
-			n.log.Error("encode table", "err", err)
-			continue
-		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = n.meta.Propose(pctx, &gridpb.MetaCommand{Op: &gridpb.MetaCommand_SetTable{SetTable: &gridpb.SetTableOp{ExpectedEpoch: 0, TableJson: raw}}})
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			n.log.Warn("commit initial table", "err", err)
-		}
-	}
-}
-
 // Addr is the node's advertised gRPC address.
 func (n *Node) Addr() string { return n.addr }
 
@@ -223,7 +264,7 @@ func (n *Node) onFatal(err error) {
 }
 
 // table is the committed partition table, or the static one until the
-// metadata group has committed it. It is shared: callers must not modify it.
+// metadata group has committed it (an empty one on a joining node). It is shared: callers must not modify it.
 func (n *Node) table() *grid.Table {
 	if t := n.meta.Meta().SharedTable(); t != nil {
 		return t

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/zerogrid/zerogrid/grid"
@@ -363,6 +364,14 @@ func (s *service) createMap(ctx context.Context, req *gridpb.CreateMapRequest) e
 // forwardToMetaLeader sends an admin write to the metadata leader, waiting
 // briefly for one to be elected.
 func (s *service) forwardToMetaLeader(ctx context.Context, call func(context.Context, gridpb.AdminClient) error) error {
+	return s.toMetaLeader(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return call(ctx, gridpb.NewAdminClient(conn))
+	})
+}
+
+// toMetaLeader runs call on a connection to the metadata leader, marked as
+// forwarded, waiting briefly for a leader to be elected.
+func (s *service) toMetaLeader(ctx context.Context, call func(context.Context, *grpc.ClientConn) error) error {
 	for {
 		id, addr := s.n.meta.Leader()
 		if id != "" && id != s.n.cfg.ID {
@@ -371,7 +380,7 @@ func (s *service) forwardToMetaLeader(ctx context.Context, call func(context.Con
 				return err
 			}
 			fctx := metadata.AppendToOutgoingContext(ctx, forwardedKey, s.n.cfg.ID)
-			return gridpb.FromStatus(call(fctx, gridpb.NewAdminClient(conn)))
+			return gridpb.FromStatus(call(fctx, conn))
 		}
 		if id == s.n.cfg.ID {
 			return fmt.Errorf("%w: metadata leadership is changing", grid.ErrNoLeader)
@@ -408,7 +417,7 @@ func (s *service) GetTable(ctx context.Context, _ *gridpb.GetTableRequest) (*gri
 		resp.Nodes = append(resp.Nodes, &gridpb.NodeInfo{Id: nd.ID, Addr: nd.Addr})
 	}
 	for _, p := range t.Partitions {
-		pi := &gridpb.PartitionInfo{Id: uint32(p.ID), Replicas: p.Replicas}
+		pi := &gridpb.PartitionInfo{Id: uint32(p.ID), Replicas: p.Replicas, Learner: p.Learner, Leaving: p.Leaving}
 		if g, ok := s.n.host.Group(replication.GroupID(p.ID)); ok {
 			pi.Leader, _ = g.Leader()
 		}

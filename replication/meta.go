@@ -19,9 +19,11 @@ import (
 type MetaState struct {
 	group GroupID
 
-	mu    sync.RWMutex
-	maps  map[string]bool
-	table *grid.Table
+	mu     sync.RWMutex
+	maps   map[string]bool
+	table  *grid.Table
+	nodes  map[string]grid.NodeRecord
+	secret []byte // SHA-256 of the join token; nil: joins are disabled
 }
 
 var _ applier = (*MetaState)(nil)
@@ -51,6 +53,34 @@ func (m *MetaState) Maps() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Nodes lists the node records in id order.
+func (m *MetaState) Nodes() []grid.NodeRecord {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]grid.NodeRecord, 0, len(m.nodes))
+	for _, r := range m.nodes {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Node returns one node record.
+func (m *MetaState) Node(id string) (grid.NodeRecord, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	r, ok := m.nodes[id]
+	return r, ok
+}
+
+// JoinSecret is the SHA-256 of the cluster's join token, or nil when the
+// cluster was started without one.
+func (m *MetaState) JoinSecret() []byte {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.secret
 }
 
 // SharedTable returns the committed table itself, for the hot path: a
@@ -100,8 +130,29 @@ func (m *MetaState) restored(eng Engine) error {
 			return fmt.Errorf("%w: stored partition table: %v", ErrCorrupt, err)
 		}
 	}
+	nodes := map[string]grid.NodeRecord{}
+	np := metaKey(m.group, "node")
+	if err := v.Iterate(np, nil, func(_, raw []byte) (bool, error) {
+		var r grid.NodeRecord
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return false, fmt.Errorf("%w: stored node record: %v", ErrCorrupt, err)
+		}
+		nodes[r.ID] = r
+		return true, nil
+	}); err != nil {
+		return fmt.Errorf("replication: load node records: %w", err)
+	}
+	var secret []byte
+	raw, err = v.Get(metaKey(m.group, "secret"))
+	switch {
+	case errors.Is(err, ErrEngineNotFound):
+	case err != nil:
+		return fmt.Errorf("replication: load join secret: %w", err)
+	default:
+		secret = append([]byte(nil), raw...)
+	}
 	m.mu.Lock()
-	m.maps, m.table = maps, table
+	m.maps, m.table, m.nodes, m.secret = maps, table, nodes, secret
 	m.mu.Unlock()
 	return nil
 }
@@ -145,6 +196,29 @@ func (m *MetaState) apply(tx *txn, index uint64, data []byte) any {
 		tx.set(metaKey(m.group, "table"), op.SetTable.TableJson)
 		m.table = &t
 		return applyResult{res: &gridpb.Result{Ok: true, Version: t.Epoch}}
+	case *gridpb.MetaCommand_UpsertNode:
+		var r grid.NodeRecord
+		if err := json.Unmarshal(op.UpsertNode.RecordJson, &r); err != nil || r.Validate() != nil {
+			return applyResult{res: &gridpb.Result{Error: "BAD_REQUEST"}}
+		}
+		tx.set(metaKey(m.group, "node", r.ID), op.UpsertNode.RecordJson)
+		m.mu.Lock()
+		m.nodes[r.ID] = r
+		m.mu.Unlock()
+		return applyResult{res: &gridpb.Result{Ok: true, Version: index}}
+	case *gridpb.MetaCommand_SetJoinSecret:
+		h := op.SetJoinSecret.TokenSha256
+		if len(h) != 32 {
+			return applyResult{res: &gridpb.Result{Error: "BAD_REQUEST"}}
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.secret != nil {
+			return applyResult{res: &gridpb.Result{Ok: false, Version: index}}
+		}
+		tx.set(metaKey(m.group, "secret"), h)
+		m.secret = append([]byte(nil), h...)
+		return applyResult{res: &gridpb.Result{Ok: true, Version: index}}
 	default:
 		return applyResult{err: fmt.Errorf("%w: metadata command without an operation", ErrCorrupt)}
 	}

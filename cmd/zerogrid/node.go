@@ -2,23 +2,41 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"sort"
+	"strings"
+	"text/tabwriter"
 	"time"
 
+	"github.com/zerogrid/zerogrid/client"
 	"github.com/zerogrid/zerogrid/node"
 )
 
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "drain", "undrain", "remove":
+			return runNodeOp(ctx, args[0], args[1:], stdout, stderr)
+		}
+	}
 	cfg := node.DefaultConfig()
-	fs := newFlags("node", "node --id ID --listen ADDR --data-dir DIR --peers ID=ADDR,... [flags]", stderr)
+	fs := newFlags("node", "node --id ID --listen ADDR --data-dir DIR (--peers ID=ADDR,... | --join ADDR --join-token T) [flags]", stderr)
 	fs.StringVar(&cfg.ID, "id", "", "this node's id (unique in the cluster)")
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:7101", "gRPC address to listen on and advertise")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the engine and Raft logs")
 	peers := fs.String("peers", "", "initial cluster: id=host:port,... (include this node)")
+	join := fs.String("join", "", "join a running cluster through these members: host:port,...")
+	fs.StringVar(&cfg.JoinToken, "join-token", os.Getenv("ZEROGRID_JOIN_TOKEN"), "the cluster's join secret (founders set it; joiners present it; default $ZEROGRID_JOIN_TOKEN)")
+	var labels labelFlag
+	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")
+	fs.DurationVar(&cfg.DeadAfter, "dead-after", 0, "declare a node silent this long dead and re-create its replicas (default 1m; 3s with --profile test)")
+	fs.DurationVar(&cfg.ReportInterval, "report-interval", 0, "how often to report load to the metadata leader (default 2s; 5s small; 200ms test)")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partition count (fixed when the cluster is created)")
 	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "copies of each partition")
 	fs.StringVar(&cfg.Profile, "profile", cfg.Profile, "timing and memory profile: default, small (Pi Zero) or test")
@@ -38,6 +56,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.Peers, err = node.ParsePeers(*peers); err != nil {
 		return err
 	}
+	cfg.Join = splitAddrs(*join)
+	cfg.Labels = labels.m
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
@@ -68,4 +88,117 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		runErr = err
 	}
 	return runErr
+}
+
+// labelFlag collects repeated --label key=value flags.
+type labelFlag struct{ m map[string]string }
+
+func (l *labelFlag) String() string { return fmt.Sprint(l.m) }
+
+func (l *labelFlag) Set(v string) error {
+	m, err := node.ParseLabels(v)
+	if err != nil {
+		return err
+	}
+	if l.m == nil {
+		l.m = map[string]string{}
+	}
+	for k, v := range m {
+		l.m[k] = v
+	}
+	return nil
+}
+
+// runNodeOp drains, undrains or removes a node. A drain waits, with a
+// progress bar, until no replica is left on the node (unless --no-wait).
+func runNodeOp(ctx context.Context, op string, args []string, stdout, stderr io.Writer) error {
+	var noWait bool
+	return clientCommand(ctx, args, stderr, "node "+op, "node "+op+" NODE-ID [--no-wait] --addr ADDR", exactly(1),
+		func(fs *flag.FlagSet) {
+			if op == "drain" {
+				fs.BoolVar(&noWait, "no-wait", false, "return once the drain is recorded, without waiting for the replicas to move")
+			}
+		},
+		func(ctx context.Context, cl *client.Client, pos []string) error {
+			id := pos[0]
+			var err error
+			switch op {
+			case "drain":
+				err = cl.DrainNode(ctx, id)
+			case "undrain":
+				err = cl.UndrainNode(ctx, id)
+			case "remove":
+				err = cl.RemoveNode(ctx, id)
+			}
+			if err != nil {
+				return err
+			}
+			if op != "drain" || noWait {
+				fmt.Fprintf(stdout, "%s: %sed\n", id, strings.TrimSuffix(op, "e"))
+				return nil
+			}
+			return waitDrained(ctx, cl, id, stdout)
+		})
+}
+
+// waitDrained shows the replicas left on a draining node until none is.
+func waitDrained(ctx context.Context, cl *client.Client, id string, w io.Writer) error {
+	start := -1
+	for {
+		t, err := cl.Table(ctx)
+		if err != nil {
+			return err
+		}
+		left := len(t.Hosts(id))
+		if start < 0 {
+			start = max(left, 1)
+		}
+		fmt.Fprintf(w, "\rdraining %s: %s %d of %d replicas moved", id, bar(start-left, start, 30), start-left, start)
+		if left == 0 {
+			fmt.Fprintf(w, "\n%s holds no replicas; retire it with: zerogrid node remove %s\n", id, id)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(w)
+			return fmt.Errorf("%s still holds %d replicas (the drain goes on; run the command again to watch): %w", id, left, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// runNodes lists the nodes with their capabilities, state and load.
+func runNodes(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var asJSON bool
+	return clientCommand(ctx, args, stderr, "nodes", "nodes [--json] --addr ADDR", exactly(0),
+		func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print the records as JSON") },
+		func(ctx context.Context, cl *client.Client, _ []string) error {
+			nodes, err := cl.Nodes(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(nodes)
+			}
+			tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tARCH\tCORES\tCPU\tRAM\tDISK FREE\tFSYNC P99\tLABELS\tREPLICAS\tLEADS\tCPU%\tRSS\tSILENT")
+			for _, n := range nodes {
+				arch := n.Caps.Arch
+				if n.Caps.GOARM != "" {
+					arch += "v" + n.Caps.GOARM
+				}
+				var labels []string
+				for k, v := range n.Caps.Labels {
+					labels = append(labels, k+"="+v)
+				}
+				sort.Strings(labels)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%v\t%s\t%d\t%d\t%.0f\t%s\t%s\n",
+					n.ID, n.Addr, n.State, arch, n.Caps.Cores, n.Caps.CPUScore, humanBytes(n.Caps.RAMTotal), humanBytes(n.Caps.DiskFree),
+					n.Caps.FsyncP99.Round(time.Microsecond), strings.Join(labels, ","), n.Load.Replicas, n.Load.Leaders, n.Load.CPU,
+					humanBytes(n.Load.RSS), (time.Duration(n.SilentMS) * time.Millisecond).Round(100*time.Millisecond))
+			}
+			return tw.Flush()
+		})
 }

@@ -13,9 +13,15 @@ const usage = `zerogrid — a sharded, Raft-replicated data grid for fleets of s
 
 Usage:
   zerogrid demo [--keep]                  start a local 3-node cluster and walk through it
-  zerogrid node --id ID --listen ADDR --data-dir DIR --peers ID=ADDR,...
+  zerogrid node --id ID --listen ADDR --data-dir DIR --peers ID=ADDR,... [--join-token T]
                 [--partitions 32] [--replicas 3] [--profile default|small|test]
-                                          run a node of a statically listed cluster
+                                          run a founding node of a new cluster
+  zerogrid node --id ID --listen ADDR --data-dir DIR --join ADDR --join-token T [--label zone=a]
+                                          join a running cluster through any member
+  zerogrid nodes            --addr ADDR   nodes: capabilities, state, load
+  zerogrid node drain ID    --addr ADDR   move every replica off a node (progress bar)
+  zerogrid node undrain ID  --addr ADDR   cancel a drain
+  zerogrid node remove ID   --addr ADDR   retire a drained (or dead) node
   zerogrid map create NAME  --addr ADDR   create a map (a named keyspace)
   zerogrid map list         --addr ADDR   list maps
   zerogrid put MAP KEY VALUE --addr ADDR  write a value (VALUE "-" reads stdin)
@@ -47,6 +53,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "node":
 		return runNode(ctx, rest, stdout, stderr)
+	case "nodes":
+		return runNodes(ctx, rest, stdout, stderr)
 	case "demo":
 		return runDemo(ctx, rest, stdout, stderr)
 	case "map":

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 )
 
@@ -24,6 +25,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // clusterStatus is every reachable node's view of its groups.
 type clusterStatus struct {
+	table  *grid.Table
 	nodes  []nodeView
 	groups map[int32]map[string]*gridpb.GroupStatus // partition → node → status
 }
@@ -39,7 +41,7 @@ func collectStatus(ctx context.Context, cl *client.Client) (*clusterStatus, erro
 	if err != nil {
 		return nil, err
 	}
-	cs := &clusterStatus{groups: map[int32]map[string]*gridpb.GroupStatus{}}
+	cs := &clusterStatus{table: table, groups: map[int32]map[string]*gridpb.GroupStatus{}}
 	for _, nd := range table.Nodes {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := cl.NodeStatus(sctx, nd.Addr)
@@ -132,7 +134,27 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", name, leader, term, commit, strings.Join(reps, " "), lag)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var moves []string
+	for _, p := range cs.table.Partitions {
+		if p.Moving() {
+			mv := fmt.Sprintf("  partition %d:", p.ID)
+			if p.Learner != "" {
+				mv += " adding " + p.Learner
+			}
+			if p.Leaving != "" {
+				mv += " removing " + p.Leaving
+			}
+			moves = append(moves, mv)
+		}
+	}
+	fmt.Fprintf(w, "\ntable epoch %d; replica moves in flight: %d\n", cs.table.Epoch, len(moves))
+	for _, mv := range moves {
+		fmt.Fprintln(w, mv)
+	}
+	return nil
 }
 
 func humanBytes(b uint64) string {

@@ -713,6 +713,8 @@ type MetaCommand struct {
 	//
 	//	*MetaCommand_CreateMap
 	//	*MetaCommand_SetTable
+	//	*MetaCommand_UpsertNode
+	//	*MetaCommand_SetJoinSecret
 	Op            isMetaCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -773,6 +775,24 @@ func (x *MetaCommand) GetSetTable() *SetTableOp {
 	return nil
 }
 
+func (x *MetaCommand) GetUpsertNode() *UpsertNodeOp {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_UpsertNode); ok {
+			return x.UpsertNode
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetSetJoinSecret() *SetJoinSecretOp {
+	if x != nil {
+		if x, ok := x.Op.(*MetaCommand_SetJoinSecret); ok {
+			return x.SetJoinSecret
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Op interface {
 	isMetaCommand_Op()
 }
@@ -785,9 +805,112 @@ type MetaCommand_SetTable struct {
 	SetTable *SetTableOp `protobuf:"bytes,2,opt,name=set_table,json=setTable,proto3,oneof"`
 }
 
+type MetaCommand_UpsertNode struct {
+	UpsertNode *UpsertNodeOp `protobuf:"bytes,3,opt,name=upsert_node,json=upsertNode,proto3,oneof"`
+}
+
+type MetaCommand_SetJoinSecret struct {
+	SetJoinSecret *SetJoinSecretOp `protobuf:"bytes,4,opt,name=set_join_secret,json=setJoinSecret,proto3,oneof"`
+}
+
 func (*MetaCommand_CreateMap) isMetaCommand_Op() {}
 
 func (*MetaCommand_SetTable) isMetaCommand_Op() {}
+
+func (*MetaCommand_UpsertNode) isMetaCommand_Op() {}
+
+func (*MetaCommand_SetJoinSecret) isMetaCommand_Op() {}
+
+// UpsertNodeOp stores a node record (JSON of grid.NodeRecord), replacing the
+// one with the same id. Only the metadata leader proposes it, one at a time.
+type UpsertNodeOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RecordJson    []byte                 `protobuf:"bytes,1,opt,name=record_json,json=recordJson,proto3" json:"record_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpsertNodeOp) Reset() {
+	*x = UpsertNodeOp{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpsertNodeOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpsertNodeOp) ProtoMessage() {}
+
+func (x *UpsertNodeOp) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpsertNodeOp.ProtoReflect.Descriptor instead.
+func (*UpsertNodeOp) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UpsertNodeOp) GetRecordJson() []byte {
+	if x != nil {
+		return x.RecordJson
+	}
+	return nil
+}
+
+// SetJoinSecretOp stores the SHA-256 of the cluster's join token, once.
+type SetJoinSecretOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenSha256   []byte                 `protobuf:"bytes,1,opt,name=token_sha256,json=tokenSha256,proto3" json:"token_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetJoinSecretOp) Reset() {
+	*x = SetJoinSecretOp{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetJoinSecretOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetJoinSecretOp) ProtoMessage() {}
+
+func (x *SetJoinSecretOp) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetJoinSecretOp.ProtoReflect.Descriptor instead.
+func (*SetJoinSecretOp) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetJoinSecretOp) GetTokenSha256() []byte {
+	if x != nil {
+		return x.TokenSha256
+	}
+	return nil
+}
 
 type CreateMapOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -798,7 +921,7 @@ type CreateMapOp struct {
 
 func (x *CreateMapOp) Reset() {
 	*x = CreateMapOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	mi := &file_grid_gridpb_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -810,7 +933,7 @@ func (x *CreateMapOp) String() string {
 func (*CreateMapOp) ProtoMessage() {}
 
 func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	mi := &file_grid_gridpb_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -823,7 +946,7 @@ func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapOp.ProtoReflect.Descriptor instead.
 func (*CreateMapOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateMapOp) GetName() string {
@@ -845,7 +968,7 @@ type SetTableOp struct {
 
 func (x *SetTableOp) Reset() {
 	*x = SetTableOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	mi := &file_grid_gridpb_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +980,7 @@ func (x *SetTableOp) String() string {
 func (*SetTableOp) ProtoMessage() {}
 
 func (x *SetTableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	mi := &file_grid_gridpb_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +993,7 @@ func (x *SetTableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTableOp.ProtoReflect.Descriptor instead.
 func (*SetTableOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetTableOp) GetExpectedEpoch() uint64 {
@@ -945,12 +1068,20 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
 	"\aexisted\x18\x03 \x01(\bR\aexisted\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x86\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\x8c\x02\n" +
 	"\vMetaCommand\x129\n" +
 	"\n" +
 	"create_map\x18\x01 \x01(\v2\x18.zerogrid.v1.CreateMapOpH\x00R\tcreateMap\x126\n" +
-	"\tset_table\x18\x02 \x01(\v2\x17.zerogrid.v1.SetTableOpH\x00R\bsetTableB\x04\n" +
-	"\x02op\"!\n" +
+	"\tset_table\x18\x02 \x01(\v2\x17.zerogrid.v1.SetTableOpH\x00R\bsetTable\x12<\n" +
+	"\vupsert_node\x18\x03 \x01(\v2\x19.zerogrid.v1.UpsertNodeOpH\x00R\n" +
+	"upsertNode\x12F\n" +
+	"\x0fset_join_secret\x18\x04 \x01(\v2\x1c.zerogrid.v1.SetJoinSecretOpH\x00R\rsetJoinSecretB\x04\n" +
+	"\x02op\"/\n" +
+	"\fUpsertNodeOp\x12\x1f\n" +
+	"\vrecord_json\x18\x01 \x01(\fR\n" +
+	"recordJson\"4\n" +
+	"\x0fSetJoinSecretOp\x12!\n" +
+	"\ftoken_sha256\x18\x01 \x01(\fR\vtokenSha256\"!\n" +
 	"\vCreateMapOp\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"R\n" +
 	"\n" +
@@ -972,20 +1103,22 @@ func file_grid_gridpb_command_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_grid_gridpb_command_proto_goTypes = []any{
-	(TxnCompare_Target)(0), // 0: zerogrid.v1.TxnCompare.Target
-	(*Command)(nil),        // 1: zerogrid.v1.Command
-	(*PutOp)(nil),          // 2: zerogrid.v1.PutOp
-	(*DeleteOp)(nil),       // 3: zerogrid.v1.DeleteOp
-	(*CasOp)(nil),          // 4: zerogrid.v1.CasOp
-	(*TxnOp)(nil),          // 5: zerogrid.v1.TxnOp
-	(*TxnCompare)(nil),     // 6: zerogrid.v1.TxnCompare
-	(*TxnWrite)(nil),       // 7: zerogrid.v1.TxnWrite
-	(*Result)(nil),         // 8: zerogrid.v1.Result
-	(*MetaCommand)(nil),    // 9: zerogrid.v1.MetaCommand
-	(*CreateMapOp)(nil),    // 10: zerogrid.v1.CreateMapOp
-	(*SetTableOp)(nil),     // 11: zerogrid.v1.SetTableOp
+	(TxnCompare_Target)(0),  // 0: zerogrid.v1.TxnCompare.Target
+	(*Command)(nil),         // 1: zerogrid.v1.Command
+	(*PutOp)(nil),           // 2: zerogrid.v1.PutOp
+	(*DeleteOp)(nil),        // 3: zerogrid.v1.DeleteOp
+	(*CasOp)(nil),           // 4: zerogrid.v1.CasOp
+	(*TxnOp)(nil),           // 5: zerogrid.v1.TxnOp
+	(*TxnCompare)(nil),      // 6: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),        // 7: zerogrid.v1.TxnWrite
+	(*Result)(nil),          // 8: zerogrid.v1.Result
+	(*MetaCommand)(nil),     // 9: zerogrid.v1.MetaCommand
+	(*UpsertNodeOp)(nil),    // 10: zerogrid.v1.UpsertNodeOp
+	(*SetJoinSecretOp)(nil), // 11: zerogrid.v1.SetJoinSecretOp
+	(*CreateMapOp)(nil),     // 12: zerogrid.v1.CreateMapOp
+	(*SetTableOp)(nil),      // 13: zerogrid.v1.SetTableOp
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
 	2,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
@@ -996,13 +1129,15 @@ var file_grid_gridpb_command_proto_depIdxs = []int32{
 	7,  // 5: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
 	7,  // 6: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
 	0,  // 7: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	10, // 8: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	11, // 9: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	12, // 8: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	13, // 9: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	10, // 10: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	11, // 11: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -1019,6 +1154,8 @@ func file_grid_gridpb_command_proto_init() {
 	file_grid_gridpb_command_proto_msgTypes[8].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
 		(*MetaCommand_SetTable)(nil),
+		(*MetaCommand_UpsertNode)(nil),
+		(*MetaCommand_SetJoinSecret)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1026,7 +1163,7 @@ func file_grid_gridpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_command_proto_rawDesc), len(file_grid_gridpb_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

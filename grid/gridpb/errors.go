@@ -44,6 +44,10 @@ var errorTable = []struct {
 	{grid.ErrContended, codes.Aborted, "CONTENDED"},
 	{grid.ErrNoEligibleNodes, codes.FailedPrecondition, "NO_ELIGIBLE_NODES"},
 	{grid.ErrTooManyNodes, codes.FailedPrecondition, "NOT_ENOUGH_NODES"},
+	{grid.ErrJoinRefused, codes.PermissionDenied, "JOIN_REFUSED"},
+	{grid.ErrNodeExists, codes.AlreadyExists, "NODE_EXISTS"},
+	{grid.ErrUnknownNode, codes.NotFound, "UNKNOWN_NODE"},
+	{grid.ErrNodeBusy, codes.FailedPrecondition, "NODE_HOLDS_REPLICAS"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A

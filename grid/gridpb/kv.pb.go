@@ -1182,10 +1182,13 @@ func (x *NodeInfo) GetAddr() string {
 }
 
 type PartitionInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Replicas      []string               `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
-	Leader        string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Replicas []string               `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Leader   string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// A replica move in flight: the node being added and the one leaving.
+	Learner       string `protobuf:"bytes,4,opt,name=learner,proto3" json:"learner,omitempty"`
+	Leaving       string `protobuf:"bytes,5,opt,name=leaving,proto3" json:"leaving,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1237,6 +1240,20 @@ func (x *PartitionInfo) GetReplicas() []string {
 func (x *PartitionInfo) GetLeader() string {
 	if x != nil {
 		return x.Leader
+	}
+	return ""
+}
+
+func (x *PartitionInfo) GetLearner() string {
+	if x != nil {
+		return x.Learner
+	}
+	return ""
+}
+
+func (x *PartitionInfo) GetLeaving() string {
+	if x != nil {
+		return x.Leaving
 	}
 	return ""
 }
@@ -1653,11 +1670,13 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\".\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
-	"\x04addr\x18\x02 \x01(\tR\x04addr\"S\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\"\x87\x01\n" +
 	"\rPartitionInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\tR\breplicas\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\tR\x06leader\"\x11\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12\x18\n" +
+	"\alearner\x18\x04 \x01(\tR\alearner\x12\x18\n" +
+	"\aleaving\x18\x05 \x01(\tR\aleaving\"\x11\n" +
 	"\x0fGetTableRequest\"\xaa\x01\n" +
 	"\rTableResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1a\n" +

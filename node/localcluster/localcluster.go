@@ -25,16 +25,19 @@ type Config struct {
 	Partitions int
 	Replicas   int
 	Profile    string   // node --profile
+	JoinToken  string   // --join-token of every node: founders admit joiners presenting it
 	ExtraArgs  []string // appended to every node's command line
 }
 
 // Cluster is a set of node processes. Its methods are safe for concurrent use.
 type Cluster struct {
-	cfg   Config
-	ids   []string
-	addrs []string
+	cfg      Config
+	founders int // the first founders ids found the cluster (--peers); later ones joined
 
 	mu    sync.Mutex
+	ids   []string
+	addrs []string
+	extra map[string][]string // per-node arguments of joined nodes
 	procs map[string]*proc
 }
 
@@ -52,7 +55,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("localcluster: %w", err)
 	}
-	c := &Cluster{cfg: cfg, procs: map[string]*proc{}}
+	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}}
 	for i := 1; i <= cfg.Nodes; i++ {
 		addr, err := freePort()
 		if err != nil {
@@ -80,14 +83,47 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// Join starts a new node that joins the running cluster through the
+// founders (--join, --join-token), with extra arguments (e.g. labels). Its
+// id is n<k> for the next k unless id is given.
+func (c *Cluster) Join(ctx context.Context, id string, extra ...string) (string, error) {
+	addr, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	if id == "" {
+		id = fmt.Sprintf("n%d", len(c.ids)+1)
+	}
+	c.ids = append(c.ids, id)
+	c.addrs = append(c.addrs, addr)
+	c.extra[id] = extra
+	c.mu.Unlock()
+	return id, c.StartNode(ctx, id)
+}
+
 // IDs lists node ids (n1, n2, ...).
-func (c *Cluster) IDs() []string { return append([]string(nil), c.ids...) }
+func (c *Cluster) IDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.ids...)
+}
 
 // Addrs lists node addresses in id order.
-func (c *Cluster) Addrs() []string { return append([]string(nil), c.addrs...) }
+func (c *Cluster) Addrs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.addrs...)
+}
 
 // Addr returns a node's address.
 func (c *Cluster) Addr(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrLocked(id)
+}
+
+func (c *Cluster) addrLocked(id string) string {
 	for i, x := range c.ids {
 		if x == id {
 			return c.addrs[i]
@@ -96,10 +132,16 @@ func (c *Cluster) Addr(id string) string {
 	return ""
 }
 
-// Peers is the --peers flag value.
+// Peers is the --peers flag value: the founders.
 func (c *Cluster) Peers() string {
-	parts := make([]string, len(c.ids))
-	for i := range c.ids {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peersLocked()
+}
+
+func (c *Cluster) peersLocked() string {
+	parts := make([]string, c.founders)
+	for i := range parts {
 		parts[i] = c.ids[i] + "=" + c.addrs[i]
 	}
 	return strings.Join(parts, ",")
@@ -122,7 +164,20 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 			return fmt.Errorf("localcluster: node %s is already running", id)
 		}
 	}
-	args := []string{"node", "--id", id, "--listen", c.Addr(id), "--data-dir", c.DataDir(id), "--peers", c.Peers()}
+	addr := c.addrLocked(id)
+	if addr == "" {
+		return fmt.Errorf("localcluster: no node %s", id)
+	}
+	args := []string{"node", "--id", id, "--listen", addr, "--data-dir", c.DataDir(id)}
+	if extra, joined := c.extra[id]; joined {
+		args = append(args, "--join", strings.Join(c.addrs[:c.founders], ","))
+		args = append(args, extra...)
+	} else {
+		args = append(args, "--peers", c.peersLocked())
+	}
+	if c.cfg.JoinToken != "" {
+		args = append(args, "--join-token", c.cfg.JoinToken)
+	}
 	if c.cfg.Partitions > 0 {
 		args = append(args, "--partitions", fmt.Sprint(c.cfg.Partitions))
 	}
@@ -153,7 +208,7 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 		close(p.done)
 	}()
 	c.procs[id] = p
-	return waitListening(ctx, c.Addr(id), p.done)
+	return waitListening(ctx, addr, p.done)
 }
 
 // waitListening waits until addr accepts connections or the process exits.
@@ -217,7 +272,7 @@ func (c *Cluster) Running(id string) bool {
 // Stop terminates every node and waits for all of them.
 func (c *Cluster) Stop() {
 	var wg sync.WaitGroup
-	for _, id := range c.ids {
+	for _, id := range c.IDs() {
 		if !c.Running(id) {
 			continue
 		}

@@ -1,0 +1,449 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/replication"
+)
+
+// clusterService implements the Cluster gRPC service: joins, load reports,
+// node listing and operations (at the metadata leader), and partition
+// membership changes (at the partition leader).
+type clusterService struct {
+	gridpb.UnimplementedClusterServer
+	s *service
+}
+
+// NodeView is one row of `zerogrid nodes`: the record and how long the
+// metadata leader has not heard from the node.
+type NodeView struct {
+	grid.NodeRecord
+	SilentMS int64 `json:"silent_ms"`
+}
+
+// atMetaLeader runs local on the metadata leader, or forwards the request
+// there with call.
+func (c *clusterService) atMetaLeader(ctx context.Context, local func() error, call func(context.Context, gridpb.ClusterClient) error) error {
+	if c.s.n.meta.IsLeader() {
+		return local()
+	}
+	if forwarded(ctx) {
+		return fmt.Errorf("%w: metadata leadership moved while forwarding", grid.ErrNoLeader)
+	}
+	return c.s.toMetaLeader(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return call(ctx, gridpb.NewClusterClient(conn))
+	})
+}
+
+func (c *clusterService) Join(ctx context.Context, req *gridpb.JoinRequest) (*gridpb.JoinResponse, error) {
+	var resp *gridpb.JoinResponse
+	err := c.atMetaLeader(ctx, func() (err error) {
+		resp, err = c.s.n.mgr.admit(ctx, req)
+		return err
+	}, func(ctx context.Context, cc gridpb.ClusterClient) (err error) {
+		resp, err = cc.Join(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return resp, nil
+}
+
+func (c *clusterService) Report(ctx context.Context, req *gridpb.ReportRequest) (*gridpb.ReportResponse, error) {
+	var resp *gridpb.ReportResponse
+	err := c.atMetaLeader(ctx, func() (err error) {
+		resp, err = c.s.n.mgr.report(ctx, req)
+		return err
+	}, func(ctx context.Context, cc gridpb.ClusterClient) (err error) {
+		resp, err = cc.Report(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return resp, nil
+}
+
+func (c *clusterService) Nodes(ctx context.Context, req *gridpb.NodesRequest) (*gridpb.NodesResponse, error) {
+	var resp *gridpb.NodesResponse
+	err := c.atMetaLeader(ctx, func() error {
+		raw, err := json.Marshal(c.s.n.mgr.views())
+		resp = &gridpb.NodesResponse{NodesJson: raw}
+		return err
+	}, func(ctx context.Context, cc gridpb.ClusterClient) (err error) {
+		resp, err = cc.Nodes(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return resp, nil
+}
+
+func (c *clusterService) NodeOp(ctx context.Context, req *gridpb.NodeOpRequest) (*gridpb.NodeOpResponse, error) {
+	var resp *gridpb.NodeOpResponse
+	err := c.atMetaLeader(ctx, func() (err error) {
+		resp, err = c.s.n.mgr.nodeOp(ctx, req.NodeId, req.Op)
+		return err
+	}, func(ctx context.Context, cc gridpb.ClusterClient) (err error) {
+		resp, err = cc.NodeOp(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return resp, nil
+}
+
+// Membership reads or changes the Raft configuration of one partition. Only
+// the partition's leader answers; others say who leads. Every change is
+// idempotent, so the reconciler may repeat a step whose outcome it did not
+// see.
+func (c *clusterService) Membership(ctx context.Context, req *gridpb.MembershipRequest) (*gridpb.MembershipResponse, error) {
+	resp, err := c.membership(ctx, req)
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return resp, nil
+}
+
+func (c *clusterService) membership(ctx context.Context, req *gridpb.MembershipRequest) (*gridpb.MembershipResponse, error) {
+	g, err := c.s.group(int(req.Partition))
+	if err != nil {
+		return nil, err
+	}
+	if !g.IsLeader() {
+		id, addr := g.Leader()
+		return nil, &grid.NotLeaderError{Partition: int(req.Partition), LeaderID: id, LeaderAddr: addr}
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	r := g.Raft()
+	cfgFuture := r.GetConfiguration()
+	if err := cfgFuture.Error(); err != nil {
+		return nil, fmt.Errorf("%w: %s: read configuration: %w", grid.ErrAmbiguous, g.ID(), err)
+	}
+	current := cfgFuture.Configuration().Servers
+	find := func(id string) (raft.Server, bool) {
+		for _, s := range current {
+			if string(s.ID) == id {
+				return s, true
+			}
+		}
+		return raft.Server{}, false
+	}
+	var f raft.Future
+	switch req.Op {
+	case "get":
+	case "add_learner":
+		if req.NodeId == "" || req.Addr == "" {
+			return nil, fmt.Errorf("%w: add_learner needs a node id and an address", grid.ErrBadRequest)
+		}
+		if _, ok := find(req.NodeId); !ok {
+			f = r.AddNonvoter(raft.ServerID(req.NodeId), raft.ServerAddress(req.Addr), 0, timeout)
+		}
+	case "promote":
+		s, ok := find(req.NodeId)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s is not in partition %d's configuration", grid.ErrBadRequest, req.NodeId, req.Partition)
+		}
+		if s.Suffrage != raft.Voter {
+			f = r.AddVoter(s.ID, s.Address, 0, timeout)
+		}
+	case "remove":
+		if req.NodeId == c.s.n.cfg.ID {
+			return nil, fmt.Errorf("%w: the leader of partition %d cannot remove itself; transfer leadership first", grid.ErrBadRequest, req.Partition)
+		}
+		if _, ok := find(req.NodeId); ok {
+			f = r.RemoveServer(raft.ServerID(req.NodeId), 0, timeout)
+		}
+	case "transfer":
+		if req.NodeId != "" {
+			s, ok := find(req.NodeId)
+			if !ok || s.Suffrage != raft.Voter {
+				return nil, fmt.Errorf("%w: %s is not a voter of partition %d", grid.ErrBadRequest, req.NodeId, req.Partition)
+			}
+			f = r.LeadershipTransferToServer(s.ID, s.Address)
+		} else {
+			f = r.LeadershipTransfer()
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown membership operation %q", grid.ErrBadRequest, req.Op)
+	}
+	if f != nil {
+		if err := f.Error(); err != nil {
+			return nil, fmt.Errorf("%w: partition %d %s %s: %w", grid.ErrAmbiguous, req.Partition, req.Op, req.NodeId, err)
+		}
+		if cfgFuture = r.GetConfiguration(); cfgFuture.Error() == nil {
+			current = cfgFuture.Configuration().Servers
+		}
+	}
+	lid, _ := g.Leader()
+	resp := &gridpb.MembershipResponse{Leader: lid, Applied: g.Applied()}
+	for _, s := range current {
+		resp.Members = append(resp.Members, &gridpb.Member{Id: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+	}
+	return resp, nil
+}
+
+// join asks a running member to admit this node, trying each join address.
+func (n *Node) join(ctx context.Context) error {
+	rec := grid.NodeRecord{Node: grid.Node{ID: n.cfg.ID, Addr: n.addr}, Caps: n.caps, State: grid.StateJoining}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("node: encode join record: %w", err)
+	}
+	// Try every address in turn until one admits or refuses this node; a
+	// cluster still electing its leaders is retried for a while.
+	deadline := time.Now().Add(30 * time.Second)
+	var errs []error
+	for attempt := 0; ; attempt++ {
+		errs = errs[:0]
+		for _, addr := range n.cfg.Join {
+			err := n.callPeer(ctx, addr, func(ctx context.Context, cc *grpc.ClientConn) error {
+				_, err := gridpb.NewClusterClient(cc).Join(ctx, &gridpb.JoinRequest{Token: n.cfg.JoinToken, RecordJson: raw})
+				return gridpb.FromStatus(err)
+			})
+			if err == nil {
+				n.log.Info("joined the cluster", "via", addr)
+				return nil
+			}
+			// A refusal is final: another member would refuse the same way.
+			if errors.Is(err, grid.ErrJoinRefused) || errors.Is(err, grid.ErrNodeExists) || errors.Is(err, grid.ErrBadRequest) {
+				return fmt.Errorf("node: join through %s: %w", addr, err)
+			}
+			errs = append(errs, fmt.Errorf("join through %s: %w", addr, err))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)):
+		}
+	}
+	return fmt.Errorf("node: no member admitted this node: %w", errors.Join(errs...))
+}
+
+// callPeer runs call over a fresh connection to addr with a short timeout.
+func (n *Node) callPeer(ctx context.Context, addr string, call func(context.Context, *grpc.ClientConn) error) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer cc.Close()
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	return call(cctx, cc)
+}
+
+// agentLoop is every node's part in commissioning: it reports load to the
+// metadata leader and keeps the partitions it hosts in step with the table.
+func (n *Node) agentLoop(ctx context.Context) {
+	tick := time.NewTicker(n.cfg.reportInterval())
+	defer tick.Stop()
+	for {
+		if err := n.syncGroups(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("sync partitions with the table", "err", err)
+		}
+		n.sendReport(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// syncGroups opens the partitions the committed table asks this node to
+// host and retires those it no longer hosts. A partition leaves the table
+// only after its Raft group has removed this node, so deleting its data
+// then is safe.
+func (n *Node) syncGroups(ctx context.Context) error {
+	t := n.meta.Meta().SharedTable()
+	if t == nil {
+		return nil
+	}
+	want := map[replication.GroupID]bool{}
+	for _, p := range t.Hosts(n.cfg.ID) {
+		want[replication.GroupID(p)] = true
+	}
+	var errs []error
+	onDisk, err := n.host.OnDisk()
+	if err != nil {
+		return err
+	}
+	for _, g := range onDisk {
+		if g == replication.MetaGroup || want[g] {
+			continue
+		}
+		n.log.Info("retiring partition replica", "partition", uint32(g))
+		if err := n.host.RemoveGroup(ctx, g); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, g := range n.host.Groups() {
+		if id := g.ID(); id != replication.MetaGroup && !want[id] {
+			if err := n.host.RemoveGroup(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for g := range want {
+		if _, ok := n.host.Group(g); ok {
+			continue
+		}
+		// No bootstrap: the partition's leader sends this replica its
+		// configuration and data (log entries or a snapshot).
+		if _, err := n.host.OpenGroup(ctx, g, replication.KindData, nil); err != nil && !errors.Is(err, replication.ErrGroupExists) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sendReport sends this node's capabilities and load to the metadata leader.
+func (n *Node) sendReport(ctx context.Context) {
+	capsRaw, err := json.Marshal(n.caps)
+	if err != nil {
+		return
+	}
+	loadRaw, err := json.Marshal(n.load())
+	if err != nil {
+		return
+	}
+	req := &gridpb.ReportRequest{NodeId: n.cfg.ID, Addr: n.addr, CapsJson: capsRaw, LoadJson: loadRaw, TableEpoch: n.table().Epoch}
+	var resp *gridpb.ReportResponse
+	call := func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		rctx, cancel := context.WithTimeout(ctx, 2*n.cfg.reportInterval()+time.Second)
+		defer cancel()
+		resp, err = gridpb.NewClusterClient(cc).Report(rctx, req)
+		return gridpb.FromStatus(err)
+	}
+	if n.meta.IsLeader() {
+		resp, err = n.mgr.report(ctx, req)
+	} else if id, addr := n.meta.Leader(); id != "" {
+		err = n.withConn(ctx, addr, call)
+	} else {
+		// No metadata leader known here (this node may have been cut off
+		// from the metadata group): ask the other nodes in the table.
+		err = grid.ErrNoLeader
+		for _, nd := range n.table().Nodes {
+			if nd.ID == n.cfg.ID {
+				continue
+			}
+			if err = n.withConn(ctx, nd.Addr, call); err == nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.Debug("load report", "err", err)
+		}
+		return
+	}
+	if resp.Message != "" {
+		if old := n.told.Swap(&resp.Message); old == nil || *old != resp.Message {
+			n.log.Warn(resp.Message, "state", resp.State)
+		}
+	}
+}
+
+func (n *Node) withConn(ctx context.Context, addr string, call func(context.Context, *grpc.ClientConn) error) error {
+	cc, err := n.conns.get(addr)
+	if err != nil {
+		return err
+	}
+	return call(metadata.AppendToOutgoingContext(ctx, forwardedKey, n.cfg.ID), cc)
+}
+
+// load is this node's current load report.
+func (n *Node) load() grid.Load {
+	l := grid.Load{RSS: rssBytes(), DiskUsed: diskUsage(n.cfg.DataDir), ReportedAt: time.Now()}
+	l.CPU = n.cpu.percent()
+	for _, g := range n.host.Groups() {
+		if g.ID() == replication.MetaGroup {
+			continue
+		}
+		l.Replicas++
+		if g.IsLeader() {
+			l.Leaders++
+		}
+		// Entries committed but not yet applied here (raft's own counters,
+		// which both include no-op entries).
+		if r := g.Raft(); r.CommitIndex() > r.AppliedIndex() {
+			l.MaxAppliedLag = max(l.MaxAppliedLag, r.CommitIndex()-r.AppliedIndex())
+		}
+	}
+	return l
+}
+
+// cpuMeter turns the process's CPU time into a percentage of one core
+// between two reports.
+type cpuMeter struct {
+	mu       sync.Mutex
+	lastWall time.Time
+	lastCPU  time.Duration
+}
+
+func (c *cpuMeter) percent() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var pct float64
+	if !c.lastWall.IsZero() {
+		if wall := now.Sub(c.lastWall); wall > 0 {
+			pct = 100 * float64(cpu-c.lastCPU) / float64(wall)
+		}
+	}
+	c.lastWall, c.lastCPU = now, cpu
+	return pct
+}
+
+// rssBytes is the process's resident set size (0 where /proc is missing).
+func rssBytes() uint64 {
+	raw, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	var size, rss uint64
+	if _, err := fmt.Sscan(string(raw), &size, &rss); err != nil {
+		return 0
+	}
+	return rss * uint64(os.Getpagesize())
+}
+
+// tokenHash is what the metadata group stores of a join token.
+func tokenHash(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
+
+func tokenMatches(secret []byte, token string) bool {
+	return len(secret) == sha256.Size && subtle.ConstantTimeCompare(secret, tokenHash(token)) == 1
+}
