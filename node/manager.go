@@ -282,6 +282,11 @@ func (m *manager) report(ctx context.Context, req *gridpb.ReportRequest) (*gridp
 	}
 	rec, ok := m.n.meta.Meta().Node(req.NodeId)
 	if !ok {
+		// A founder reporting before bootstrap has committed its record.
+		if _, founder := m.n.static.Node(req.NodeId); founder {
+			m.markSeen(req.NodeId, load)
+			return &gridpb.ReportResponse{State: string(grid.StateJoining)}, nil
+		}
 		return &gridpb.ReportResponse{State: "unknown", Message: "this node is not a member of the cluster: start it with --join and the join token"}, nil
 	}
 	if rec.State == grid.StateRemoved {

@@ -129,24 +129,7 @@ func TestLinearizableUnderKill(t *testing.T) {
 	}
 
 	// 1. Linearizability.
-	res, info := porcupine.CheckOperationsVerbose(kvModel(), h.ops, 60*time.Second)
-	unknown := 0
-	for _, op := range h.ops {
-		if op.Output.(kvOutput).unknown {
-			unknown++
-		}
-	}
-	t.Logf("history: %d operations (%d ambiguous), %d node kills; porcupine: %s", len(h.ops), unknown, kills, res)
-	if res != porcupine.Ok {
-		path := filepath.Join(os.TempDir(), fmt.Sprintf("zerogrid-linearizability-%d.html", time.Now().Unix()))
-		if err := porcupine.VisualizePath(kvModel(), info, path); err == nil {
-			t.Logf("visualization: %s", path)
-		}
-		t.Fatalf("history is not linearizable (porcupine: %s)", res)
-	}
-	if len(h.ops) < 50 {
-		t.Fatalf("only %d operations recorded: the workload did not run", len(h.ops))
-	}
+	checkLinearizable(t, h, fmt.Sprintf("%d node kills", kills))
 
 	// 2. Every acknowledged write is present.
 	for _, k := range acked {
@@ -211,6 +194,33 @@ func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *hist
 			h.add(w, kvInput{kind: opCAS, key: key, value: val, expected: string(cur)}, call, kvOutput{swapped: swapped, unknown: err != nil})
 		}
 		cancel()
+	}
+}
+
+// checkLinearizable checks a recorded history with porcupine and fails the
+// test (leaving a visualization) if it is not linearizable.
+func checkLinearizable(t *testing.T, h *history, what string) {
+	t.Helper()
+	h.mu.Lock()
+	ops := append([]porcupine.Operation(nil), h.ops...)
+	h.mu.Unlock()
+	res, info := porcupine.CheckOperationsVerbose(kvModel(), ops, 60*time.Second)
+	unknown := 0
+	for _, op := range ops {
+		if op.Output.(kvOutput).unknown {
+			unknown++
+		}
+	}
+	t.Logf("history: %d operations (%d ambiguous), %s; porcupine: %s", len(ops), unknown, what, res)
+	if res != porcupine.Ok {
+		path := filepath.Join(os.TempDir(), fmt.Sprintf("zerogrid-linearizability-%d.html", time.Now().Unix()))
+		if err := porcupine.VisualizePath(kvModel(), info, path); err == nil {
+			t.Logf("visualization: %s", path)
+		}
+		t.Fatalf("history is not linearizable (porcupine: %s)", res)
+	}
+	if len(ops) < 50 {
+		t.Fatalf("only %d operations recorded: the workload did not run", len(ops))
 	}
 }
 

@@ -49,10 +49,17 @@ func startCluster(t *testing.T, partitions int, maps ...string) (*localcluster.C
 // startClusterArgs is startCluster with extra flags for every node.
 func startClusterArgs(t *testing.T, partitions int, extra []string, maps ...string) (*localcluster.Cluster, *client.Client) {
 	t.Helper()
+	return startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: partitions, Replicas: 3, ExtraArgs: extra}, maps...)
+}
+
+// startClusterConfig starts the cluster cfg describes (binary, directory and
+// profile filled in), a client, and the named maps.
+func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (*localcluster.Cluster, *client.Client) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir := t.TempDir()
-	lc, err := localcluster.Start(ctx, localcluster.Config{Binary: binary, Dir: dir, Nodes: 3, Partitions: partitions, Replicas: 3, Profile: "test", ExtraArgs: extra})
+	cfg.Binary, cfg.Dir, cfg.Profile = binary, t.TempDir(), "test"
+	lc, err := localcluster.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

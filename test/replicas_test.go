@@ -23,6 +23,9 @@ func replicasEqual(ctx context.Context, lc *localcluster.Cluster, partitions int
 	}
 	byPart := map[int32][]replica{}
 	for _, id := range lc.IDs() {
+		if !lc.Running(id) {
+			continue
+		}
 		conn, err := grpc.NewClient(lc.Addr(id), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return err
