@@ -41,6 +41,10 @@ type Job struct {
 	Partitions []int
 	// NoHedge turns off backup copies of straggling tasks.
 	NoHedge bool
+	// Requires restricts which nodes may run the tasks (labels, arch, RAM,
+	// CPU score). A partition with no qualifying replica is read over the
+	// network by a qualifying node.
+	Requires grid.Requirements
 	// Limits per task; zero values take the node's defaults.
 	Steps       uint64
 	Deadline    time.Duration
@@ -57,6 +61,9 @@ func (j Job) spec() *gridpb.JobSpec {
 	for _, p := range j.Partitions {
 		s.Partitions = append(s.Partitions, uint32(p))
 	}
+	if r := j.Requires; !r.Empty() {
+		s.Requires = &gridpb.Requirements{Labels: r.Labels, Arch: r.Arch, MinRamBytes: r.MinRAM, MinCpuScore: r.MinCPUScore}
+	}
 	return s
 }
 
@@ -67,10 +74,14 @@ type TaskReport struct {
 	Reason    string
 	Entries   int64
 	BytesRead int64 // read from the node's local store
-	BytesSent int64 // partial result sent over the network
-	Duration  time.Duration
-	Hedge     bool // the backup copy of a straggler won
-	Attempt   int
+	// BytesNetwork were read over the network from ReadFrom (a replica),
+	// when the task ran on a node without a usable replica.
+	BytesNetwork int64
+	ReadFrom     string
+	BytesSent    int64 // partial result sent over the network
+	Duration     time.Duration
+	Hedge        bool // the backup copy of a straggler won
+	Attempt      int
 }
 
 // JobProgress is one progress event.
@@ -291,7 +302,8 @@ func taskReport(t *gridpb.TaskReport) TaskReport {
 		return TaskReport{}
 	}
 	return TaskReport{Partition: int(t.Partition), Node: t.Node, Reason: t.Reason, Entries: t.Entries, BytesRead: t.BytesRead,
-		BytesSent: t.BytesSent, Duration: time.Duration(t.DurationUs) * time.Microsecond, Hedge: t.Hedge, Attempt: int(t.Attempt)}
+		BytesSent: t.BytesSent, Duration: time.Duration(t.DurationUs) * time.Microsecond, Hedge: t.Hedge, Attempt: int(t.Attempt),
+		BytesNetwork: t.BytesNetwork, ReadFrom: t.ReadFrom}
 }
 
 // fromJSONNumber turns json.Numbers into int64 (when integral) or float64.

@@ -91,3 +91,45 @@ func (r NodeRecord) Validate() error {
 	}
 	return nil
 }
+
+// Requirements are what a job asks of the nodes that run its tasks. The
+// zero value accepts every node.
+type Requirements struct {
+	Labels      map[string]string `json:"labels,omitempty"` // operator labels with these values
+	Arch        []string          `json:"arch,omitempty"`   // GOARCH values ("arm", or "armv6"/"armv7" for a GOARM); empty: any
+	MinRAM      uint64            `json:"min_ram,omitempty"`
+	MinCPUScore int64             `json:"min_cpu_score,omitempty"`
+}
+
+// Empty reports whether r accepts every node.
+func (r Requirements) Empty() bool {
+	return len(r.Labels) == 0 && len(r.Arch) == 0 && r.MinRAM == 0 && r.MinCPUScore == 0
+}
+
+// Check says why rec does not meet r, or nil if it does.
+func (r Requirements) Check(rec NodeRecord) error {
+	for k, v := range r.Labels {
+		if got, ok := rec.Label(k); !ok || got != v {
+			return fmt.Errorf("label %s=%q, want %q", k, got, v)
+		}
+	}
+	if len(r.Arch) > 0 {
+		arch := rec.Caps.Arch
+		ok := false
+		for _, a := range r.Arch {
+			if a == arch || (rec.Caps.GOARM != "" && a == arch+"v"+rec.Caps.GOARM) {
+				ok = true
+			}
+		}
+		if !ok {
+			return fmt.Errorf("arch %s, want one of %v", arch, r.Arch)
+		}
+	}
+	if r.MinRAM > 0 && rec.Caps.RAMTotal < r.MinRAM {
+		return fmt.Errorf("RAM %s, want at least %s", sizeString(rec.Caps.RAMTotal), sizeString(r.MinRAM))
+	}
+	if r.MinCPUScore > 0 && rec.Caps.CPUScore < r.MinCPUScore {
+		return fmt.Errorf("CPU score %d, want at least %d", rec.Caps.CPUScore, r.MinCPUScore)
+	}
+	return nil
+}

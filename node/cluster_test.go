@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -169,4 +171,76 @@ func TestJoinWithoutClusterTokenRefused(t *testing.T) {
 		return err
 	})
 	t.Logf("join into a tokenless cluster: %v", err)
+}
+
+// TestJobRequirementsMoveDataToCompute: a compute-only node (storage=false)
+// with a label joins; a job requiring that label runs every task there,
+// reading each partition over the network, and its result is exact; tasks
+// report where they ran and the bytes they moved. A requirement no node
+// meets is refused clearly.
+func TestJobRequirementsMoveDataToCompute(t *testing.T) {
+	e, c := startWithMaps(t, nil, withToken)
+	data := loadSales(t, c, "sales", 200)
+	cfg, _ := e.joinConfig("n4")
+	cfg.Labels = map[string]string{"storage": "false", "accel": "yes"}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n4, err := node.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n4.Shutdown(context.Background())
+	// The job planner reads node records: wait until n4's is active.
+	retry(t, 30*time.Second, func(context.Context) error {
+		if s := nodeStates(t, c)["n4"]; s != grid.StateActive {
+			return fmt.Errorf("n4 is %q", s)
+		}
+		return nil
+	})
+
+	var sum int64
+	for _, s := range data {
+		sum += s.Amount
+	}
+	for _, stale := range []bool{false, true} {
+		res := runJob(t, c, client.Job{Map: "sales", Agg: "sum(v.amount)", Stale: stale, Requires: grid.Requirements{Labels: map[string]string{"accel": "yes"}}})
+		if got := groups(res)[""]; got != sum {
+			t.Errorf("stale=%v: sum on the compute node = %v, want %d", stale, got, sum)
+		}
+		var moved int64
+		for _, tr := range res.Tasks {
+			if tr.Node != "n4" || tr.BytesRead != 0 || tr.ReadFrom == "" {
+				t.Errorf("task %+v: want it on n4, reading over the network", tr)
+			}
+			moved += tr.BytesNetwork
+		}
+		if moved == 0 {
+			t.Error("no bytes reported moved over the network")
+		}
+		t.Logf("stale=%v: %d tasks on n4, %d bytes moved to compute; reason: %s", stale, len(res.Tasks), moved, res.Tasks[0].Reason)
+	}
+
+	// Explain says why.
+	tasks, summary, err := c.Explain(ctx, client.Job{Map: "sales", Agg: "count", Requires: grid.Requirements{Labels: map[string]string{"accel": "yes"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tasks[0].Node != "n4" || !strings.Contains(tasks[0].Reason, "data goes to compute") {
+		t.Errorf("explain: %+v (%s)", tasks[0], summary)
+	}
+
+	// A requirement a replica meets keeps the task on the data.
+	res := runJob(t, c, client.Job{Map: "sales", Agg: "count", Requires: grid.Requirements{Arch: []string{runtime.GOARCH}, MinRAM: 1}})
+	for _, tr := range res.Tasks {
+		if tr.Node == "n4" || tr.BytesNetwork != 0 {
+			t.Errorf("task %+v moved data although replicas qualify", tr)
+		}
+	}
+
+	// Nobody qualifies: a clear error, nothing runs.
+	_, err = c.Run(ctx, client.Job{Map: "sales", Agg: "count", Requires: grid.Requirements{Arch: []string{"riscv64"}}})
+	if !errors.Is(err, grid.ErrNoEligibleNodes) {
+		t.Fatalf("impossible requirement: %v, want ErrNoEligibleNodes", err)
+	}
+	t.Logf("impossible requirement: %v", err)
 }

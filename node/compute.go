@@ -103,7 +103,8 @@ func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (
 		return nil, err
 	}
 	g, err := c.s.group(int(req.Partition))
-	if err != nil {
+	remote := errors.Is(err, grid.ErrPartitionNotHere) && req.ReadRemote
+	if err != nil && !remote {
 		return nil, err
 	}
 	if d := c.s.n.cfg.TaskDelay; d > 0 { // test knob: a slow node
@@ -116,7 +117,14 @@ func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (
 	start := time.Now()
 	linearizable := req.Job.Consistency == gridpb.Consistency_LINEARIZABLE
 	var applied uint64
+	var network int64
+	var from string
 	part, stats, err := prog.RunTask(ctx, func(fn func(key, value []byte) error) error {
+		if remote {
+			var err error
+			network, from, err = c.eachRemote(ctx, int(req.Partition), req.Job, fn)
+			return err
+		}
 		a, err := g.Each(ctx, job.Map, job.Prefix, linearizable, fn)
 		applied = a
 		return err
@@ -128,24 +136,40 @@ func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (
 	if err != nil {
 		return nil, fmt.Errorf("node: encode partial: %w", err)
 	}
+	if remote {
+		stats.BytesRead = 0 // nothing came from this node's store
+	}
 	return &gridpb.TaskResult{
 		Partition: req.Partition, Node: c.s.n.cfg.ID, Partial: raw, Entries: stats.Entries, Matched: stats.Matched,
 		BytesRead: stats.BytesRead, DurationUs: time.Since(start).Microseconds(), AppliedIndex: applied,
+		BytesNetwork: network, ReadFrom: from,
 	}, nil
 }
 
 // plannedTask is one partition's task and where it may run, best first.
+// remote marks candidates that hold no replica and read the partition over
+// the network.
 type plannedTask struct {
 	part   int
 	cands  []grid.Node
+	remote map[string]bool
 	reason string
 }
 
-// plan picks a replica per partition: the leader for a linearizable view,
-// else the least-loaded replica (by tasks planned so far; this node first
-// on a tie, since local work sends nothing over the network).
+// plan picks who runs each partition's task. Compute goes to the data: a
+// replica runs it (the leader for a linearizable view, else the
+// least-loaded replica by tasks planned so far, this node first on a tie).
+// Data goes to compute when no replica meets the job's requirements, or
+// when the cost model finds a node that is at least remoteAdvantage times
+// faster even after moving the partition over the network.
 func (c *computeService) plan(spec *gridpb.JobSpec) ([]plannedTask, error) {
 	t := c.s.n.table()
+	req := requirementsFromSpec(spec.Requires)
+	recs := c.s.n.meta.Meta().Nodes()
+	byID := make(map[string]grid.NodeRecord, len(recs))
+	for _, r := range recs {
+		byID[r.ID] = r
+	}
 	parts := spec.Partitions
 	if len(parts) == 0 {
 		for p := range t.Partitions {
@@ -185,16 +209,81 @@ func (c *computeService) plan(spec *gridpb.JobSpec) ([]plannedTask, error) {
 			})
 			reason = fmt.Sprintf("least-loaded replica (stale view, %d tasks planned there before)", load[reps[0]])
 		}
-		load[reps[0]]++
-		pt := plannedTask{part: int(p), reason: reason}
+		repSet := map[string]bool{}
+		var repRecs []grid.NodeRecord
+		for _, id := range reps {
+			repSet[id] = true
+			if r, ok := byID[id]; ok {
+				repRecs = append(repRecs, r)
+			}
+		}
+		if !req.Empty() {
+			reps = slicesFilter(reps, func(id string) bool { r, ok := byID[id]; return ok && usable(r) && req.Check(r) == nil })
+		}
+		bytes := partitionBytes(repRecs)
+		remotes := remoteExecutors(recs, repSet, req, bytes)
+		pt := plannedTask{part: int(p), remote: map[string]bool{}}
+		switch {
+		case len(reps) == 0 && len(remotes) == 0:
+			return nil, fmt.Errorf("%w: partition %d: no node meets the job's requirements (replicas: %s)", grid.ErrNoEligibleNodes, p, excluded(t.Partitions[p].Replicas, byID, req))
+		case len(reps) == 0:
+			reason = fmt.Sprintf("data goes to compute: no replica qualifies (%s); reads ≈%s over the network, est. %.2fs",
+				excluded(t.Partitions[p].Replicas, byID, req), humanSize(bytes), remotes[0].cost)
+		default:
+			best, ok := byID[reps[0]]
+			if ok && best.Caps.CPUScore > 0 && len(remotes) > 0 && remotes[0].rec.Caps.CPUScore > 0 {
+				localCost := taskCost(bytes, best, true, false)
+				remoteCost := taskCost(bytes, remotes[0].rec, false, false)
+				if remoteCost*remoteAdvantage <= localCost {
+					reason = fmt.Sprintf("data goes to compute: %s (CPU score %d) reading ≈%s over the network, est. %.2fs, beats replica %s (CPU score %d), est. %.2fs",
+						remotes[0].rec.ID, remotes[0].rec.Caps.CPUScore, humanSize(bytes), remoteCost, best.ID, best.Caps.CPUScore, localCost)
+					remotes = remotes[:1]
+					break
+				}
+			}
+			remotes = nil
+		}
+		for _, e := range remotes {
+			if len(pt.cands) < 3 {
+				pt.cands = append(pt.cands, e.rec.Node)
+				pt.remote[e.rec.ID] = true
+			}
+		}
 		for _, id := range reps {
 			if nd, ok := t.Node(id); ok {
 				pt.cands = append(pt.cands, nd)
 			}
 		}
+		if len(pt.cands) == 0 {
+			return nil, fmt.Errorf("%w: partition %d has no known node to run on", grid.ErrNoEligibleNodes, p)
+		}
+		pt.reason = reason
+		load[pt.cands[0].ID]++
 		out = append(out, pt)
 	}
 	return out, nil
+}
+
+func slicesFilter(in []string, keep func(string) bool) []string {
+	out := in[:0]
+	for _, s := range in {
+		if keep(s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func humanSize(b float64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", b/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", b/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", b/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", b)
 }
 
 func (c *computeService) Explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
@@ -346,7 +435,7 @@ func (co *coordinator) run(ctx context.Context, plan []plannedTask) (*gridpb.Job
 			var res *gridpb.TaskResult
 			err := actx.Err()
 			if err == nil {
-				res, err = co.c.runTaskOn(actx, nd, &gridpb.TaskRequest{Job: co.spec, Partition: uint32(ts.pt.part)})
+				res, err = co.c.runTaskOn(actx, nd, &gridpb.TaskRequest{Job: co.spec, Partition: uint32(ts.pt.part), ReadRemote: ts.pt.remote[nd.ID]})
 			}
 			select {
 			case outcomes <- attemptOutcome{ts: ts, attempt: n, node: nd, hedge: hedge, res: res, err: err}:
@@ -465,7 +554,8 @@ func (co *coordinator) finish(o attemptOutcome) error {
 		reason = fmt.Sprintf("fallback replica after %d failed attempt(s)", o.attempt-1)
 	}
 	rep := &gridpb.TaskReport{Partition: uint32(o.ts.pt.part), Node: o.node.ID, Reason: reason, Entries: o.res.Entries,
-		BytesRead: o.res.BytesRead, BytesSent: sent, DurationUs: o.res.DurationUs, Hedge: o.hedge, Attempt: uint32(o.attempt)}
+		BytesRead: o.res.BytesRead, BytesSent: sent, DurationUs: o.res.DurationUs, Hedge: o.hedge, Attempt: uint32(o.attempt),
+		BytesNetwork: o.res.BytesNetwork, ReadFrom: o.res.ReadFrom}
 	co.reports = append(co.reports, rep)
 	return co.send(&gridpb.JobEvent{Event: &gridpb.JobEvent_Progress{Progress: &gridpb.Progress{
 		TasksTotal: uint32(co.total), TasksDone: uint32(co.done), Retries: co.retries, Hedges: co.hedges, Finished: rep,

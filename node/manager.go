@@ -312,7 +312,10 @@ func (m *manager) report(ctx context.Context, req *gridpb.ReportRequest) (*gridp
 		next.State = grid.StateActive
 		resp.Message = "this node was declared dead and its replicas were re-created elsewhere; it removes its stale partitions as the current table reaches it"
 	}
-	if !bytes.Equal(oldCaps, newCaps) || next.State != rec.State {
+	// Loads reach the records (which every node reads for task planning)
+	// every few reports, not every one: the metadata log stays quiet.
+	stale := time.Since(rec.Load.ReportedAt) > 5*m.n.cfg.reportInterval()
+	if !bytes.Equal(oldCaps, newCaps) || next.State != rec.State || stale {
 		// Another metadata write is running: the next report retries.
 		if m.mu.TryLock() {
 			defer m.mu.Unlock()

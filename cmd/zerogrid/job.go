@@ -19,6 +19,9 @@ type jobFlags struct {
 	stale, noHedge                                 bool
 	steps                                          uint64
 	deadline                                       time.Duration
+	reqLabels                                      labelFlag
+	reqArch                                        string
+	reqRAMMB                                       uint64
 }
 
 func (j *jobFlags) register(fs *flag.FlagSet) {
@@ -33,6 +36,9 @@ func (j *jobFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&j.noHedge, "no-hedge", false, "do not start backup copies of straggling tasks")
 	fs.Uint64Var(&j.steps, "steps", 0, "Starlark step budget per task (0: node default)")
 	fs.DurationVar(&j.deadline, "task-deadline", 0, "deadline per task (0: node default)")
+	fs.Var(&j.reqLabels, "require-label", "run tasks only on nodes with this label, key=value (repeatable); a partition with no such replica is read over the network")
+	fs.StringVar(&j.reqArch, "require-arch", "", "run tasks only on these architectures: amd64,arm64,arm (or armv6, armv7)")
+	fs.Uint64Var(&j.reqRAMMB, "require-ram-mb", 0, "run tasks only on nodes with at least this much RAM")
 }
 
 func (j *jobFlags) job() (client.Job, error) {
@@ -41,6 +47,9 @@ func (j *jobFlags) job() (client.Job, error) {
 	}
 	job := client.Job{Map: j.mapName, Prefix: []byte(j.prefix), Filter: j.filter, Agg: j.agg, Func: j.fn, Args: j.args,
 		Stale: j.stale, NoHedge: j.noHedge, Steps: j.steps, Deadline: j.deadline}
+	job.Requires.Labels = j.reqLabels.m
+	job.Requires.Arch = splitAddrs(j.reqArch)
+	job.Requires.MinRAM = j.reqRAMMB << 20
 	if j.script != "" {
 		src, err := os.ReadFile(j.script)
 		if err != nil {
@@ -113,13 +122,18 @@ func jobCommand(ctx context.Context, cl *client.Client, sub string, job client.J
 		res = ev.Result
 	}
 	if !quiet {
-		var read, sent int64
+		var read, sent, moved int64
 		for _, t := range res.Tasks {
 			read += t.BytesRead
 			sent += t.BytesSent
+			moved += t.BytesNetwork
 		}
-		fmt.Fprintf(stderr, "\r%s %d/%d tasks  retries %d  hedges %d  in %v; read %s where the data lives, sent %s\n",
+		fmt.Fprintf(stderr, "\r%s %d/%d tasks  retries %d  hedges %d  in %v; read %s where the data lives, sent %s",
 			bar(1, 1, 30), len(res.Tasks), len(res.Tasks), res.Retries, res.Hedges, res.Duration.Round(time.Millisecond), humanBytes(uint64(read)), humanBytes(uint64(sent)))
+		if moved > 0 {
+			fmt.Fprintf(stderr, "; moved %s of data to compute", humanBytes(uint64(moved)))
+		}
+		fmt.Fprintln(stderr)
 	}
 	if into != "" {
 		n, err := cl.WriteResult(ctx, into, res)

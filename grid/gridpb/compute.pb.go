@@ -40,7 +40,9 @@ type JobSpec struct {
 	MemoryBytes uint64      `protobuf:"varint,11,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	Consistency Consistency `protobuf:"varint,12,opt,name=consistency,proto3,enum=zerogrid.v1.Consistency" json:"consistency,omitempty"`
 	// Partitions to run on; empty = all.
-	Partitions    []uint32 `protobuf:"varint,13,rep,packed,name=partitions,proto3" json:"partitions,omitempty"`
+	Partitions []uint32 `protobuf:"varint,13,rep,packed,name=partitions,proto3" json:"partitions,omitempty"`
+	// Capabilities a node must have to run this job's tasks.
+	Requires      *Requirements `protobuf:"bytes,14,opt,name=requires,proto3" json:"requires,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -166,17 +168,98 @@ func (x *JobSpec) GetPartitions() []uint32 {
 	return nil
 }
 
+func (x *JobSpec) GetRequires() *Requirements {
+	if x != nil {
+		return x.Requires
+	}
+	return nil
+}
+
+// Requirements on the nodes that run a job's tasks (grid.Requirements).
+type Requirements struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Operator labels the node must carry with these values.
+	Labels map[string]string `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Accepted architectures (runtime.GOARCH, "arm" optionally as "armv6"/"armv7"); empty = any.
+	Arch          []string `protobuf:"bytes,2,rep,name=arch,proto3" json:"arch,omitempty"`
+	MinRamBytes   uint64   `protobuf:"varint,3,opt,name=min_ram_bytes,json=minRamBytes,proto3" json:"min_ram_bytes,omitempty"`
+	MinCpuScore   int64    `protobuf:"varint,4,opt,name=min_cpu_score,json=minCpuScore,proto3" json:"min_cpu_score,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Requirements) Reset() {
+	*x = Requirements{}
+	mi := &file_grid_gridpb_compute_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Requirements) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Requirements) ProtoMessage() {}
+
+func (x *Requirements) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_compute_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Requirements.ProtoReflect.Descriptor instead.
+func (*Requirements) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Requirements) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Requirements) GetArch() []string {
+	if x != nil {
+		return x.Arch
+	}
+	return nil
+}
+
+func (x *Requirements) GetMinRamBytes() uint64 {
+	if x != nil {
+		return x.MinRamBytes
+	}
+	return 0
+}
+
+func (x *Requirements) GetMinCpuScore() int64 {
+	if x != nil {
+		return x.MinCpuScore
+	}
+	return 0
+}
+
 type TaskRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *JobSpec               `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Partition     uint32                 `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Job       *JobSpec               `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Partition uint32                 `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	// The executor may hold no replica: it reads the partition from one over
+	// the network (data goes to compute).
+	ReadRemote    bool `protobuf:"varint,3,opt,name=read_remote,json=readRemote,proto3" json:"read_remote,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskRequest) Reset() {
 	*x = TaskRequest{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[1]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -188,7 +271,7 @@ func (x *TaskRequest) String() string {
 func (*TaskRequest) ProtoMessage() {}
 
 func (x *TaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[1]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -201,7 +284,7 @@ func (x *TaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskRequest.ProtoReflect.Descriptor instead.
 func (*TaskRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{1}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TaskRequest) GetJob() *JobSpec {
@@ -218,24 +301,35 @@ func (x *TaskRequest) GetPartition() uint32 {
 	return 0
 }
 
+func (x *TaskRequest) GetReadRemote() bool {
+	if x != nil {
+		return x.ReadRemote
+	}
+	return false
+}
+
 type TaskResult struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Node      string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	// query.Partial, binary encoded.
-	Partial       []byte `protobuf:"bytes,3,opt,name=partial,proto3" json:"partial,omitempty"`
-	Entries       int64  `protobuf:"varint,4,opt,name=entries,proto3" json:"entries,omitempty"`
-	Matched       int64  `protobuf:"varint,5,opt,name=matched,proto3" json:"matched,omitempty"`
-	BytesRead     int64  `protobuf:"varint,6,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
-	DurationUs    int64  `protobuf:"varint,7,opt,name=duration_us,json=durationUs,proto3" json:"duration_us,omitempty"`
-	AppliedIndex  uint64 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Partial      []byte `protobuf:"bytes,3,opt,name=partial,proto3" json:"partial,omitempty"`
+	Entries      int64  `protobuf:"varint,4,opt,name=entries,proto3" json:"entries,omitempty"`
+	Matched      int64  `protobuf:"varint,5,opt,name=matched,proto3" json:"matched,omitempty"`
+	BytesRead    int64  `protobuf:"varint,6,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	DurationUs   int64  `protobuf:"varint,7,opt,name=duration_us,json=durationUs,proto3" json:"duration_us,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Bytes of entries received over the network (a remote read), and from
+	// which replica.
+	BytesNetwork  int64  `protobuf:"varint,9,opt,name=bytes_network,json=bytesNetwork,proto3" json:"bytes_network,omitempty"`
+	ReadFrom      string `protobuf:"bytes,10,opt,name=read_from,json=readFrom,proto3" json:"read_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[2]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +341,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[2]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +354,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{2}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TaskResult) GetPartition() uint32 {
@@ -319,6 +413,20 @@ func (x *TaskResult) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *TaskResult) GetBytesNetwork() int64 {
+	if x != nil {
+		return x.BytesNetwork
+	}
+	return 0
+}
+
+func (x *TaskResult) GetReadFrom() string {
+	if x != nil {
+		return x.ReadFrom
+	}
+	return ""
+}
+
 type SubmitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   *JobSpec               `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -330,7 +438,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[3]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +450,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[3]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +463,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{3}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitRequest) GetJob() *JobSpec {
@@ -383,13 +491,15 @@ type TaskReport struct {
 	DurationUs    int64                  `protobuf:"varint,7,opt,name=duration_us,json=durationUs,proto3" json:"duration_us,omitempty"`
 	Hedge         bool                   `protobuf:"varint,8,opt,name=hedge,proto3" json:"hedge,omitempty"`
 	Attempt       uint32                 `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	BytesNetwork  int64                  `protobuf:"varint,10,opt,name=bytes_network,json=bytesNetwork,proto3" json:"bytes_network,omitempty"`
+	ReadFrom      string                 `protobuf:"bytes,11,opt,name=read_from,json=readFrom,proto3" json:"read_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskReport) Reset() {
 	*x = TaskReport{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[4]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +511,7 @@ func (x *TaskReport) String() string {
 func (*TaskReport) ProtoMessage() {}
 
 func (x *TaskReport) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[4]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +524,7 @@ func (x *TaskReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskReport.ProtoReflect.Descriptor instead.
 func (*TaskReport) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TaskReport) GetPartition() uint32 {
@@ -480,6 +590,20 @@ func (x *TaskReport) GetAttempt() uint32 {
 	return 0
 }
 
+func (x *TaskReport) GetBytesNetwork() int64 {
+	if x != nil {
+		return x.BytesNetwork
+	}
+	return 0
+}
+
+func (x *TaskReport) GetReadFrom() string {
+	if x != nil {
+		return x.ReadFrom
+	}
+	return ""
+}
+
 type Progress struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TasksTotal    uint32                 `protobuf:"varint,1,opt,name=tasks_total,json=tasksTotal,proto3" json:"tasks_total,omitempty"`
@@ -493,7 +617,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[5]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +629,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[5]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +642,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Progress) GetTasksTotal() uint32 {
@@ -570,7 +694,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[6]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +706,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[6]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +719,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobResult) GetResultJson() []byte {
@@ -646,7 +770,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[7]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +782,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[7]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +795,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -727,7 +851,7 @@ type PlannedTask struct {
 
 func (x *PlannedTask) Reset() {
 	*x = PlannedTask{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[8]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +863,7 @@ func (x *PlannedTask) String() string {
 func (*PlannedTask) ProtoMessage() {}
 
 func (x *PlannedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[8]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +876,7 @@ func (x *PlannedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedTask.ProtoReflect.Descriptor instead.
 func (*PlannedTask) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{8}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PlannedTask) GetPartition() uint32 {
@@ -793,7 +917,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[9]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +929,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[9]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +942,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExplainResponse) GetTasks() []*PlannedTask {
@@ -848,7 +972,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[10]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +984,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[10]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +997,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyRequest) GetHeader() *WriteHeader {
@@ -915,7 +1039,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_grid_gridpb_compute_proto_msgTypes[11]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1051,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_compute_proto_msgTypes[11]
+	mi := &file_grid_gridpb_compute_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1064,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_compute_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ApplyResponse) GetDeleted() bool {
@@ -968,7 +1092,7 @@ var File_grid_gridpb_compute_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_compute_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/compute.proto\x12\vzerogrid.v1\x1a\x14grid/gridpb/kv.proto\"\x81\x03\n" +
+	"\x19grid/gridpb/compute.proto\x12\vzerogrid.v1\x1a\x14grid/gridpb/kv.proto\"\xb8\x03\n" +
 	"\aJobSpec\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\fR\x06prefix\x12\x16\n" +
@@ -987,10 +1111,21 @@ const file_grid_gridpb_compute_proto_rawDesc = "" +
 	"\vconsistency\x18\f \x01(\x0e2\x18.zerogrid.v1.ConsistencyR\vconsistency\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\r \x03(\rR\n" +
-	"partitions\"S\n" +
+	"partitions\x125\n" +
+	"\brequires\x18\x0e \x01(\v2\x19.zerogrid.v1.RequirementsR\brequires\"\xe4\x01\n" +
+	"\fRequirements\x12=\n" +
+	"\x06labels\x18\x01 \x03(\v2%.zerogrid.v1.Requirements.LabelsEntryR\x06labels\x12\x12\n" +
+	"\x04arch\x18\x02 \x03(\tR\x04arch\x12\"\n" +
+	"\rmin_ram_bytes\x18\x03 \x01(\x04R\vminRamBytes\x12\"\n" +
+	"\rmin_cpu_score\x18\x04 \x01(\x03R\vminCpuScore\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"t\n" +
 	"\vTaskRequest\x12&\n" +
 	"\x03job\x18\x01 \x01(\v2\x14.zerogrid.v1.JobSpecR\x03job\x12\x1c\n" +
-	"\tpartition\x18\x02 \x01(\rR\tpartition\"\xf1\x01\n" +
+	"\tpartition\x18\x02 \x01(\rR\tpartition\x12\x1f\n" +
+	"\vread_remote\x18\x03 \x01(\bR\n" +
+	"readRemote\"\xb3\x02\n" +
 	"\n" +
 	"TaskResult\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x12\n" +
@@ -1002,10 +1137,13 @@ const file_grid_gridpb_compute_proto_rawDesc = "" +
 	"bytes_read\x18\x06 \x01(\x03R\tbytesRead\x12\x1f\n" +
 	"\vduration_us\x18\a \x01(\x03R\n" +
 	"durationUs\x12#\n" +
-	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\"R\n" +
+	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\x12#\n" +
+	"\rbytes_network\x18\t \x01(\x03R\fbytesNetwork\x12\x1b\n" +
+	"\tread_from\x18\n" +
+	" \x01(\tR\breadFrom\"R\n" +
 	"\rSubmitRequest\x12&\n" +
 	"\x03job\x18\x01 \x01(\v2\x14.zerogrid.v1.JobSpecR\x03job\x12\x19\n" +
-	"\bno_hedge\x18\x02 \x01(\bR\anoHedge\"\xff\x01\n" +
+	"\bno_hedge\x18\x02 \x01(\bR\anoHedge\"\xc1\x02\n" +
 	"\n" +
 	"TaskReport\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x12\n" +
@@ -1019,7 +1157,10 @@ const file_grid_gridpb_compute_proto_rawDesc = "" +
 	"\vduration_us\x18\a \x01(\x03R\n" +
 	"durationUs\x12\x14\n" +
 	"\x05hedge\x18\b \x01(\bR\x05hedge\x12\x18\n" +
-	"\aattempt\x18\t \x01(\rR\aattempt\"\xb1\x01\n" +
+	"\aattempt\x18\t \x01(\rR\aattempt\x12#\n" +
+	"\rbytes_network\x18\n" +
+	" \x01(\x03R\fbytesNetwork\x12\x1b\n" +
+	"\tread_from\x18\v \x01(\tR\breadFrom\"\xb1\x01\n" +
 	"\bProgress\x12\x1f\n" +
 	"\vtasks_total\x18\x01 \x01(\rR\n" +
 	"tasksTotal\x12\x1d\n" +
@@ -1075,46 +1216,50 @@ func file_grid_gridpb_compute_proto_rawDescGZIP() []byte {
 	return file_grid_gridpb_compute_proto_rawDescData
 }
 
-var file_grid_gridpb_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_grid_gridpb_compute_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_grid_gridpb_compute_proto_goTypes = []any{
 	(*JobSpec)(nil),         // 0: zerogrid.v1.JobSpec
-	(*TaskRequest)(nil),     // 1: zerogrid.v1.TaskRequest
-	(*TaskResult)(nil),      // 2: zerogrid.v1.TaskResult
-	(*SubmitRequest)(nil),   // 3: zerogrid.v1.SubmitRequest
-	(*TaskReport)(nil),      // 4: zerogrid.v1.TaskReport
-	(*Progress)(nil),        // 5: zerogrid.v1.Progress
-	(*JobResult)(nil),       // 6: zerogrid.v1.JobResult
-	(*JobEvent)(nil),        // 7: zerogrid.v1.JobEvent
-	(*PlannedTask)(nil),     // 8: zerogrid.v1.PlannedTask
-	(*ExplainResponse)(nil), // 9: zerogrid.v1.ExplainResponse
-	(*ApplyRequest)(nil),    // 10: zerogrid.v1.ApplyRequest
-	(*ApplyResponse)(nil),   // 11: zerogrid.v1.ApplyResponse
-	(Consistency)(0),        // 12: zerogrid.v1.Consistency
-	(*WriteHeader)(nil),     // 13: zerogrid.v1.WriteHeader
+	(*Requirements)(nil),    // 1: zerogrid.v1.Requirements
+	(*TaskRequest)(nil),     // 2: zerogrid.v1.TaskRequest
+	(*TaskResult)(nil),      // 3: zerogrid.v1.TaskResult
+	(*SubmitRequest)(nil),   // 4: zerogrid.v1.SubmitRequest
+	(*TaskReport)(nil),      // 5: zerogrid.v1.TaskReport
+	(*Progress)(nil),        // 6: zerogrid.v1.Progress
+	(*JobResult)(nil),       // 7: zerogrid.v1.JobResult
+	(*JobEvent)(nil),        // 8: zerogrid.v1.JobEvent
+	(*PlannedTask)(nil),     // 9: zerogrid.v1.PlannedTask
+	(*ExplainResponse)(nil), // 10: zerogrid.v1.ExplainResponse
+	(*ApplyRequest)(nil),    // 11: zerogrid.v1.ApplyRequest
+	(*ApplyResponse)(nil),   // 12: zerogrid.v1.ApplyResponse
+	nil,                     // 13: zerogrid.v1.Requirements.LabelsEntry
+	(Consistency)(0),        // 14: zerogrid.v1.Consistency
+	(*WriteHeader)(nil),     // 15: zerogrid.v1.WriteHeader
 }
 var file_grid_gridpb_compute_proto_depIdxs = []int32{
-	12, // 0: zerogrid.v1.JobSpec.consistency:type_name -> zerogrid.v1.Consistency
-	0,  // 1: zerogrid.v1.TaskRequest.job:type_name -> zerogrid.v1.JobSpec
-	0,  // 2: zerogrid.v1.SubmitRequest.job:type_name -> zerogrid.v1.JobSpec
-	4,  // 3: zerogrid.v1.Progress.finished:type_name -> zerogrid.v1.TaskReport
-	4,  // 4: zerogrid.v1.JobResult.tasks:type_name -> zerogrid.v1.TaskReport
-	5,  // 5: zerogrid.v1.JobEvent.progress:type_name -> zerogrid.v1.Progress
-	6,  // 6: zerogrid.v1.JobEvent.result:type_name -> zerogrid.v1.JobResult
-	8,  // 7: zerogrid.v1.ExplainResponse.tasks:type_name -> zerogrid.v1.PlannedTask
-	13, // 8: zerogrid.v1.ApplyRequest.header:type_name -> zerogrid.v1.WriteHeader
-	1,  // 9: zerogrid.v1.Compute.RunTask:input_type -> zerogrid.v1.TaskRequest
-	3,  // 10: zerogrid.v1.Compute.Submit:input_type -> zerogrid.v1.SubmitRequest
-	3,  // 11: zerogrid.v1.Compute.Explain:input_type -> zerogrid.v1.SubmitRequest
-	10, // 12: zerogrid.v1.Compute.Apply:input_type -> zerogrid.v1.ApplyRequest
-	2,  // 13: zerogrid.v1.Compute.RunTask:output_type -> zerogrid.v1.TaskResult
-	7,  // 14: zerogrid.v1.Compute.Submit:output_type -> zerogrid.v1.JobEvent
-	9,  // 15: zerogrid.v1.Compute.Explain:output_type -> zerogrid.v1.ExplainResponse
-	11, // 16: zerogrid.v1.Compute.Apply:output_type -> zerogrid.v1.ApplyResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 0: zerogrid.v1.JobSpec.consistency:type_name -> zerogrid.v1.Consistency
+	1,  // 1: zerogrid.v1.JobSpec.requires:type_name -> zerogrid.v1.Requirements
+	13, // 2: zerogrid.v1.Requirements.labels:type_name -> zerogrid.v1.Requirements.LabelsEntry
+	0,  // 3: zerogrid.v1.TaskRequest.job:type_name -> zerogrid.v1.JobSpec
+	0,  // 4: zerogrid.v1.SubmitRequest.job:type_name -> zerogrid.v1.JobSpec
+	5,  // 5: zerogrid.v1.Progress.finished:type_name -> zerogrid.v1.TaskReport
+	5,  // 6: zerogrid.v1.JobResult.tasks:type_name -> zerogrid.v1.TaskReport
+	6,  // 7: zerogrid.v1.JobEvent.progress:type_name -> zerogrid.v1.Progress
+	7,  // 8: zerogrid.v1.JobEvent.result:type_name -> zerogrid.v1.JobResult
+	9,  // 9: zerogrid.v1.ExplainResponse.tasks:type_name -> zerogrid.v1.PlannedTask
+	15, // 10: zerogrid.v1.ApplyRequest.header:type_name -> zerogrid.v1.WriteHeader
+	2,  // 11: zerogrid.v1.Compute.RunTask:input_type -> zerogrid.v1.TaskRequest
+	4,  // 12: zerogrid.v1.Compute.Submit:input_type -> zerogrid.v1.SubmitRequest
+	4,  // 13: zerogrid.v1.Compute.Explain:input_type -> zerogrid.v1.SubmitRequest
+	11, // 14: zerogrid.v1.Compute.Apply:input_type -> zerogrid.v1.ApplyRequest
+	3,  // 15: zerogrid.v1.Compute.RunTask:output_type -> zerogrid.v1.TaskResult
+	8,  // 16: zerogrid.v1.Compute.Submit:output_type -> zerogrid.v1.JobEvent
+	10, // 17: zerogrid.v1.Compute.Explain:output_type -> zerogrid.v1.ExplainResponse
+	12, // 18: zerogrid.v1.Compute.Apply:output_type -> zerogrid.v1.ApplyResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_compute_proto_init() }
@@ -1123,7 +1268,7 @@ func file_grid_gridpb_compute_proto_init() {
 		return
 	}
 	file_grid_gridpb_kv_proto_init()
-	file_grid_gridpb_compute_proto_msgTypes[7].OneofWrappers = []any{
+	file_grid_gridpb_compute_proto_msgTypes[8].OneofWrappers = []any{
 		(*JobEvent_Progress)(nil),
 		(*JobEvent_Result)(nil),
 	}
@@ -1133,7 +1278,7 @@ func file_grid_gridpb_compute_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_compute_proto_rawDesc), len(file_grid_gridpb_compute_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
