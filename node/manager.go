@@ -37,6 +37,8 @@ type manager struct {
 	mu   sync.Mutex
 	term uint64 // the metadata term the manager last acted in
 
+	nextLead int // the partition whose leadership the reconciler checks next
+
 	seenMu sync.Mutex
 	seen   map[string]time.Time // last report per node, on this leader's clock
 	loads  map[string]grid.Load
@@ -529,8 +531,57 @@ func (m *manager) reconcile(ctx context.Context) error {
 		if err := m.putTable(ctx, t); err != nil {
 			return err
 		}
+	} else if len(errs) == 0 {
+		errs = append(errs, m.preferLeader(ctx, t))
 	}
 	return errors.Join(errs...)
+}
+
+// preferLeader checks one partition per tick, round robin, and moves its
+// leadership to the replica placement prefers (the fastest fsync among the
+// replicas, see grid.Desired) when another replica leads. Leadership then
+// settles on fast disks without a burst of elections.
+func (m *manager) preferLeader(ctx context.Context, t *grid.Table) error {
+	if len(t.Partitions) == 0 {
+		return nil
+	}
+	pol := grid.DefaultPolicy()
+	pol.Replicas = t.Replicas
+	plan, err := grid.Desired(m.n.meta.Meta().Nodes(), t, pol)
+	if err != nil || len(plan.Moves) > 0 {
+		return nil // moves come first; a planning error was reported by startMoves
+	}
+	p := &t.Partitions[m.nextLead%len(t.Partitions)]
+	m.nextLead++
+	want := plan.Table.Partitions[p.ID].Leader
+	if p.Moving() || want == "" {
+		return nil
+	}
+	if rec, ok := m.n.meta.Meta().Node(want); !ok || rec.State != grid.StateActive {
+		return nil
+	}
+	mr, err := m.partitionLeader(ctx, p, &gridpb.MembershipRequest{Partition: uint32(p.ID), Op: "get"})
+	if err != nil || mr.Leader == "" || mr.Leader == want {
+		return nil
+	}
+	cur, _ := m.n.meta.Meta().Node(mr.Leader)
+	best, _ := m.n.meta.Meta().Node(want)
+	// Only for a clear gain, probes being noisy: a much faster disk, or,
+	// between comparable disks, a leader holding at least two more
+	// leaderships than the preferred replica (elections pile leaderships on
+	// whichever node started first).
+	faster := cur.Caps.FsyncP99 > 0 && best.Caps.FsyncP99 > 0 && best.Caps.FsyncP99*3/2 < cur.Caps.FsyncP99
+	m.seenMu.Lock()
+	curLeads, bestLeads := m.loads[cur.ID].Leaders, m.loads[best.ID].Leaders
+	m.seenMu.Unlock()
+	comparable := cur.Caps.FsyncP99 == 0 || best.Caps.FsyncP99 <= cur.Caps.FsyncP99*3/2
+	if !faster && !(comparable && curLeads >= bestLeads+2) {
+		return nil
+	}
+	m.n.log.Info("moving partition leadership", "partition", p.ID, "from", mr.Leader, "to", want,
+		"fsync_p99_from", cur.Caps.FsyncP99, "fsync_p99_to", best.Caps.FsyncP99, "leads_from", curLeads, "leads_to", bestLeads)
+	_, err = m.partitionLeader(ctx, p, &gridpb.MembershipRequest{Partition: uint32(p.ID), Op: "transfer", NodeId: want})
+	return err
 }
 
 // startMoves marks new moves in t (not yet committed) from the plan.

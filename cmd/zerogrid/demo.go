@@ -44,7 +44,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	step := func(format string, a ...any) { fmt.Fprintf(stdout, "\n==> "+format+"\n", a...) }
 
 	step("starting 3 zerogrid node processes on loopback (data in %s)", root)
-	cl, err := localcluster.Start(ctx, localcluster.Config{Binary: bin, Dir: root, Nodes: 3, Partitions: 16, Replicas: 3, Profile: "test"})
+	cl, err := localcluster.Start(ctx, localcluster.Config{Binary: bin, Dir: root, Nodes: 3, Partitions: 16, Replicas: 3, Profile: "test", JoinToken: "demo-token"})
 	if err != nil {
 		return err
 	}
@@ -128,6 +128,38 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	say("    %s caught up; a stale scan over all replicas sees %d entries (expected %d)", victim, n, total)
 	if err := printStatus(ctx, c, stdout); err != nil {
+		return err
+	}
+
+	step("a fourth node joins with the cluster's token; replicas rebalance onto it")
+	say("    zerogrid node --id n4 --join %s --join-token demo-token --label zone=shelf-2 ...", cl.Addrs()[0])
+	joined, err := cl.Join(ctx, "n4", "--label", "zone=shelf-2")
+	if err != nil {
+		return fmt.Errorf("demo: join: %w", err)
+	}
+	if err := retry(ctx, 90*time.Second, func(ctx context.Context) error {
+		t, err := c.Table(ctx)
+		if err != nil {
+			return err
+		}
+		moving := 0
+		for _, p := range t.Partitions {
+			if p.Moving() {
+				moving++
+			}
+		}
+		if held := len(t.Hosts(joined)); held < 10 || moving > 0 {
+			return fmt.Errorf("%s holds %d replicas, %d moves in flight", joined, held, moving)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("demo: rebalance: %w", err)
+	}
+	if err := retry(ctx, 30*time.Second, func(ctx context.Context) error { return checkAll(ctx, m, total) }); err != nil {
+		return fmt.Errorf("demo: read after rebalance: %w", err)
+	}
+	say("    %s took its share; all %d entries still read back", joined, total)
+	if err := runNodes(ctx, []string{"--addr", cl.Addrs()[0]}, stdout, stdout); err != nil {
 		return err
 	}
 
