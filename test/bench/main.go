@@ -42,6 +42,7 @@ type config struct {
 	keep                             bool
 	etcdBin, zgBin, profile          string
 	out                              string
+	compute                          computeConfig
 }
 
 func main() {
@@ -76,10 +77,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.profile, "profile", "default", "zerogrid node --profile")
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
+	c.compute.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
-	var errs []error
+	errs := c.compute.validate()
 	for _, s := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -148,6 +150,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(stderr, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
+	}
+	if cfg.compute.enabled {
+		return runCompute(ctx, cfg, args, stdout, stderr, logf)
 	}
 
 	if cfg.dir == "" {
