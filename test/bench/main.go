@@ -6,6 +6,14 @@
 //
 //	cd test/bench && go run . -duration 10s
 //
+// With -compute it runs the compute-vs-scan benchmark instead (zerogrid
+// only): an aggregate job shipped to the data against pulling every record
+// through Scan and aggregating at the client, over the same records, on
+// plain and (-shaped) rate-limited loopback, in a private network
+// namespace where it can count every byte.
+//
+//	cd test/bench && go run . -compute -records 1000000 -shaped
+//
 // It lives in its own module so that etcd's client never enters zerogrid's.
 package main
 

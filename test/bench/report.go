@@ -165,6 +165,8 @@ func fmtDur(d time.Duration) string {
 		return fmt.Sprintf("%.2f ms", ms)
 	case ms < 100:
 		return fmt.Sprintf("%.1f ms", ms)
+	case ms < 1000:
+		return fmt.Sprintf("%.0f ms", ms)
 	}
-	return fmt.Sprintf("%.0f ms", ms)
+	return fmt.Sprintf("%.2f s", ms/1000)
 }
