@@ -49,13 +49,17 @@ func Stale() ReadOption { return func(o *readOptions) { o.stale = true } }
 // Name returns the map's name.
 func (m *Map) Name() string { return m.name }
 
-// Put sets key to value and returns the new version.
-func (m *Map) Put(ctx context.Context, key, value []byte) (version uint64, err error) {
+// Put sets key to value and returns the new version. Options may add an
+// expiry or a fencing token to the write.
+func (m *Map) Put(ctx context.Context, key, value []byte, opts ...WriteOption) (version uint64, err error) {
 	if err := m.checkWrite(key, value); err != nil {
 		return 0, err
 	}
 	part := m.partition(key)
 	req := &gridpb.PutRequest{Header: m.header(), Key: key, Value: value, Crc: checksum(value)}
+	for _, o := range opts {
+		o(req)
+	}
 	err = m.c.run(ctx, "put", m.c.newPicker(part, true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewKVClient(cc).Put(ctx, req, opts...)
 		if err != nil {

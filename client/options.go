@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
 )
 
 // RetryPolicy bounds how hard the client tries one request. The context's
@@ -38,6 +39,9 @@ const DefaultScanPageSize = 100
 // maxRecvMsgBytes leaves room for a 1 MiB value and the largest scan page a
 // node should send.
 const maxRecvMsgBytes = 16 << 20
+
+// WriteOption changes one Put request (an expiry, a fencing token).
+type WriteOption func(*gridpb.PutRequest)
 
 // Option changes how DialWith builds a Client.
 type Option func(*options)
