@@ -133,7 +133,7 @@ func (c *Client) CreateMap(ctx context.Context, name string) error {
 		return err
 	}
 	req := &gridpb.CreateMapRequest{Name: name}
-	return c.run(ctx, "create map", c.anyNode(), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	return c.runCluster(ctx, "create map", true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		_, err := gridpb.NewAdminClient(cc).CreateMap(ctx, req, opts...)
 		return err
 	})
@@ -142,7 +142,7 @@ func (c *Client) CreateMap(ctx context.Context, name string) error {
 // ListMaps returns the names of the cluster's maps.
 func (c *Client) ListMaps(ctx context.Context) ([]string, error) {
 	var names []string
-	err := c.run(ctx, "list maps", c.anyNode(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	err := c.runCluster(ctx, "list maps", false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewAdminClient(cc).ListMaps(ctx, &gridpb.ListMapsRequest{}, opts...)
 		if err != nil {
 			return err
@@ -171,6 +171,8 @@ func (c *Client) NodeStatus(ctx context.Context, addr string) (*gridpb.StatusRes
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, clusterAttemptTimeout)
+	defer cancel()
 	r, err := gridpb.NewAdminClient(cc).Status(ctx, &gridpb.StatusRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("client: status of %s: %w", addr, gridpb.FromStatus(err))
@@ -200,7 +202,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 // fetchTable gets the table from any node, retrying, and installs it.
 func (c *Client) fetchTable(ctx context.Context) (*grid.Table, error) {
 	var t *grid.Table
-	err := c.run(ctx, "get table", c.anyNode(), false, func(ctx context.Context, cc *grpc.ClientConn, tg target, opts ...grpc.CallOption) error {
+	err := c.runCluster(ctx, "get table", false, func(ctx context.Context, cc *grpc.ClientConn, tg target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewAdminClient(cc).GetTable(ctx, &gridpb.GetTableRequest{}, opts...)
 		if err != nil {
 			return err

@@ -22,7 +22,7 @@ type NodeInfo struct {
 // Nodes lists the cluster's nodes, as the metadata leader sees them.
 func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	var out []NodeInfo
-	err := c.run(ctx, "list nodes", c.anyNode(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	err := c.runCluster(ctx, "list nodes", false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewClusterClient(cc).Nodes(ctx, &gridpb.NodesRequest{}, opts...)
 		if err != nil {
 			return err
@@ -53,7 +53,7 @@ func (c *Client) RemoveNode(ctx context.Context, id string) error {
 
 func (c *Client) nodeOp(ctx context.Context, id, op string) error {
 	req := &gridpb.NodeOpRequest{NodeId: id, Op: op}
-	return c.run(ctx, op+" node", c.anyNode(), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	return c.runCluster(ctx, op+" node", true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		_, err := gridpb.NewClusterClient(cc).NodeOp(ctx, req, opts...)
 		return err
 	})

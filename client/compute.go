@@ -240,7 +240,7 @@ type PlannedTask struct {
 func (c *Client) Explain(ctx context.Context, job Job) ([]PlannedTask, string, error) {
 	var out []PlannedTask
 	var summary string
-	err := c.run(ctx, "explain job", c.anyNode(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	err := c.runCluster(ctx, "explain job", false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewComputeClient(cc).Explain(ctx, &gridpb.SubmitRequest{Job: job.spec()}, opts...)
 		if err != nil {
 			return err

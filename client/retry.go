@@ -120,7 +120,8 @@ func judge(err error) (v verdict, hint *grid.NotLeaderError, unsure bool) {
 			return followHint, nl, false
 		}
 		return tryOther, nil, false
-	case errors.Is(err, grid.ErrNotLeader), errors.Is(err, grid.ErrNoLeader), errors.Is(err, grid.ErrClosed):
+	case errors.Is(err, grid.ErrNotLeader), errors.Is(err, grid.ErrNoLeader), errors.Is(err, grid.ErrClosed),
+		errors.Is(err, grid.ErrNodeRetired):
 		return tryOther, nil, false // refused before proposing
 	case errors.Is(err, grid.ErrPartitionNotHere):
 		return refetch, nil, false
@@ -140,6 +141,24 @@ func judge(err error) (v verdict, hint *grid.NotLeaderError, unsure bool) {
 		return giveUp, nil, true
 	}
 	return giveUp, nil, false
+}
+
+// clusterAttemptTimeout bounds one attempt of a cluster-wide request (maps,
+// table, nodes, explain) when the retry policy sets no bound: such a
+// request is answered quickly by a healthy node, and a paused or wedged node
+// must not hold the caller.
+const clusterAttemptTimeout = 10 * time.Second
+
+// runCluster is run for a request any node can answer, each attempt bounded.
+func (c *Client) runCluster(ctx context.Context, op string, write bool, fn attemptFunc) error {
+	return c.run(ctx, op, c.anyNode(), write, func(ctx context.Context, cc *grpc.ClientConn, t target, opts ...grpc.CallOption) error {
+		if c.opts.retry.AttemptTimeout == 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, clusterAttemptTimeout)
+			defer cancel()
+		}
+		return fn(ctx, cc, t, opts...)
+	})
 }
 
 // run sends one logical request, retrying as the errors allow. For a write

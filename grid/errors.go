@@ -38,6 +38,9 @@ var (
 	ErrUnknownNode = errors.New("grid: unknown node")
 	// ErrNodeBusy: the node still holds replicas (drain it first).
 	ErrNodeBusy = errors.New("grid: node still holds replicas")
+	// ErrNodeRetired: the node answering was removed from the cluster; ask
+	// another node.
+	ErrNodeRetired = errors.New("grid: node was removed from the cluster")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

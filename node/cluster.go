@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -262,6 +263,9 @@ func (n *Node) agentLoop(ctx context.Context) {
 	tick := time.NewTicker(n.cfg.reportInterval())
 	defer tick.Stop()
 	for {
+		if rec, ok := n.meta.Meta().Node(n.cfg.ID); ok {
+			n.noteRemoved(string(rec.State))
+		}
 		if err := n.syncGroups(ctx); err != nil && ctx.Err() == nil {
 			n.log.Warn("sync partitions with the table", "err", err)
 		}
@@ -362,6 +366,7 @@ func (n *Node) sendReport(ctx context.Context) {
 		}
 		return
 	}
+	n.noteRemoved(resp.State)
 	if resp.Message != "" {
 		if old := n.told.Swap(&resp.Message); old == nil || *old != resp.Message {
 			n.log.Warn(resp.Message, "state", resp.State)
@@ -446,4 +451,37 @@ func tokenHash(token string) []byte {
 
 func tokenMatches(secret []byte, token string) bool {
 	return len(secret) == sha256.Size && subtle.ConstantTimeCompare(secret, tokenHash(token)) == 1
+}
+
+// raftMethods prefixes the Raft transport's methods, which a retired node
+// still answers (its groups may be shutting down).
+const raftMethods = "/zerogrid.v1.Raft/"
+
+func (n *Node) refuseIfRetired(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := n.retiredErr(info.FullMethod); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (n *Node) refuseStreamIfRetired(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := n.retiredErr(info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+func (n *Node) retiredErr(method string) error {
+	if !n.retired.Load() || strings.HasPrefix(method, raftMethods) {
+		return nil
+	}
+	return gridpb.ToStatus(fmt.Errorf("%w: node %s: ask another node", grid.ErrNodeRetired, n.cfg.ID))
+}
+
+// noteRemoved retires this node once the cluster says it was removed,
+// either in a report's answer or in the node records it replicated.
+func (n *Node) noteRemoved(state string) {
+	if state == string(grid.StateRemoved) && !n.retired.Swap(true) {
+		n.log.Warn("this node was removed from the cluster: it refuses requests from now on; stop it, wipe its data dir, and join again to reuse it")
+	}
 }

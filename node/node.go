@@ -41,6 +41,9 @@ type Node struct {
 	mgr    *manager
 	cpu    cpuMeter
 	told   atomic.Pointer[string] // the last thing the metadata leader told this node
+	// retired is set once this node learns it was removed from the
+	// cluster: it then refuses every request but Raft's.
+	retired atomic.Bool
 
 	conns peerConns
 
@@ -126,7 +129,8 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
-	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true))...)
+	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true),
+		grpc.ChainUnaryInterceptor(n.refuseIfRetired), grpc.ChainStreamInterceptor(n.refuseStreamIfRetired))...)
 	n.trans.Register(n.srv)
 	svc := &service{n: n}
 	gridpb.RegisterKVServer(n.srv, svc)

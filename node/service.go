@@ -370,8 +370,12 @@ func (s *service) forwardToMetaLeader(ctx context.Context, call func(context.Con
 }
 
 // toMetaLeader runs call on a connection to the metadata leader, marked as
-// forwarded, waiting briefly for a leader to be elected.
+// forwarded, waiting briefly for a leader to be elected. A node that knows
+// no leader for long (it was removed from the metadata group, or is cut
+// off) says so instead of holding the caller, who can ask another node.
 func (s *service) toMetaLeader(ctx context.Context, call func(context.Context, *grpc.ClientConn) error) error {
+	wait := time.NewTimer(metaLeaderWait)
+	defer wait.Stop()
 	for {
 		id, addr := s.n.meta.Leader()
 		if id != "" && id != s.n.cfg.ID {
@@ -388,10 +392,16 @@ func (s *service) toMetaLeader(ctx context.Context, call func(context.Context, *
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: metadata group: %w", grid.ErrNoLeader, ctx.Err())
+		case <-wait.C:
+			return fmt.Errorf("%w: metadata group: node %s knows no leader after %v", grid.ErrNoLeader, s.n.cfg.ID, metaLeaderWait)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
+
+// metaLeaderWait bounds how long a request waits for a metadata leader to
+// be elected before the node answers that it knows none.
+const metaLeaderWait = 3 * time.Second
 
 // forwardedKey marks a request one node forwarded to another, so a request
 // never bounces between nodes that each think the other leads.

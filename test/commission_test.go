@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -17,8 +18,9 @@ import (
 // TestCommissioning runs the fleet's life on real processes: three founders
 // hold 20k keys; two nodes join and replicas rebalance within the
 // bounded-load cap, moving little more than the ideal; one node is drained
-// to zero replicas and removed; one is killed for good and its replicas are
-// re-created on the survivors after dead-after. Throughout, concurrent
+// to zero replicas and removed; the metadata leader is killed and its
+// replicas are re-created on the survivors after dead-after; it comes back,
+// drops its stale partitions and takes a share again. Throughout, concurrent
 // clients record a history that porcupine checks, and a writer records
 // acknowledged writes; at the end every key is readable with its value,
 // every acknowledged write is present, and live replicas are equal.
@@ -145,20 +147,40 @@ func TestCommissioning(t *testing.T) {
 	if err := c.RemoveNode(ctx, "n2"); err != nil {
 		t.Fatal(err)
 	}
+	// The removed node learns it was retired and sends clients elsewhere;
+	// then its operator stops it.
+	eventually(t, 30*time.Second, func() error {
+		_, err := c.NodeStatus(ctx, lc.Addr("n2"))
+		if !errors.Is(err, grid.ErrNodeRetired) {
+			return fmt.Errorf("status of removed n2: %v", err)
+		}
+		return nil
+	})
+	if err := lc.Terminate("n2"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		if lc.Running("n2") {
+			return errors.New("n2 still running")
+		}
+		return nil
+	})
 
-	// 3. Kill n3 for good: after dead-after its replicas are re-created.
-	if err := lc.Kill("n3"); err != nil {
+	// 3. Kill the metadata leader for good: the metadata survives, and after
+	// dead-after its replicas are re-created on the survivors.
+	victim := metaLeader(ctx, t, c, lc)
+	if err := lc.Kill(victim); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()
 	waitSettled(ctx, t, c, func(tbl *grid.Table, nodes []client.NodeInfo) error {
 		for _, n := range nodes {
-			if n.ID == "n3" && n.State != grid.StateDead {
-				return fmt.Errorf("n3 is %s", n.State)
+			if n.ID == victim && n.State != grid.StateDead {
+				return fmt.Errorf("%s is %s", victim, n.State)
 			}
 		}
-		if n := len(tbl.Hosts("n3")); n > 0 {
-			return fmt.Errorf("n3 still holds %d replicas", n)
+		if n := len(tbl.Hosts(victim)); n > 0 {
+			return fmt.Errorf("%s still holds %d replicas", victim, n)
 		}
 		for _, p := range tbl.Partitions {
 			if len(p.Replicas) != 3 {
@@ -167,7 +189,36 @@ func TestCommissioning(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("death: replica count restored %v after the kill", time.Since(start).Round(time.Millisecond))
+	t.Logf("death: replica count restored %v after killing %s (the metadata leader)", time.Since(start).Round(time.Millisecond), victim)
+	checkKeys(ctx, t, data, keys)
+
+	// 4. The dead node comes back: it drops the partitions it no longer
+	// holds, becomes active, and takes a share again.
+	if err := lc.StartNode(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(ctx, t, c, func(tbl *grid.Table, nodes []client.NodeInfo) error {
+		for _, n := range nodes {
+			if n.ID == victim && n.State != grid.StateActive {
+				return fmt.Errorf("%s is %s", victim, n.State)
+			}
+		}
+		st, err := c.NodeStatus(ctx, lc.Addr(victim))
+		if err != nil {
+			return err
+		}
+		hosts := tbl.Hosts(victim)
+		for _, g := range st.Groups {
+			if g.Partition >= 0 && !slices.Contains(hosts, int(g.Partition)) {
+				return fmt.Errorf("%s still has stale partition %d", victim, g.Partition)
+			}
+		}
+		if len(hosts) == 0 {
+			return fmt.Errorf("%s holds no replica yet", victim)
+		}
+		return nil
+	})
+	t.Logf("return: %s active again, stale partitions gone", victim)
 	checkKeys(ctx, t, data, keys)
 
 	close(stop)
@@ -312,6 +363,31 @@ func waitSettled(ctx context.Context, t *testing.T, c *client.Client, cond func(
 		return nil
 	})
 	return tbl, nodes
+}
+
+// metaLeader finds the node leading the metadata group.
+func metaLeader(ctx context.Context, t *testing.T, c *client.Client, lc *localcluster.Cluster) string {
+	t.Helper()
+	var leader string
+	eventually(t, 30*time.Second, func() error {
+		for _, id := range lc.IDs() {
+			if !lc.Running(id) {
+				continue
+			}
+			st, err := c.NodeStatus(ctx, lc.Addr(id))
+			if err != nil {
+				continue
+			}
+			for _, g := range st.Groups {
+				if g.Partition < 0 && g.State == "Leader" {
+					leader = id
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no metadata leader")
+	})
+	return leader
 }
 
 func records(nodes []client.NodeInfo) []grid.NodeRecord {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,9 +67,12 @@ func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (
 	t.Cleanup(func() {
 		lc.Stop()
 		if t.Failed() {
+			keep := filepath.Join(os.TempDir(), "zerogrid-failed-"+strings.ReplaceAll(t.Name(), "/", "_"))
+			_ = os.MkdirAll(keep, 0o755)
 			for _, id := range lc.IDs() {
 				if b, err := os.ReadFile(lc.LogPath(id)); err == nil {
-					t.Logf("---- log of %s (last 3000 bytes) ----\n%s", id, tail(b, 3000))
+					_ = os.WriteFile(filepath.Join(keep, id+".log"), b, 0o644)
+					t.Logf("---- log of %s (last 3000 bytes; whole log kept in %s) ----\n%s", id, keep, tail(b, 3000))
 				}
 			}
 		}

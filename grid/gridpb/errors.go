@@ -48,6 +48,7 @@ var errorTable = []struct {
 	{grid.ErrNodeExists, codes.AlreadyExists, "NODE_EXISTS"},
 	{grid.ErrUnknownNode, codes.NotFound, "UNKNOWN_NODE"},
 	{grid.ErrNodeBusy, codes.FailedPrecondition, "NODE_HOLDS_REPLICAS"},
+	{grid.ErrNodeRetired, codes.Unavailable, "NODE_RETIRED"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A
