@@ -13,6 +13,8 @@ import (
 //	'p' group(u32) 'r' client(u64) seq(u64)    dedup record: leader time(i64) + Result
 //	'p' group(u32) 'd' len(map)(u8) map key    data entry (see entry encoding)
 //	'p' group(u32) 'm' ...                     metadata group records
+//	'p' group(u32) 'l' 'k' name                lock record (gridpb.LockRecord)
+//	'p' group(u32) 'l' 'f' name                fence: highest accepted token (u64)
 //	'x' group(u32)                             restore in progress (outside the prefix)
 const (
 	keyGroup     = 'p'
@@ -21,6 +23,7 @@ const (
 	subDedup     = 'r'
 	subData      = 'd'
 	subMeta      = 'm'
+	subLock      = 'l'
 )
 
 func groupPrefix(g GroupID) []byte {
@@ -57,6 +60,17 @@ func mapPrefix(g GroupID, mapName string) []byte {
 
 func dataKey(g GroupID, mapName string, key []byte) []byte {
 	return append(mapPrefix(g, mapName), key...)
+}
+
+// lockKey is where a lock's record lives in its partition.
+func lockKey(g GroupID, name string) []byte {
+	return append(append(groupPrefix(g), subLock, 'k'), name...)
+}
+
+// fenceKey is where a partition keeps the highest token it has accepted for
+// a fence name.
+func fenceKey(g GroupID, name string) []byte {
+	return append(append(groupPrefix(g), subLock, 'f'), name...)
 }
 
 func metaKey(g GroupID, parts ...string) []byte {

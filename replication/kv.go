@@ -75,6 +75,9 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		if p.Crc != 0 && p.Crc != crc {
 			return &gridpb.Result{Error: "CHECKSUM"}, nil
 		}
+		if stale, err := a.checkFence(tx, p.Fence); err != nil || stale != nil {
+			return stale, err
+		}
 		tx.set(dataKey(a.group, p.Map, p.Key), encodeEntry(StoredEntry{Version: index, CRC: crc, Value: p.Value}))
 		return &gridpb.Result{Ok: true, Version: index}, nil
 	case *gridpb.Command_Delete:
@@ -122,6 +125,12 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
 	case *gridpb.Command_Txn:
 		return a.applyTxn(tx, index, op.Txn)
+	case *gridpb.Command_LockAcquire:
+		return a.applyLockAcquire(tx, index, cmd.LeaderTime, op.LockAcquire)
+	case *gridpb.Command_LockRenew:
+		return a.applyLockRenew(tx, cmd.LeaderTime, op.LockRenew)
+	case *gridpb.Command_LockRelease:
+		return a.applyLockRelease(tx, cmd.LeaderTime, op.LockRelease)
 	default:
 		return nil, fmt.Errorf("%w: command without an operation", ErrCorrupt)
 	}

@@ -87,6 +87,9 @@ type Command struct {
 	//	*Command_Delete
 	//	*Command_Cas
 	//	*Command_Txn
+	//	*Command_LockAcquire
+	//	*Command_LockRenew
+	//	*Command_LockRelease
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -186,6 +189,33 @@ func (x *Command) GetTxn() *TxnOp {
 	return nil
 }
 
+func (x *Command) GetLockAcquire() *LockAcquireOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LockAcquire); ok {
+			return x.LockAcquire
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetLockRenew() *LockRenewOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LockRenew); ok {
+			return x.LockRenew
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetLockRelease() *LockReleaseOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LockRelease); ok {
+			return x.LockRelease
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -206,6 +236,18 @@ type Command_Txn struct {
 	Txn *TxnOp `protobuf:"bytes,13,opt,name=txn,proto3,oneof"`
 }
 
+type Command_LockAcquire struct {
+	LockAcquire *LockAcquireOp `protobuf:"bytes,15,opt,name=lock_acquire,json=lockAcquire,proto3,oneof"`
+}
+
+type Command_LockRenew struct {
+	LockRenew *LockRenewOp `protobuf:"bytes,16,opt,name=lock_renew,json=lockRenew,proto3,oneof"`
+}
+
+type Command_LockRelease struct {
+	LockRelease *LockReleaseOp `protobuf:"bytes,17,opt,name=lock_release,json=lockRelease,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -214,12 +256,20 @@ func (*Command_Cas) isCommand_Op() {}
 
 func (*Command_Txn) isCommand_Op() {}
 
+func (*Command_LockAcquire) isCommand_Op() {}
+
+func (*Command_LockRenew) isCommand_Op() {}
+
+func (*Command_LockRelease) isCommand_Op() {}
+
 type PutOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Map           string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
-	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Value         []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
-	Crc           uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Map   string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
+	Key   []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Value []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	Crc   uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	// Refuse the write if the fence's token is stale (see Fence).
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -280,6 +330,13 @@ func (x *PutOp) GetCrc() uint32 {
 		return x.Crc
 	}
 	return 0
+}
+
+func (x *PutOp) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
 }
 
 type DeleteOp struct {
@@ -643,7 +700,10 @@ type Result struct {
 	Ok      bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
 	Existed bool                   `protobuf:"varint,3,opt,name=existed,proto3" json:"existed,omitempty"`
 	// Error code for deterministic failures, empty on success.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// Lock commands: the lease end (leader time, unix nanoseconds) of the
+	// lock's holder after the command.
+	LeaseExpiry   int64 `protobuf:"varint,15,opt,name=lease_expiry,json=leaseExpiry,proto3" json:"lease_expiry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -704,6 +764,13 @@ func (x *Result) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *Result) GetLeaseExpiry() int64 {
+	if x != nil {
+		return x.LeaseExpiry
+	}
+	return 0
 }
 
 // MetaCommand is one Raft log entry of the metadata group.
@@ -1014,7 +1081,7 @@ var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\"\x88\x02\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\"\xc5\x03\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1024,13 +1091,18 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	" \x01(\v2\x12.zerogrid.v1.PutOpH\x00R\x03put\x12/\n" +
 	"\x06delete\x18\v \x01(\v2\x15.zerogrid.v1.DeleteOpH\x00R\x06delete\x12&\n" +
 	"\x03cas\x18\f \x01(\v2\x12.zerogrid.v1.CasOpH\x00R\x03cas\x12&\n" +
-	"\x03txn\x18\r \x01(\v2\x12.zerogrid.v1.TxnOpH\x00R\x03txnB\x04\n" +
-	"\x02op\"S\n" +
+	"\x03txn\x18\r \x01(\v2\x12.zerogrid.v1.TxnOpH\x00R\x03txn\x12?\n" +
+	"\flock_acquire\x18\x0f \x01(\v2\x1a.zerogrid.v1.LockAcquireOpH\x00R\vlockAcquire\x129\n" +
+	"\n" +
+	"lock_renew\x18\x10 \x01(\v2\x18.zerogrid.v1.LockRenewOpH\x00R\tlockRenew\x12?\n" +
+	"\flock_release\x18\x11 \x01(\v2\x1a.zerogrid.v1.LockReleaseOpH\x00R\vlockReleaseB\x04\n" +
+	"\x02op\"}\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x10\n" +
-	"\x03crc\x18\x04 \x01(\aR\x03crc\".\n" +
+	"\x03crc\x18\x04 \x01(\aR\x03crc\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\".\n" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\xc9\x01\n" +
@@ -1063,12 +1135,13 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x16\n" +
 	"\x06delete\x18\x03 \x01(\bR\x06delete\x12\x10\n" +
-	"\x03crc\x18\x04 \x01(\aR\x03crc\"b\n" +
+	"\x03crc\x18\x04 \x01(\aR\x03crc\"\x85\x01\n" +
 	"\x06Result\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
 	"\aexisted\x18\x03 \x01(\bR\aexisted\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x8c\x02\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12!\n" +
+	"\flease_expiry\x18\x0f \x01(\x03R\vleaseExpiry\"\x8c\x02\n" +
 	"\vMetaCommand\x129\n" +
 	"\n" +
 	"create_map\x18\x01 \x01(\v2\x18.zerogrid.v1.CreateMapOpH\x00R\tcreateMap\x126\n" +
@@ -1119,25 +1192,33 @@ var file_grid_gridpb_command_proto_goTypes = []any{
 	(*SetJoinSecretOp)(nil), // 11: zerogrid.v1.SetJoinSecretOp
 	(*CreateMapOp)(nil),     // 12: zerogrid.v1.CreateMapOp
 	(*SetTableOp)(nil),      // 13: zerogrid.v1.SetTableOp
+	(*LockAcquireOp)(nil),   // 14: zerogrid.v1.LockAcquireOp
+	(*LockRenewOp)(nil),     // 15: zerogrid.v1.LockRenewOp
+	(*LockReleaseOp)(nil),   // 16: zerogrid.v1.LockReleaseOp
+	(*Fence)(nil),           // 17: zerogrid.v1.Fence
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
 	2,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
 	3,  // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
 	4,  // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
 	5,  // 3: zerogrid.v1.Command.txn:type_name -> zerogrid.v1.TxnOp
-	6,  // 4: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
-	7,  // 5: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
-	7,  // 6: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 7: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	12, // 8: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	13, // 9: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	10, // 10: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
-	11, // 11: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 4: zerogrid.v1.Command.lock_acquire:type_name -> zerogrid.v1.LockAcquireOp
+	15, // 5: zerogrid.v1.Command.lock_renew:type_name -> zerogrid.v1.LockRenewOp
+	16, // 6: zerogrid.v1.Command.lock_release:type_name -> zerogrid.v1.LockReleaseOp
+	17, // 7: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
+	6,  // 8: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	7,  // 9: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	7,  // 10: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 11: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	12, // 12: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	13, // 13: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	10, // 14: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	11, // 15: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -1145,11 +1226,15 @@ func file_grid_gridpb_command_proto_init() {
 	if File_grid_gridpb_command_proto != nil {
 		return
 	}
+	file_grid_gridpb_lock_proto_init()
 	file_grid_gridpb_command_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Cas)(nil),
 		(*Command_Txn)(nil),
+		(*Command_LockAcquire)(nil),
+		(*Command_LockRenew)(nil),
+		(*Command_LockRelease)(nil),
 	}
 	file_grid_gridpb_command_proto_msgTypes[8].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),

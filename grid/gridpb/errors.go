@@ -49,6 +49,13 @@ var errorTable = []struct {
 	{grid.ErrUnknownNode, codes.NotFound, "UNKNOWN_NODE"},
 	{grid.ErrNodeBusy, codes.FailedPrecondition, "NODE_HOLDS_REPLICAS"},
 	{grid.ErrNodeRetired, codes.Unavailable, "NODE_RETIRED"},
+	// A fence error may wrap a lock-name error: the fence row comes first.
+	{grid.ErrInvalidFence, codes.InvalidArgument, "INVALID_FENCE"},
+	{grid.ErrInvalidLockName, codes.InvalidArgument, "INVALID_LOCK_NAME"},
+	{grid.ErrInvalidLeaseTTL, codes.InvalidArgument, "INVALID_LEASE_TTL"},
+	{grid.ErrLockHeld, codes.FailedPrecondition, "LOCK_HELD"},
+	{grid.ErrLockNotHeld, codes.FailedPrecondition, "LOCK_NOT_HELD"},
+	{grid.ErrStaleToken, codes.FailedPrecondition, "STALE_TOKEN"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A

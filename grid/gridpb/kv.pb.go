@@ -139,7 +139,10 @@ type PutRequest struct {
 	Key    []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	Value  []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	// CRC32C (Castagnoli) of value computed by the client; 0 lets the node compute it.
-	Crc           uint32 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	Crc uint32 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	// Refuse the write with STALE_TOKEN if the fence's token is older than one
+	// already accepted for that fence name in the key's partition.
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,6 +203,13 @@ func (x *PutRequest) GetCrc() uint32 {
 		return x.Crc
 	}
 	return 0
+}
+
+func (x *PutRequest) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
 }
 
 type PutResponse struct {
@@ -1595,17 +1605,18 @@ var File_grid_gridpb_kv_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x14grid/gridpb/kv.proto\x12\vzerogrid.v1\x1a\x19grid/gridpb/command.proto\"N\n" +
+	"\x14grid/gridpb/kv.proto\x12\vzerogrid.v1\x1a\x19grid/gridpb/command.proto\x1a\x16grid/gridpb/lock.proto\"N\n" +
 	"\vWriteHeader\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\x04R\bclientId\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"x\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xa2\x01\n" +
 	"\n" +
 	"PutRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x10\n" +
-	"\x03crc\x18\x04 \x01(\aR\x03crc\"'\n" +
+	"\x03crc\x18\x04 \x01(\aR\x03crc\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"'\n" +
 	"\vPutResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"l\n" +
 	"\n" +
@@ -1762,48 +1773,50 @@ var file_grid_gridpb_kv_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 23: zerogrid.v1.StatusRequest
 	(*GroupStatus)(nil),            // 24: zerogrid.v1.GroupStatus
 	(*StatusResponse)(nil),         // 25: zerogrid.v1.StatusResponse
-	(*TxnCompare)(nil),             // 26: zerogrid.v1.TxnCompare
-	(*TxnWrite)(nil),               // 27: zerogrid.v1.TxnWrite
+	(*Fence)(nil),                  // 26: zerogrid.v1.Fence
+	(*TxnCompare)(nil),             // 27: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),               // 28: zerogrid.v1.TxnWrite
 }
 var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	1,  // 0: zerogrid.v1.PutRequest.header:type_name -> zerogrid.v1.WriteHeader
-	0,  // 1: zerogrid.v1.GetRequest.consistency:type_name -> zerogrid.v1.Consistency
-	1,  // 2: zerogrid.v1.DeleteRequest.header:type_name -> zerogrid.v1.WriteHeader
-	1,  // 3: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
-	1,  // 4: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
-	26, // 5: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
-	27, // 6: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
-	27, // 7: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 8: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
-	12, // 9: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
-	19, // 10: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
-	20, // 11: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
-	24, // 12: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
-	2,  // 13: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
-	4,  // 14: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
-	6,  // 15: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
-	8,  // 16: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
-	13, // 17: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
-	10, // 18: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
-	15, // 19: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
-	17, // 20: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
-	21, // 21: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
-	23, // 22: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
-	3,  // 23: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
-	5,  // 24: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
-	7,  // 25: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
-	9,  // 26: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
-	14, // 27: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
-	11, // 28: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
-	16, // 29: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
-	18, // 30: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
-	22, // 31: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
-	25, // 32: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	26, // 1: zerogrid.v1.PutRequest.fence:type_name -> zerogrid.v1.Fence
+	0,  // 2: zerogrid.v1.GetRequest.consistency:type_name -> zerogrid.v1.Consistency
+	1,  // 3: zerogrid.v1.DeleteRequest.header:type_name -> zerogrid.v1.WriteHeader
+	1,  // 4: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
+	1,  // 5: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
+	27, // 6: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
+	28, // 7: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
+	28, // 8: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 9: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
+	12, // 10: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
+	19, // 11: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
+	20, // 12: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
+	24, // 13: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
+	2,  // 14: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
+	4,  // 15: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
+	6,  // 16: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
+	8,  // 17: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
+	13, // 18: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
+	10, // 19: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
+	15, // 20: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
+	17, // 21: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
+	21, // 22: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
+	23, // 23: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
+	3,  // 24: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
+	5,  // 25: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
+	7,  // 26: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
+	9,  // 27: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
+	14, // 28: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
+	11, // 29: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
+	16, // 30: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
+	18, // 31: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
+	22, // 32: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
+	25, // 33: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
+	24, // [24:34] is the sub-list for method output_type
+	14, // [14:24] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_kv_proto_init() }
@@ -1812,6 +1825,7 @@ func file_grid_gridpb_kv_proto_init() {
 		return
 	}
 	file_grid_gridpb_command_proto_init()
+	file_grid_gridpb_lock_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
