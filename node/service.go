@@ -137,6 +137,10 @@ func resultErr(res *gridpb.Result) error {
 		return grid.ErrMapExists
 	case "INVALID_MAP_NAME":
 		return grid.ErrInvalidMapName
+	case "STALE_TOKEN":
+		return fmt.Errorf("%w: a write with a token at or above %d was already accepted for this fence; nothing was written", grid.ErrStaleToken, res.Version)
+	case "LOCK_NOT_HELD":
+		return fmt.Errorf("%w: not the holder, or its lease expired (lock token now %d)", grid.ErrLockNotHeld, res.Version)
 	default:
 		return fmt.Errorf("%w: %s", grid.ErrBadRequest, res.Error)
 	}
@@ -161,12 +165,19 @@ func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 	if err := s.checkValue(req.Value, req.Crc); err != nil {
 		return nil, err
 	}
+	if f := req.Fence; f != nil {
+		if err := grid.ValidateFence(f.Name, f.Token); err != nil {
+			return nil, err
+		}
+	}
 	h := req.Header
 	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Put{Put: &gridpb.PutOp{Map: h.Map, Key: req.Key, Value: req.Value, Crc: req.Crc}}})
+	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Put{Put: &gridpb.PutOp{
+		Map: h.Map, Key: req.Key, Value: req.Value, Crc: req.Crc, Fence: req.Fence,
+	}}})
 	if err != nil {
 		return nil, err
 	}

@@ -82,7 +82,8 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func runPut(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return clientCommand(ctx, args, stderr, "put", "put MAP KEY VALUE  (VALUE - reads stdin)", exactly(3), nil,
+	var fence fenceFlag
+	return clientCommand(ctx, args, stderr, "put", "put MAP KEY VALUE [--fence NAME:TOKEN]  (VALUE - reads stdin)", exactly(3), fence.register,
 		func(ctx context.Context, cl *client.Client, pos []string) error {
 			value := []byte(pos[2])
 			if pos[2] == "-" {
@@ -91,7 +92,7 @@ func runPut(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 					return fmt.Errorf("read stdin: %w", err)
 				}
 			}
-			v, err := cl.Map(pos[0]).Put(ctx, []byte(pos[1]), value)
+			v, err := cl.Map(pos[0]).Put(ctx, []byte(pos[1]), value, fence.options()...)
 			if err != nil {
 				return err
 			}

@@ -24,7 +24,8 @@ Usage:
   zerogrid node remove ID   --addr ADDR   retire a drained (or dead) node
   zerogrid map create NAME  --addr ADDR   create a map (a named keyspace)
   zerogrid map list         --addr ADDR   list maps
-  zerogrid put MAP KEY VALUE --addr ADDR  write a value (VALUE "-" reads stdin)
+  zerogrid put MAP KEY VALUE [--fence NAME:TOKEN] --addr ADDR
+                                          write a value (VALUE "-" reads stdin)
   zerogrid get MAP KEY [--stale] --addr ADDR
   zerogrid del MAP KEY      --addr ADDR
   zerogrid scan MAP [PREFIX] [--limit N] [--stale] --addr ADDR
@@ -33,6 +34,8 @@ Usage:
   zerogrid job run --map MAP --script wordcount.star [--json]
   zerogrid job explain --map MAP --agg count        which node runs each partition's task, and why
   zerogrid apply MAP KEY --script FILE [--args JSON]  run an entry processor atomically on one key
+  zerogrid lock NAME [--ttl 5s] [--wait D|--try] -- COMMAND...
+                                          run COMMAND holding a lock; $ZEROGRID_FENCE_TOKEN is its token
 
 --addr accepts a comma-separated list of any cluster members; the client
 routes every request to the right partition leader itself.
@@ -73,6 +76,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runJob(ctx, rest, stdout, stderr)
 	case "apply":
 		return runApply(ctx, rest, stdout, stderr)
+	case "lock":
+		return runLock(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage
@@ -85,6 +90,10 @@ var errUsage = errors.New("usage error")
 func exitCode(err error) int {
 	if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
 		return 2
+	}
+	var ce *commandExitError
+	if errors.As(err, &ce) {
+		return ce.code
 	}
 	return 1
 }
