@@ -24,5 +24,10 @@
 //	version, err := users.Put(ctx, []byte("ada"), []byte(`{"born":1815}`))
 //	value, version, err := users.Get(ctx, []byte("ada"))
 //
+// Lock and TryLock take a distributed lock held by a lease the handle renews;
+// each grant carries a fencing token that only grows, and WithFence makes a
+// Put that the key's partition refuses (ErrStaleToken) once it has accepted
+// a higher token for that fence. See Lock for what is and is not guaranteed.
+//
 // A Client is safe for concurrent use by many goroutines.
 package client

@@ -146,9 +146,15 @@ func TestLockBadInput(t *testing.T) {
 		{"control character in name", func() error { _, err := c.Lock(ctx, "a\nb"); return err }, client.ErrInvalidLockName},
 		{"zero ttl", func() error { _, err := c.Lock(ctx, "x", client.WithLeaseTTL(0)); return err }, client.ErrInvalidLeaseTTL},
 		{"negative ttl", func() error { _, err := c.Lock(ctx, "x", client.WithLeaseTTL(-time.Second)); return err }, client.ErrInvalidLeaseTTL},
-		{"fence token 0", func() error { _, err := m.Put(ctx, []byte("k"), []byte("evil"), client.WithFence("held", 0)); return err }, client.ErrInvalidFence},
+		{"fence token 0", func() error {
+			_, err := m.Put(ctx, []byte("k"), []byte("evil"), client.WithFence("held", 0))
+			return err
+		}, client.ErrInvalidFence},
 		{"fence without a name", func() error { _, err := m.Put(ctx, []byte("k"), []byte("evil"), client.WithFence("", 99)); return err }, client.ErrInvalidFence},
-		{"fence name too long", func() error { _, err := m.Put(ctx, []byte("k"), []byte("evil"), client.WithFence(long, 99)); return err }, client.ErrInvalidFence},
+		{"fence name too long", func() error {
+			_, err := m.Put(ctx, []byte("k"), []byte("evil"), client.WithFence(long, 99))
+			return err
+		}, client.ErrInvalidFence},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
 			if err := tc.call(); !errors.Is(err, tc.want) {
