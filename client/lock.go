@@ -94,7 +94,9 @@ type Lock struct {
 }
 
 // Lock acquires the named lock, waiting while another client holds it (until
-// the holder unlocks or its lease ends), or until ctx ends.
+// the holder unlocks or its lease ends), or until ctx ends. A waiter asks
+// again (one Raft entry each time) after 20 ms, doubling up to 500 ms, and
+// never long after the holder's lease would end.
 func (c *Client) Lock(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
 	return c.lock(ctx, name, true, opts)
 }
@@ -128,7 +130,10 @@ func (c *Client) lock(ctx context.Context, name string, wait bool, opts []LockOp
 	pause := lockPollMin
 	for {
 		sent := time.Now()
-		req := &gridpb.AcquireLockRequest{ClientId: c.clientID, Seq: c.seq.Add(1), Name: name, Owner: owner, TtlNs: int64(o.ttl)}
+		// No request id: an acquire is idempotent for its owner (a retry
+		// gets the same token), and waiters poll, which would otherwise
+		// leave a deduplication record per poll.
+		req := &gridpb.AcquireLockRequest{Name: name, Owner: owner, TtlNs: int64(o.ttl)}
 		var resp *gridpb.AcquireLockResponse
 		err := c.run(ctx, "lock", c.newPicker(l.part, true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 			r, err := gridpb.NewLockClient(cc).Acquire(ctx, req, opts...)
@@ -215,7 +220,9 @@ func (l *Lock) keepalive(ctx context.Context, deadline time.Time) {
 }
 
 func (l *Lock) renew(ctx context.Context) error {
-	req := &gridpb.RenewLockRequest{ClientId: l.c.clientID, Seq: l.c.seq.Add(1), Name: l.name, Owner: l.owner, Token: l.token}
+	// No request id: renewing twice is harmless, and a record per renewal
+	// would pile up.
+	req := &gridpb.RenewLockRequest{Name: l.name, Owner: l.owner, Token: l.token}
 	return l.c.run(ctx, "renew lock", l.c.newPicker(l.part, true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		_, err := gridpb.NewLockClient(cc).Renew(ctx, req, opts...)
 		return err
