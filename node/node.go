@@ -133,6 +133,7 @@ func (n *Node) start(ctx context.Context) error {
 	gridpb.RegisterAdminServer(n.srv, svc)
 	gridpb.RegisterComputeServer(n.srv, &computeService{s: svc})
 	gridpb.RegisterClusterServer(n.srv, &clusterService{s: svc})
+	gridpb.RegisterBackupServer(n.srv, &backupService{s: svc})
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,

@@ -122,6 +122,8 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
 	case *gridpb.Command_Txn:
 		return a.applyTxn(tx, index, op.Txn)
+	case *gridpb.Command_Restore:
+		return a.applyRestore(tx, index, cmd.LeaderTime, op.Restore)
 	default:
 		return nil, fmt.Errorf("%w: command without an operation", ErrCorrupt)
 	}

@@ -33,6 +33,8 @@ Usage:
   zerogrid job run --map MAP --script wordcount.star [--json]
   zerogrid job explain --map MAP --agg count        which node runs each partition's task, and why
   zerogrid apply MAP KEY --script FILE [--args JSON]  run an entry processor atomically on one key
+  zerogrid backup --out FILE --addr ADDR  consistent, checksummed backup of every map (progress bar)
+  zerogrid restore FILE     --addr ADDR   verify a backup, then load it into a new cluster
 
 --addr accepts a comma-separated list of any cluster members; the client
 routes every request to the right partition leader itself.
@@ -73,6 +75,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runJob(ctx, rest, stdout, stderr)
 	case "apply":
 		return runApply(ctx, rest, stdout, stderr)
+	case "backup":
+		return runBackup(ctx, rest, stdout, stderr)
+	case "restore":
+		return runRestore(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage

@@ -87,6 +87,7 @@ type Command struct {
 	//	*Command_Delete
 	//	*Command_Cas
 	//	*Command_Txn
+	//	*Command_Restore
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -186,6 +187,15 @@ func (x *Command) GetTxn() *TxnOp {
 	return nil
 }
 
+func (x *Command) GetRestore() *RestoreOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Restore); ok {
+			return x.Restore
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -206,6 +216,11 @@ type Command_Txn struct {
 	Txn *TxnOp `protobuf:"bytes,13,opt,name=txn,proto3,oneof"`
 }
 
+type Command_Restore struct {
+	// 25-29: backup and restore.
+	Restore *RestoreOp `protobuf:"bytes,25,opt,name=restore,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -213,6 +228,8 @@ func (*Command_Delete) isCommand_Op() {}
 func (*Command_Cas) isCommand_Op() {}
 
 func (*Command_Txn) isCommand_Op() {}
+
+func (*Command_Restore) isCommand_Op() {}
 
 type PutOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1014,7 +1031,7 @@ var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\"\x88\x02\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x18grid/gridpb/backup.proto\"\xbc\x02\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1024,7 +1041,8 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	" \x01(\v2\x12.zerogrid.v1.PutOpH\x00R\x03put\x12/\n" +
 	"\x06delete\x18\v \x01(\v2\x15.zerogrid.v1.DeleteOpH\x00R\x06delete\x12&\n" +
 	"\x03cas\x18\f \x01(\v2\x12.zerogrid.v1.CasOpH\x00R\x03cas\x12&\n" +
-	"\x03txn\x18\r \x01(\v2\x12.zerogrid.v1.TxnOpH\x00R\x03txnB\x04\n" +
+	"\x03txn\x18\r \x01(\v2\x12.zerogrid.v1.TxnOpH\x00R\x03txn\x122\n" +
+	"\arestore\x18\x19 \x01(\v2\x16.zerogrid.v1.RestoreOpH\x00R\arestoreB\x04\n" +
 	"\x02op\"S\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
@@ -1119,25 +1137,27 @@ var file_grid_gridpb_command_proto_goTypes = []any{
 	(*SetJoinSecretOp)(nil), // 11: zerogrid.v1.SetJoinSecretOp
 	(*CreateMapOp)(nil),     // 12: zerogrid.v1.CreateMapOp
 	(*SetTableOp)(nil),      // 13: zerogrid.v1.SetTableOp
+	(*RestoreOp)(nil),       // 14: zerogrid.v1.RestoreOp
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
 	2,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
 	3,  // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
 	4,  // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
 	5,  // 3: zerogrid.v1.Command.txn:type_name -> zerogrid.v1.TxnOp
-	6,  // 4: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
-	7,  // 5: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
-	7,  // 6: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 7: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	12, // 8: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	13, // 9: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	10, // 10: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
-	11, // 11: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 4: zerogrid.v1.Command.restore:type_name -> zerogrid.v1.RestoreOp
+	6,  // 5: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	7,  // 6: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	7,  // 7: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 8: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	12, // 9: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	13, // 10: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	10, // 11: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	11, // 12: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -1145,11 +1165,13 @@ func file_grid_gridpb_command_proto_init() {
 	if File_grid_gridpb_command_proto != nil {
 		return
 	}
+	file_grid_gridpb_backup_proto_init()
 	file_grid_gridpb_command_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_Cas)(nil),
 		(*Command_Txn)(nil),
+		(*Command_Restore)(nil),
 	}
 	file_grid_gridpb_command_proto_msgTypes[8].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
