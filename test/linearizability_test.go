@@ -94,37 +94,12 @@ func TestLinearizableUnderKill(t *testing.T) {
 	}()
 
 	// Nemesis: SIGKILL one node at a time and restart it.
-	kills := 0
-	nemesisDone := make(chan struct{})
-	go func() {
-		defer close(nemesisDone)
-		ids := lc.IDs()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(1500 * time.Millisecond):
-			}
-			id := ids[i%len(ids)]
-			if err := lc.Kill(id); err != nil {
-				t.Errorf("kill %s: %v", id, err)
-				return
-			}
-			kills++
-			select {
-			case <-stop:
-			case <-time.After(1500 * time.Millisecond):
-			}
-			if err := lc.StartNode(ctx, id); err != nil {
-				t.Errorf("restart %s: %v", id, err)
-				return
-			}
-		}
-	}()
+	ids := lc.IDs()
+	nemesis := killLoop(ctx, t, lc, stop, func(i int) string { return ids[i%len(ids)] })
 
 	time.Sleep(duration)
 	close(stop)
-	<-nemesisDone
+	kills := <-nemesis
 	wg.Wait()
 	for _, id := range lc.IDs() {
 		if !lc.Running(id) {
@@ -201,6 +176,42 @@ func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *hist
 		}
 		cancel()
 	}
+}
+
+// killLoop SIGKILLs the node pick names (pick gets the round number; "" skips
+// the round) every 1.5 s and restarts it 1.5 s later, until stop closes;
+// then it sends the number of kills.
+func killLoop(ctx context.Context, t *testing.T, lc *localcluster.Cluster, stop <-chan struct{}, pick func(round int) string) <-chan int {
+	done := make(chan int, 1)
+	go func() {
+		kills := 0
+		defer func() { done <- kills }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(1500 * time.Millisecond):
+			}
+			id := pick(i)
+			if id == "" {
+				continue
+			}
+			if err := lc.Kill(id); err != nil {
+				t.Errorf("kill %s: %v", id, err)
+				return
+			}
+			kills++
+			select {
+			case <-stop:
+			case <-time.After(1500 * time.Millisecond):
+			}
+			if err := lc.StartNode(ctx, id); err != nil {
+				t.Errorf("restart %s: %v", id, err)
+				return
+			}
+		}
+	}()
+	return done
 }
 
 // checkLinearizable checks a recorded history with porcupine and fails the

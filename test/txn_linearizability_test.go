@@ -56,39 +56,12 @@ func TestTxnLinearizableUnderLeaderKill(t *testing.T) {
 		}()
 	}
 
-	kills := 0
-	nemesisDone := make(chan struct{})
-	go func() {
-		defer close(nemesisDone)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(1500 * time.Millisecond):
-			}
-			id := partitionLeader(ctx, c, lc, target)
-			if id == "" {
-				continue // an election is under way
-			}
-			if err := lc.Kill(id); err != nil {
-				t.Errorf("kill %s: %v", id, err)
-				return
-			}
-			kills++
-			select {
-			case <-stop:
-			case <-time.After(1500 * time.Millisecond):
-			}
-			if err := lc.StartNode(ctx, id); err != nil {
-				t.Errorf("restart %s: %v", id, err)
-				return
-			}
-		}
-	}()
+	// Nemesis: SIGKILL the partition's leader, wherever it is now.
+	nemesis := killLoop(ctx, t, lc, stop, func(int) string { return partitionLeader(ctx, c, lc, target) })
 
 	time.Sleep(duration)
 	close(stop)
-	<-nemesisDone
+	kills := <-nemesis
 	wg.Wait()
 	if kills == 0 {
 		t.Fatal("the partition leader was never killed")
