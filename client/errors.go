@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/zerogrid/zerogrid/grid"
@@ -25,6 +26,16 @@ var (
 	ErrBadRequest       = grid.ErrBadRequest
 	ErrBadConfig        = grid.ErrBadConfig
 	ErrClosed           = grid.ErrClosed
+)
+
+// Errors of Backup and Restore, raised by the client itself.
+var (
+	// ErrBadBackup: the backup file is truncated, altered or not a backup;
+	// Restore refuses it before writing anything.
+	ErrBadBackup = errors.New("client: backup file is damaged or not a zerogrid backup")
+	// ErrRestoreTargetNotEmpty: a map the backup holds already has data in
+	// the target cluster.
+	ErrRestoreTargetNotEmpty = errors.New("client: restore target is not empty")
 )
 
 // NotLeaderError carries a node's hint about who leads a partition.

@@ -138,6 +138,7 @@ func (n *Node) start(ctx context.Context) error {
 	gridpb.RegisterComputeServer(n.srv, &computeService{s: svc})
 	gridpb.RegisterClusterServer(n.srv, &clusterService{s: svc})
 	gridpb.RegisterLockServer(n.srv, &lockService{s: svc})
+	gridpb.RegisterBackupServer(n.srv, &backupService{s: svc})
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,

@@ -57,7 +57,9 @@ func newStateMachine(group GroupID, eng Engine, app applier, logger *slog.Logger
 	return s, nil
 }
 
-func readApplied(eng Engine, g GroupID) (uint64, error) {
+// readApplied reads the group's applied index from the engine, or from a
+// view (so that it matches what the view holds).
+func readApplied(eng interface{ Get([]byte) ([]byte, error) }, g GroupID) (uint64, error) {
 	b, err := eng.Get(appliedKey(g))
 	if errors.Is(err, ErrEngineNotFound) {
 		return 0, nil

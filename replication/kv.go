@@ -131,6 +131,8 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		return a.applyLockRenew(tx, cmd.LeaderTime, op.LockRenew)
 	case *gridpb.Command_LockRelease:
 		return a.applyLockRelease(tx, cmd.LeaderTime, op.LockRelease)
+	case *gridpb.Command_Restore:
+		return a.applyRestore(tx, index, cmd.LeaderTime, op.Restore)
 	default:
 		return nil, fmt.Errorf("%w: command without an operation", ErrCorrupt)
 	}

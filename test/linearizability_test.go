@@ -28,9 +28,15 @@ type history struct {
 func (h *history) now() int64 { return int64(time.Since(h.start)) }
 
 func (h *history) add(client int, in kvInput, call int64, out kvOutput) {
+	h.record(client, in, call, out, out.unknown)
+}
+
+// record adds an operation of any model; an unknown outcome may take effect
+// at any point after its call, so it never returns.
+func (h *history) record(client int, in any, call int64, out any, unknown bool) {
 	ret := h.now()
-	if out.unknown {
-		ret = math.MaxInt64 // may take effect at any point after its call
+	if unknown {
+		ret = math.MaxInt64
 	}
 	h.mu.Lock()
 	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret})
@@ -88,37 +94,12 @@ func TestLinearizableUnderKill(t *testing.T) {
 	}()
 
 	// Nemesis: SIGKILL one node at a time and restart it.
-	kills := 0
-	nemesisDone := make(chan struct{})
-	go func() {
-		defer close(nemesisDone)
-		ids := lc.IDs()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(1500 * time.Millisecond):
-			}
-			id := ids[i%len(ids)]
-			if err := lc.Kill(id); err != nil {
-				t.Errorf("kill %s: %v", id, err)
-				return
-			}
-			kills++
-			select {
-			case <-stop:
-			case <-time.After(1500 * time.Millisecond):
-			}
-			if err := lc.StartNode(ctx, id); err != nil {
-				t.Errorf("restart %s: %v", id, err)
-				return
-			}
-		}
-	}()
+	ids := lc.IDs()
+	nemesis := killLoop(ctx, t, lc, stop, func(i int) string { return ids[i%len(ids)] })
 
 	time.Sleep(duration)
 	close(stop)
-	<-nemesisDone
+	kills := <-nemesis
 	wg.Wait()
 	for _, id := range lc.IDs() {
 		if !lc.Running(id) {
@@ -197,24 +178,66 @@ func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *hist
 	}
 }
 
+// killLoop SIGKILLs the node pick names (pick gets the round number; "" skips
+// the round) every 1.5 s and restarts it 1.5 s later, until stop closes;
+// then it sends the number of kills.
+func killLoop(ctx context.Context, t *testing.T, lc *localcluster.Cluster, stop <-chan struct{}, pick func(round int) string) <-chan int {
+	done := make(chan int, 1)
+	go func() {
+		kills := 0
+		defer func() { done <- kills }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(1500 * time.Millisecond):
+			}
+			id := pick(i)
+			if id == "" {
+				continue
+			}
+			if err := lc.Kill(id); err != nil {
+				t.Errorf("kill %s: %v", id, err)
+				return
+			}
+			kills++
+			select {
+			case <-stop:
+			case <-time.After(1500 * time.Millisecond):
+			}
+			if err := lc.StartNode(ctx, id); err != nil {
+				t.Errorf("restart %s: %v", id, err)
+				return
+			}
+		}
+	}()
+	return done
+}
+
 // checkLinearizable checks a recorded history with porcupine and fails the
 // test (leaving a visualization) if it is not linearizable.
 func checkLinearizable(t *testing.T, h *history, what string) {
 	t.Helper()
+	checkHistory(t, h, kvModel(), what)
+}
+
+// checkHistory checks a history against model with porcupine.
+func checkHistory(t *testing.T, h *history, model porcupine.Model, what string) {
+	t.Helper()
 	h.mu.Lock()
 	ops := append([]porcupine.Operation(nil), h.ops...)
 	h.mu.Unlock()
-	res, info := porcupine.CheckOperationsVerbose(kvModel(), ops, 60*time.Second)
+	res, info := porcupine.CheckOperationsVerbose(model, ops, 60*time.Second)
 	unknown := 0
 	for _, op := range ops {
-		if op.Output.(kvOutput).unknown {
+		if op.Return == math.MaxInt64 {
 			unknown++
 		}
 	}
 	t.Logf("history: %d operations (%d ambiguous), %s; porcupine: %s", len(ops), unknown, what, res)
 	if res != porcupine.Ok {
 		path := filepath.Join(os.TempDir(), fmt.Sprintf("zerogrid-linearizability-%d.html", time.Now().Unix()))
-		if err := porcupine.VisualizePath(kvModel(), info, path); err == nil {
+		if err := porcupine.VisualizePath(model, info, path); err == nil {
 			t.Logf("visualization: %s", path)
 		}
 		t.Fatalf("history is not linearizable (porcupine: %s)", res)

@@ -36,6 +36,8 @@ Usage:
   zerogrid apply MAP KEY --script FILE [--args JSON]  run an entry processor atomically on one key
   zerogrid lock NAME [--ttl 5s] [--wait D|--try] -- COMMAND...
                                           run COMMAND holding a lock; $ZEROGRID_FENCE_TOKEN is its token
+  zerogrid backup --out FILE --addr ADDR  consistent, checksummed backup of every map (progress bar)
+  zerogrid restore FILE     --addr ADDR   verify a backup, then load it into a new cluster
 
 --addr accepts a comma-separated list of any cluster members; the client
 routes every request to the right partition leader itself.
@@ -78,6 +80,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runApply(ctx, rest, stdout, stderr)
 	case "lock":
 		return runLock(ctx, rest, stdout, stderr)
+	case "backup":
+		return runBackup(ctx, rest, stdout, stderr)
+	case "restore":
+		return runRestore(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage

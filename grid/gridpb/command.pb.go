@@ -90,6 +90,7 @@ type Command struct {
 	//	*Command_LockAcquire
 	//	*Command_LockRenew
 	//	*Command_LockRelease
+	//	*Command_Restore
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -216,6 +217,15 @@ func (x *Command) GetLockRelease() *LockReleaseOp {
 	return nil
 }
 
+func (x *Command) GetRestore() *RestoreOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Restore); ok {
+			return x.Restore
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -248,6 +258,11 @@ type Command_LockRelease struct {
 	LockRelease *LockReleaseOp `protobuf:"bytes,17,opt,name=lock_release,json=lockRelease,proto3,oneof"`
 }
 
+type Command_Restore struct {
+	// 25-29: backup and restore.
+	Restore *RestoreOp `protobuf:"bytes,25,opt,name=restore,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -261,6 +276,8 @@ func (*Command_LockAcquire) isCommand_Op() {}
 func (*Command_LockRenew) isCommand_Op() {}
 
 func (*Command_LockRelease) isCommand_Op() {}
+
+func (*Command_Restore) isCommand_Op() {}
 
 type PutOp struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1081,7 +1098,7 @@ var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\"\xc5\x03\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\x1a\x18grid/gridpb/backup.proto\"\xf9\x03\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1095,7 +1112,8 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\flock_acquire\x18\x0f \x01(\v2\x1a.zerogrid.v1.LockAcquireOpH\x00R\vlockAcquire\x129\n" +
 	"\n" +
 	"lock_renew\x18\x10 \x01(\v2\x18.zerogrid.v1.LockRenewOpH\x00R\tlockRenew\x12?\n" +
-	"\flock_release\x18\x11 \x01(\v2\x1a.zerogrid.v1.LockReleaseOpH\x00R\vlockReleaseB\x04\n" +
+	"\flock_release\x18\x11 \x01(\v2\x1a.zerogrid.v1.LockReleaseOpH\x00R\vlockRelease\x122\n" +
+	"\arestore\x18\x19 \x01(\v2\x16.zerogrid.v1.RestoreOpH\x00R\arestoreB\x04\n" +
 	"\x02op\"}\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
@@ -1195,7 +1213,8 @@ var file_grid_gridpb_command_proto_goTypes = []any{
 	(*LockAcquireOp)(nil),   // 14: zerogrid.v1.LockAcquireOp
 	(*LockRenewOp)(nil),     // 15: zerogrid.v1.LockRenewOp
 	(*LockReleaseOp)(nil),   // 16: zerogrid.v1.LockReleaseOp
-	(*Fence)(nil),           // 17: zerogrid.v1.Fence
+	(*RestoreOp)(nil),       // 17: zerogrid.v1.RestoreOp
+	(*Fence)(nil),           // 18: zerogrid.v1.Fence
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
 	2,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
@@ -1205,20 +1224,21 @@ var file_grid_gridpb_command_proto_depIdxs = []int32{
 	14, // 4: zerogrid.v1.Command.lock_acquire:type_name -> zerogrid.v1.LockAcquireOp
 	15, // 5: zerogrid.v1.Command.lock_renew:type_name -> zerogrid.v1.LockRenewOp
 	16, // 6: zerogrid.v1.Command.lock_release:type_name -> zerogrid.v1.LockReleaseOp
-	17, // 7: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
-	6,  // 8: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
-	7,  // 9: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
-	7,  // 10: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 11: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	12, // 12: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	13, // 13: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	10, // 14: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
-	11, // 15: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	17, // 7: zerogrid.v1.Command.restore:type_name -> zerogrid.v1.RestoreOp
+	18, // 8: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
+	6,  // 9: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	7,  // 10: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	7,  // 11: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 12: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	12, // 13: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	13, // 14: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	10, // 15: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	11, // 16: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -1227,6 +1247,7 @@ func file_grid_gridpb_command_proto_init() {
 		return
 	}
 	file_grid_gridpb_lock_proto_init()
+	file_grid_gridpb_backup_proto_init()
 	file_grid_gridpb_command_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
@@ -1235,6 +1256,7 @@ func file_grid_gridpb_command_proto_init() {
 		(*Command_LockAcquire)(nil),
 		(*Command_LockRenew)(nil),
 		(*Command_LockRelease)(nil),
+		(*Command_Restore)(nil),
 	}
 	file_grid_gridpb_command_proto_msgTypes[8].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
