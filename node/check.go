@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -152,7 +153,7 @@ func (c *integrityService) checkPartition(ctx context.Context, t *grid.Table, p 
 	judge(pc, len(p.Replicas))
 	if repair && len(pc.Agreeing) > 0 {
 		for _, d := range pc.Replicas {
-			if d.State != "done" || !contains(pc.Differing, d.Node) {
+			if d.State != "done" || !slices.Contains(pc.Differing, d.Node) {
 				continue
 			}
 			reason := fmt.Sprintf("digest %016x at index %d differs from the majority's", d.Digest, pc.Index)
@@ -284,13 +285,4 @@ func (n *Node) atPartitionLeader(ctx context.Context, t *grid.Table, p grid.Part
 		}
 	}
 	return lastErr
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

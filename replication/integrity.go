@@ -360,7 +360,11 @@ func (h *Host) markQuarantine(ctx context.Context, id GroupID, reason string) er
 
 // quarantineMark reads the durable quarantine record of group id.
 func (h *Host) quarantineMark(id GroupID) (string, bool) {
-	return h.quarantineMark(id)
+	raw, err := h.cfg.Engine.Get(quarantineKey(id))
+	if err != nil {
+		return "", false
+	}
+	return string(raw), true
 }
 
 // QuarantineReason reports whether group id is quarantined on this node
@@ -371,9 +375,5 @@ func (h *Host) QuarantineReason(id GroupID) (string, bool) {
 			return r, true
 		}
 	}
-	raw, err := h.cfg.Engine.Get(quarantineKey(id))
-	if err != nil {
-		return "", false
-	}
-	return string(raw), true
+	return h.quarantineMark(id)
 }

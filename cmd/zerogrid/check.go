@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -72,7 +73,7 @@ func printCheck(w io.Writer, rep client.CheckReport, verbose bool) error {
 				detail = append(detail, fmt.Sprintf("%s %s %s", d.Node, d.State, d.Error))
 			case d.CRCErrors > 0:
 				detail = append(detail, fmt.Sprintf("%s: %d entries fail their CRC32C", d.Node, d.CRCErrors))
-			case verbose || contains(p.Differing, d.Node):
+			case verbose || slices.Contains(p.Differing, d.Node):
 				detail = append(detail, fmt.Sprintf("%s: %016x over %d keys", d.Node, d.Digest, d.Entries))
 			}
 		}
@@ -96,15 +97,6 @@ func orDash(ids []string) string {
 		return "-"
 	}
 	return strings.Join(ids, ",")
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // integritySummary is a node's integrity column in `zerogrid status`.
