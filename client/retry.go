@@ -127,10 +127,6 @@ func judge(err error) (v verdict, hint *grid.NotLeaderError, unsure bool) {
 		return refetch, nil, false
 	case errors.Is(err, grid.ErrAmbiguous):
 		return tryOther, nil, true
-	case errors.Is(err, grid.ErrChecksum):
-		// A damaged copy (the replica is being quarantined): another
-		// replica may hold a sound one.
-		return tryOther, nil, false
 	}
 	var se interface{ GRPCStatus() *status.Status }
 	if !errors.As(err, &se) {
