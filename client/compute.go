@@ -286,10 +286,16 @@ func (m *Map) Apply(ctx context.Context, key []byte, script string, args string)
 		return nil, 0, false, err
 	}
 	req := &gridpb.ApplyRequest{Header: m.header(), Key: key, Script: script, Args: args}
-	err = m.c.run(ctx, "apply", m.c.newPicker(m.partition(key), true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	err = m.c.run(ctx, "apply", m.c.newPicker(m.partition(key), true), true, func(ctx context.Context, cc *grpc.ClientConn, t target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewComputeClient(cc).Apply(ctx, req, opts...)
 		if err != nil {
 			return err
+		}
+		if len(r.GetValue()) > 0 {
+			if got := checksum(r.GetValue()); got != r.GetCrc() {
+				return fmt.Errorf("%w: %q in map %q from %s: value crc %08x, stored crc %08x",
+					grid.ErrChecksum, key, m.name, t.addr, got, r.GetCrc())
+			}
 		}
 		value, version, deleted = r.GetValue(), r.GetVersion(), r.GetDeleted()
 		return nil

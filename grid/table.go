@@ -25,10 +25,16 @@ type Partition struct {
 	// move completes, so clients route to Replicas throughout.
 	Learner string `json:"learner,omitempty"`
 	Leaving string `json:"leaving,omitempty"`
+	// Repair names a replica being rebuilt after it was found corrupt: while
+	// it is in Replicas it is being removed from the Raft configuration;
+	// then it leaves Replicas and comes back as the Learner, fed from a
+	// snapshot, and Repair clears when it is a voter again.
+	Repair string `json:"repair,omitempty"`
 }
 
-// Moving reports whether a replica move is in flight for the partition.
-func (p Partition) Moving() bool { return p.Learner != "" || p.Leaving != "" }
+// Moving reports whether a replica move (or repair) is in flight for the
+// partition.
+func (p Partition) Moving() bool { return p.Learner != "" || p.Leaving != "" || p.Repair != "" }
 
 // Table is the partition table: which nodes hold which partition. Epoch grows
 // with every change of replica sets, so a client can tell a stale copy.
@@ -92,7 +98,7 @@ func (t *Table) Clone() *Table {
 		c.Nodes = append(c.Nodes, nn)
 	}
 	for _, p := range t.Partitions {
-		c.Partitions = append(c.Partitions, Partition{ID: p.ID, Replicas: append([]string(nil), p.Replicas...), Leader: p.Leader, Learner: p.Learner, Leaving: p.Leaving})
+		c.Partitions = append(c.Partitions, Partition{ID: p.ID, Replicas: append([]string(nil), p.Replicas...), Leader: p.Leader, Learner: p.Learner, Leaving: p.Leaving, Repair: p.Repair})
 	}
 	return c
 }
@@ -125,6 +131,9 @@ func (t *Table) Validate() error {
 		}
 		if p.Leaving != "" && !seen[p.Leaving] {
 			return fmt.Errorf("%w: partition %d is removing %q, which is not a replica", ErrBadConfig, p.ID, p.Leaving)
+		}
+		if p.Repair != "" && !seen[p.Repair] && p.Learner != p.Repair {
+			return fmt.Errorf("%w: partition %d is repairing %q, which is neither a replica nor its learner", ErrBadConfig, p.ID, p.Repair)
 		}
 	}
 	return nil

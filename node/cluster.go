@@ -318,7 +318,7 @@ func (n *Node) syncGroups(ctx context.Context) error {
 		}
 		// No bootstrap: the partition's leader sends this replica its
 		// configuration and data (log entries or a snapshot).
-		if _, err := n.host.OpenGroup(ctx, g, replication.KindData, nil); err != nil && !errors.Is(err, replication.ErrGroupExists) {
+		if err := n.openOrRebuild(ctx, g, t.Partitions[g].Replicas); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -335,7 +335,8 @@ func (n *Node) sendReport(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	req := &gridpb.ReportRequest{NodeId: n.cfg.ID, Addr: n.addr, CapsJson: capsRaw, LoadJson: loadRaw, TableEpoch: n.table().Epoch}
+	req := &gridpb.ReportRequest{NodeId: n.cfg.ID, Addr: n.addr, CapsJson: capsRaw, LoadJson: loadRaw, TableEpoch: n.table().Epoch,
+		Quarantined: n.integrity.quarantined()}
 	var resp *gridpb.ReportResponse
 	call := func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		rctx, cancel := context.WithTimeout(ctx, 2*n.cfg.reportInterval()+time.Second)

@@ -587,6 +587,15 @@ func (c *computeService) Apply(ctx context.Context, req *gridpb.ApplyRequest) (*
 	return resp, gridpb.ToStatus(err)
 }
 
+// crcOf is the CRC32C a write carries, so a damaged log entry is caught
+// at apply; a delete carries none.
+func crcOf(value []byte, del bool) uint32 {
+	if del {
+		return 0
+	}
+	return replication.Checksum(value)
+}
+
 // maxApplyRaces bounds how often an entry processor re-runs because the key
 // changed between its read and its conditional write.
 const maxApplyRaces = 16
@@ -630,6 +639,7 @@ func (c *computeService) apply(ctx context.Context, req *gridpb.ApplyRequest) (*
 		}
 		res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
 			Map: h.Map, Key: req.Key, ExpectedVersion: cur.Version, Value: newValue, Delete: del, DedupOnlyIfSwapped: true,
+			Crc: crcOf(newValue, del),
 		}}})
 		if err != nil {
 			return nil, err
@@ -644,7 +654,7 @@ func (c *computeService) apply(ctx context.Context, req *gridpb.ApplyRequest) (*
 		// stored at that version, not what this run computed.
 		now, _, err := g.Get(ctx, h.Map, req.Key, true)
 		if err == nil && now.Version == res.Version {
-			return &gridpb.ApplyResponse{Value: now.Value, Version: res.Version}, nil
+			return &gridpb.ApplyResponse{Value: now.Value, Version: res.Version, Crc: now.CRC}, nil
 		}
 		return &gridpb.ApplyResponse{Version: res.Version}, nil
 	}

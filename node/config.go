@@ -68,6 +68,12 @@ type Config struct {
 	// Functions are the Go functions jobs may name (registered by a custom
 	// node binary); nil: none.
 	Functions *query.Registry
+	// ScrubInterval is the pause between two background scrubs of every
+	// local partition (stored entries and Raft log checked against their
+	// CRC32Cs); 0: by profile, negative: no scrub.
+	ScrubInterval time.Duration
+	// ScrubBytesPerSec bounds the scrub's reading rate; 0: by profile.
+	ScrubBytesPerSec int64
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration
@@ -147,6 +153,9 @@ func (c *Config) Validate() error {
 	default:
 		bad("engine %q must be badger or bbolt", c.Engine)
 	}
+	if c.ScrubBytesPerSec < 0 {
+		bad("scrub rate %d bytes/s is negative", c.ScrubBytesPerSec)
+	}
 	if c.TaskDelay < 0 {
 		bad("task delay %v is negative", c.TaskDelay)
 	}
@@ -179,6 +188,37 @@ func (c *Config) reportInterval() time.Duration {
 		return 200 * time.Millisecond
 	}
 	return 2 * time.Second
+}
+
+// scrubInterval is the pause between scrub passes: 6 h by default, a day
+// on a Pi Zero, 1 s in tests.
+func (c *Config) scrubInterval() time.Duration {
+	if c.ScrubInterval != 0 {
+		return c.ScrubInterval
+	}
+	switch c.Profile {
+	case "small":
+		return 24 * time.Hour
+	case "test":
+		return time.Second
+	}
+	return 6 * time.Hour
+}
+
+// scrubRate is the scrub's read rate in bytes per second: 4 MiB/s by
+// default, 512 KiB/s on a Pi Zero (its SD card serves the grid first),
+// 64 MiB/s in tests.
+func (c *Config) scrubRate() int64 {
+	if c.ScrubBytesPerSec > 0 {
+		return c.ScrubBytesPerSec
+	}
+	switch c.Profile {
+	case "small":
+		return 512 << 10
+	case "test":
+		return 64 << 20
+	}
+	return 4 << 20
 }
 
 // deadAfter is the silence after which a node is declared dead: a minute

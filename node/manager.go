@@ -42,11 +42,13 @@ type manager struct {
 	seenMu sync.Mutex
 	seen   map[string]time.Time // last report per node, on this leader's clock
 	loads  map[string]grid.Load
-	warned string // the last reconciler problem logged, to log each once
+	// quarantined: the partitions each node last reported corrupt.
+	quarantined map[string][]uint32
+	warned      string // the last reconciler problem logged, to log each once
 }
 
 func newManager(n *Node) *manager {
-	return &manager{n: n, seen: map[string]time.Time{}, loads: map[string]grid.Load{}}
+	return &manager{n: n, seen: map[string]time.Time{}, loads: map[string]grid.Load{}, quarantined: map[string][]uint32{}}
 }
 
 func (m *manager) loop(ctx context.Context) {
@@ -295,6 +297,9 @@ func (m *manager) report(ctx context.Context, req *gridpb.ReportRequest) (*gridp
 		return &gridpb.ReportResponse{State: string(rec.State), Message: "this node was removed from the cluster: stop it, wipe its data dir, and join again to reuse it"}, nil
 	}
 	m.markSeen(req.NodeId, load)
+	m.seenMu.Lock()
+	m.quarantined[req.NodeId] = req.Quarantined
+	m.seenMu.Unlock()
 	resp := &gridpb.ReportResponse{State: string(rec.State)}
 	next := rec
 	oldCaps, _ := json.Marshal(rec.Caps)
@@ -523,10 +528,12 @@ func (m *manager) reconcile(ctx context.Context) error {
 		}
 		t = m.n.meta.Meta().Table()
 	}
+	repairs := m.startRepairs(t)
 	started, err := m.startMoves(t)
-	if err != nil {
+	if err != nil && !repairs {
 		return errors.Join(append(errs, err)...)
 	}
+	started = started || repairs
 	if started {
 		if err := m.putTable(ctx, t); err != nil {
 			return err
@@ -582,6 +589,34 @@ func (m *manager) preferLeader(ctx context.Context, t *grid.Table) error {
 		"fsync_p99_from", cur.Caps.FsyncP99, "fsync_p99_to", best.Caps.FsyncP99, "leads_from", curLeads, "leads_to", bestLeads)
 	_, err = m.partitionLeader(ctx, p, &gridpb.MembershipRequest{Partition: uint32(p.ID), Op: "transfer", NodeId: want})
 	return err
+}
+
+// startRepairs marks in t (not yet committed) the rebuild of replicas their
+// nodes reported quarantined, one per partition, when the partition has
+// other replicas to rebuild from.
+func (m *manager) startRepairs(t *grid.Table) bool {
+	m.seenMu.Lock()
+	defer m.seenMu.Unlock()
+	started := false
+	for id, parts := range m.quarantined {
+		for _, pi := range parts {
+			if int(pi) >= len(t.Partitions) {
+				continue
+			}
+			p := &t.Partitions[pi]
+			if p.Moving() || !slices.Contains(p.Replicas, id) {
+				continue
+			}
+			if len(p.Replicas) < 2 {
+				m.warnOnce("repair", fmt.Errorf("partition %d's only replica, on %s, is corrupt: nothing to rebuild it from", p.ID, id))
+				continue
+			}
+			p.Repair = id
+			started = true
+			m.n.log.Warn("replica repair started: removing the corrupt replica from its group", "partition", p.ID, "node", id)
+		}
+	}
+	return started
 }
 
 // startMoves marks new moves in t (not yet committed) from the plan.
@@ -655,6 +690,23 @@ func (m *manager) advance(ctx context.Context, p *grid.Partition) (bool, error) 
 		mr, err = m.partitionLeader(ctx, p, &gridpb.MembershipRequest{Partition: uint32(p.ID), Op: op, NodeId: id, Addr: addr})
 		return err
 	}
+	if r := p.Repair; r != "" && slices.Contains(p.Replicas, r) {
+		// A corrupt replica leaves the configuration before its node drops
+		// its state (a voter must never lose its log), then comes back as
+		// a learner below.
+		if mr.Leader == r {
+			return false, change("transfer", "", "")
+		}
+		if _, in := member(r); in {
+			if err := change("remove", r, ""); err != nil {
+				return false, err
+			}
+		}
+		p.Replicas = slices.DeleteFunc(slices.Clone(p.Replicas), func(id string) bool { return id == r })
+		p.Learner = r
+		m.n.log.Warn("corrupt replica removed from its group; it is rebuilt as a learner", "partition", p.ID, "node", r)
+		return true, nil
+	}
 	if l := p.Learner; l != "" {
 		rec, ok := m.n.meta.Meta().Node(l)
 		if !ok || rec.State != grid.StateActive {
@@ -665,7 +717,7 @@ func (m *manager) advance(ctx context.Context, p *grid.Partition) (bool, error) 
 				}
 			}
 			m.n.log.Warn("replica move rolled back", "partition", p.ID, "learner", l, "state", rec.State)
-			p.Learner, p.Leaving = "", ""
+			p.Learner, p.Leaving, p.Repair = "", "", ""
 			return true, nil
 		}
 		s, in := member(l)
@@ -700,45 +752,24 @@ func (m *manager) advance(ctx context.Context, p *grid.Partition) (bool, error) 
 	if p.Learner != "" {
 		reps = append(reps, p.Learner)
 	}
-	m.n.log.Info("replica move done", "partition", p.ID, "added", p.Learner, "removed", p.Leaving)
-	p.Replicas, p.Learner, p.Leaving = reps, "", ""
+	if p.Repair != "" {
+		m.n.log.Warn("corrupt replica rebuilt from the leader's snapshot", "partition", p.ID, "node", p.Repair)
+	} else {
+		m.n.log.Info("replica move done", "partition", p.ID, "added", p.Learner, "removed", p.Leaving)
+	}
+	p.Replicas, p.Learner, p.Leaving, p.Repair = reps, "", "", ""
 	return true, nil
 }
 
 // partitionLeader sends a membership request to partition p's leader,
 // following not-leader hints from its replicas.
 func (m *manager) partitionLeader(ctx context.Context, p *grid.Partition, req *gridpb.MembershipRequest) (*gridpb.MembershipResponse, error) {
-	t := m.n.meta.Meta().SharedTable()
-	addrs := []string{}
-	for _, id := range p.Replicas {
-		if nd, ok := t.Node(id); ok {
-			addrs = append(addrs, nd.Addr)
-		}
-	}
-	var lastErr error = grid.ErrNoLeader
-	tried := map[string]bool{}
-	for len(addrs) > 0 {
-		addr := addrs[0]
-		addrs = addrs[1:]
-		if tried[addr] {
-			continue
-		}
-		tried[addr] = true
-		var resp *gridpb.MembershipResponse
-		err := m.call(ctx, addr, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
-			resp, err = gridpb.NewClusterClient(cc).Membership(ctx, req)
-			return err
-		})
-		if err == nil {
-			return resp, nil
-		}
-		lastErr = err
-		var nl *grid.NotLeaderError
-		if errors.As(err, &nl) && nl.LeaderAddr != "" {
-			addrs = append([]string{nl.LeaderAddr}, addrs...)
-		}
-	}
-	return nil, lastErr
+	var resp *gridpb.MembershipResponse
+	err := m.n.atPartitionLeader(ctx, m.n.meta.Meta().SharedTable(), *p, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = gridpb.NewClusterClient(cc).Membership(ctx, req)
+		return err
+	})
+	return resp, err
 }
 
 // appliedOn asks the node at addr for its applied index of partition p.
@@ -761,13 +792,7 @@ func (m *manager) appliedOn(ctx context.Context, addr string, p int) (uint64, er
 
 // call runs one request to a peer with a short timeout.
 func (m *manager) call(ctx context.Context, addr string, f func(context.Context, *grpc.ClientConn) error) error {
-	cc, err := m.n.conns.get(addr)
-	if err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	return gridpb.FromStatus(f(cctx, cc))
+	return m.n.withPeer(ctx, addr, f)
 }
 
 // nodeOp drains, undrains or removes a node.

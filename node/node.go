@@ -39,8 +39,10 @@ type Node struct {
 	static *grid.Table // the table computed from the static peer list (empty when joining)
 	caps   grid.Capabilities
 	mgr    *manager
-	cpu    cpuMeter
-	told   atomic.Pointer[string] // the last thing the metadata leader told this node
+	// integrity scrubs and quarantines corrupt replicas.
+	integrity *integrity
+	cpu       cpuMeter
+	told      atomic.Pointer[string] // the last thing the metadata leader told this node
 	// retired is set once this node learns it was removed from the
 	// cluster: it then refuses every request but Raft's.
 	retired atomic.Bool
@@ -63,6 +65,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Functions = query.NewRegistry()
 	}
 	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1)}
+	n.integrity = newIntegrity(n)
 	if err := n.start(ctx); err != nil {
 		n.cleanup()
 		return nil, err
@@ -139,10 +142,11 @@ func (n *Node) start(ctx context.Context) error {
 	gridpb.RegisterClusterServer(n.srv, &clusterService{s: svc})
 	gridpb.RegisterLockServer(n.srv, &lockService{s: svc})
 	gridpb.RegisterBackupServer(n.srv, &backupService{s: svc})
+	gridpb.RegisterIntegrityServer(n.srv, &integrityService{s: svc})
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,
-		Timing: cfg.timing(), Logger: n.log, Fatal: n.onFatal,
+		Timing: cfg.timing(), Logger: n.log, Fatal: n.onFatal, OnCorrupt: n.integrity.onCorrupt,
 	})
 	if err != nil {
 		return fmt.Errorf("node: raft host: %w", err)
@@ -173,7 +177,7 @@ func (n *Node) start(ctx context.Context) error {
 				nd, _ := n.static.Node(id)
 				servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(nd.Addr)})
 			}
-			if _, err := n.host.OpenGroup(ctx, replication.GroupID(p), replication.KindData, servers); err != nil {
+			if _, err := n.host.OpenGroup(ctx, replication.GroupID(p), replication.KindData, servers); err != nil && !errors.Is(err, replication.ErrQuarantined) {
 				return fmt.Errorf("node: partition %d: %w", p, err)
 			}
 		}
@@ -185,6 +189,8 @@ func (n *Node) start(ctx context.Context) error {
 	n.cancel = cancel
 	n.goLoop(func() { n.agentLoop(loopCtx) })
 	n.goLoop(func() { n.mgr.loop(loopCtx) })
+	n.goLoop(func() { n.integrity.loop(loopCtx) })
+	n.goLoop(func() { n.integrity.scrubLoop(loopCtx) })
 	if joining {
 		// Wait for the metadata log to reach this node, so the node serves
 		// with a partition table.

@@ -461,6 +461,7 @@ func (s *service) Status(ctx context.Context, _ *gridpb.StatusRequest) (*gridpb.
 		})
 	}
 	resp.DiskBytes = diskUsage(s.n.cfg.DataDir)
+	resp.Integrity = s.n.integrity.stats()
 	return resp, nil
 }
 

@@ -299,7 +299,14 @@ func TestClusterCASAndDelete(t *testing.T) {
 	if r := prop(&gridpb.Command{Op: &gridpb.Command_Put{Put: &gridpb.PutOp{Map: "m", Key: []byte("y"), Value: []byte("v"), Crc: 12345}}}); r.Error != "CHECKSUM" {
 		t.Fatalf("put with wrong crc = %+v, want CHECKSUM error", r)
 	}
-	if _, _, err := c.leader(0).Get(ctx, "m", []byte("y"), true); !errors.Is(err, grid.ErrNotFound) {
-		t.Fatalf("rejected put left data: %v", err)
+	// The node checks CRCs before proposing, so a mismatch at apply means a
+	// damaged entry: nothing is stored and the replica marks itself corrupt.
+	for id, eng := range c.engs {
+		if _, err := eng.Get(dataKey(0, "m", []byte("y"))); !errors.Is(err, ErrEngineNotFound) {
+			t.Fatalf("rejected put left data on %s: %v", id, err)
+		}
+	}
+	if _, _, err := c.leader(0).Get(ctx, "m", []byte("y"), true); !errors.Is(err, grid.ErrChecksum) {
+		t.Fatalf("read from a replica that applied a damaged entry: %v", err)
 	}
 }

@@ -14,6 +14,9 @@ var (
 	ErrNoGroup = errors.New("replication: group not open on this host")
 	// ErrBadSnapshot reports a snapshot stream that fails its checks.
 	ErrBadSnapshot = errors.New("replication: bad snapshot")
+	// ErrQuarantined is returned by OpenGroup for a replica marked corrupt:
+	// it waits to be rebuilt (dropped with RemoveGroup, then re-added).
+	ErrQuarantined = errors.New("replication: replica quarantined")
 	// ErrHostClosed is returned after Close.
 	ErrHostClosed = errors.New("replication: host closed")
 )

@@ -99,6 +99,13 @@ func (s *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 	last := s.applied.Load()
 	pending := uint64(0) // highest index applied into tx but not yet written
 	limit := s.eng.MaxBatchBytes()
+	// A CheckOp needs the engine to hold every entry before it.
+	tx.flushPending = func() {
+		if pending != 0 {
+			s.flush(tx, pending)
+			pending = 0
+		}
+	}
 	for i, l := range logs {
 		if l.Index <= last {
 			continue // replay of an entry the engine already holds
@@ -178,6 +185,9 @@ func (f *fsmSnapshot) write(w io.Writer) error {
 	var hdr [4]byte
 	err := f.view.Iterate(prefix, nil, func(k, v []byte) (bool, error) {
 		suffix := k[len(prefix):]
+		if len(suffix) > 0 && suffix[0] == subIntegrity {
+			return true, nil // this replica's own records (quarantine), never shipped
+		}
 		binary.BigEndian.PutUint32(hdr[:], uint32(len(suffix)))
 		bw.Write(hdr[:])
 		bw.Write(suffix)
@@ -328,9 +338,14 @@ type txn struct {
 	eng     Engine
 	batch   Batch
 	overlay map[string]*[]byte // nil pointer: deleted in this txn
+	// flushPending writes the entries applied so far in this batch, so the
+	// engine holds the state as of the entry being applied.
+	flushPending func()
 }
 
-func newTxn(eng Engine) *txn { return &txn{eng: eng, overlay: map[string]*[]byte{}} }
+func newTxn(eng Engine) *txn {
+	return &txn{eng: eng, overlay: map[string]*[]byte{}, flushPending: func() {}}
+}
 
 func (t *txn) get(key []byte) ([]byte, error) {
 	if v, ok := t.overlay[string(key)]; ok {

@@ -77,11 +77,17 @@ type HostConfig struct {
 	// Fatal is called when a group's state machine cannot persist an applied
 	// entry: the replica would fall behind its own log. Default: panic.
 	Fatal func(error)
+	// OnCorrupt is told, once per running group, that its replica was found
+	// corrupt (a stored entry or a log entry failing its checksum); the group
+	// already refuses reads. It must not block: the caller may be the apply
+	// goroutine. The node quarantines the group (Host.Quarantine).
+	OnCorrupt func(id GroupID, reason string)
 }
 
 // Host runs every Raft group of one node over a shared engine and transport.
 type Host struct {
 	cfg    HostConfig
+	checks *checks
 	mu     sync.Mutex
 	groups map[GroupID]*Group
 	closed bool
@@ -111,7 +117,10 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if cfg.Timing.HeartbeatTimeout == 0 {
 		cfg.Timing = DefaultTiming()
 	}
-	return &Host{cfg: cfg, groups: map[GroupID]*Group{}}, nil
+	if cfg.OnCorrupt == nil {
+		cfg.OnCorrupt = func(GroupID, string) {}
+	}
+	return &Host{cfg: cfg, checks: newChecks(), groups: map[GroupID]*Group{}}, nil
 }
 
 // GroupKind selects a group's state machine.
@@ -144,7 +153,12 @@ func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	return g, nil
 }
 
-func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstrap []raft.Server) (*Group, error) {
+func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []raft.Server) (*Group, error) {
+	if kind == KindData {
+		if reason, bad := h.quarantineMark(id); bad {
+			return nil, fmt.Errorf("%w: %s: %s", ErrQuarantined, id, reason)
+		}
+	}
 	dir := filepath.Join(h.cfg.Dir, id.String())
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("replication: %s: %w", id, err)
@@ -154,6 +168,10 @@ func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstra
 		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
 	})
 	if err != nil {
+		if kind == KindData && !errors.Is(err, bbolt.ErrTimeout) {
+			// A damaged log file: this replica cannot take part safely.
+			return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("raft log %s cannot be opened: %v", filepath.Join(dir, "raft.db"), err))
+		}
 		return nil, fmt.Errorf("replication: %s: open raft log: %w", id, err)
 	}
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft-" + id.String(), Level: hclog.Warn, Output: slogWriter{h.cfg.Logger}})
@@ -162,6 +180,7 @@ func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstra
 		logs.Close()
 		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
 	}
+	corrupt := &corruption{notify: func(reason string) { h.cfg.OnCorrupt(id, reason) }}
 	var app applier
 	var meta *MetaState
 	switch kind {
@@ -173,7 +192,7 @@ func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstra
 		}
 		app = meta
 	default:
-		app = &kvApplier{group: id}
+		app = &kvApplier{group: id, checks: h.checks, corrupt: corrupt}
 	}
 	sm, err := newStateMachine(id, h.cfg.Engine, app, h.cfg.Logger, h.cfg.Fatal)
 	if err != nil {
@@ -207,6 +226,12 @@ func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstra
 		logs.Close()
 		return nil, fmt.Errorf("replication: %s: inspect raft state: %w", id, err)
 	}
+	if !has && len(bootstrap) == 0 && kind == KindData && sm.Applied() > 0 {
+		// State without a log (the log was lost): as a voter with an empty
+		// log this replica could elect a leader missing committed entries.
+		logs.Close()
+		return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("state at index %d but no raft log", sm.Applied()))
+	}
 	if !has && len(bootstrap) > 0 {
 		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: bootstrap}); err != nil {
 			logs.Close()
@@ -218,12 +243,22 @@ func (h *Host) openGroup(_ context.Context, id GroupID, kind GroupKind, bootstra
 		logs.Close()
 		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
 	}
-	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t}
+	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, corrupt: corrupt}
 	g.reads = newReadGate(g)
 	if restore {
 		h.cfg.Logger.Warn("group state incomplete; restoring from snapshot", "group", id.String(), "snapshot_index", snapIndex)
 	}
 	return g, nil
+}
+
+// quarantineClosed records that group id, which could not be opened, is
+// corrupt, and returns the ErrQuarantined error OpenGroup reports.
+func (h *Host) quarantineClosed(ctx context.Context, id GroupID, reason string) error {
+	h.cfg.Logger.Error("partition replica quarantined", "group", id.String(), "reason", reason)
+	if err := h.markQuarantine(ctx, id, reason); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %s", ErrQuarantined, id, reason)
 }
 
 // RemoveGroup retires this node's replica of group id: it shuts the group
@@ -330,6 +365,7 @@ func (h *Host) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("replication: host close: %w", ctx.Err())
 	}
+	h.checks.close()
 	close(errs)
 	var all []error
 	for err := range errs {

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 )
 
@@ -29,6 +30,10 @@ type applyResult struct {
 // kvApplier applies data partition commands.
 type kvApplier struct {
 	group GroupID
+	// checks digests the state at CheckOps; corrupt quarantines this
+	// replica when a command fails its own checks (see applyOp).
+	checks  *checks
+	corrupt *corruption
 }
 
 var _ applier = (*kvApplier)(nil)
@@ -38,8 +43,10 @@ func (a *kvApplier) restored(Engine) error { return nil }
 func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 	var cmd gridpb.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
-		// A command the leader accepted but no replica can decode is a bug
-		// or a version skew; it changes nothing, identically everywhere.
+		// The leader encoded this command itself: a replica that cannot
+		// decode it holds a damaged log entry. It changes nothing here and
+		// the replica is quarantined, since it now lacks a write.
+		a.corrupt.mark(fmt.Sprintf("raft log entry %d is undecodable", index))
 		return applyResult{err: fmt.Errorf("%w: undecodable command at index %d: %v", ErrCorrupt, index, err)}
 	}
 	if index%dedupPruneEvery == 0 {
@@ -67,13 +74,29 @@ func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 	return applyResult{res: res}
 }
 
+// checksumMismatch handles a command whose value fails the CRC32C it
+// carries. The node checked every value against its CRC before proposing,
+// so the entry changed after that (a damaged Raft log on this replica, or
+// memory): nothing is written, the proposer (if here) gets ErrChecksum, and
+// this replica, which now lacks the write, is quarantined and rebuilt from
+// a healthy replica's snapshot. Replicas holding a sound copy of the entry
+// apply it normally, so the partition's majority stays correct.
+func (a *kvApplier) checksumMismatch(index uint64, key []byte) (*gridpb.Result, error) {
+	a.corrupt.mark(fmt.Sprintf("raft log entry %d: value of %q fails its CRC32C at apply", index, key))
+	return &gridpb.Result{Error: "CHECKSUM"}, nil
+}
+
 func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb.Result, error) {
 	switch op := cmd.Op.(type) {
+	case *gridpb.Command_Check:
+		tx.flushPending()
+		a.checks.start(tx.eng, a.group, op.Check.CheckId, index)
+		return &gridpb.Result{Ok: true, Version: index}, nil
 	case *gridpb.Command_Put:
 		p := op.Put
 		crc := Checksum(p.Value)
 		if p.Crc != 0 && p.Crc != crc {
-			return &gridpb.Result{Error: "CHECKSUM"}, nil
+			return a.checksumMismatch(index, p.Key)
 		}
 		if stale, err := a.checkFence(tx, p.Fence); err != nil || stale != nil {
 			return stale, err
@@ -104,7 +127,10 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		default:
 			e, derr := decodeEntry(raw)
 			if derr != nil {
-				return nil, derr
+				// This replica's stored entry is damaged; the others decide
+				// on theirs, so this one is quarantined.
+				a.corrupt.mark(fmt.Sprintf("stored entry %q fails its CRC32C at apply (index %d)", c.Key, index))
+				return nil, fmt.Errorf("%w: %w", grid.ErrChecksum, derr)
 			}
 			cur = e.Version
 		}
@@ -119,7 +145,7 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		}
 		crc := Checksum(c.Value)
 		if c.Crc != 0 && c.Crc != crc {
-			return &gridpb.Result{Error: "CHECKSUM"}, nil
+			return a.checksumMismatch(index, c.Key)
 		}
 		tx.set(k, encodeEntry(StoredEntry{Version: index, CRC: crc, Value: c.Value}))
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
@@ -151,7 +177,8 @@ func (a *kvApplier) applyTxn(tx *txn, index uint64, t *gridpb.TxnOp) (*gridpb.Re
 		var cur StoredEntry
 		if exists {
 			if cur, err = decodeEntry(raw); err != nil {
-				return nil, err
+				a.corrupt.mark(fmt.Sprintf("stored entry %q fails its CRC32C at apply (index %d)", c.Key, index))
+				return nil, fmt.Errorf("%w: %w", grid.ErrChecksum, err)
 			}
 		}
 		switch c.Target {
@@ -171,7 +198,7 @@ func (a *kvApplier) applyTxn(tx *txn, index uint64, t *gridpb.TxnOp) (*gridpb.Re
 	}
 	for _, w := range ops {
 		if !w.Delete && w.Crc != 0 && w.Crc != Checksum(w.Value) {
-			return &gridpb.Result{Error: "CHECKSUM"}, nil // nothing applied: checked before any write
+			return a.checksumMismatch(index, w.Key) // nothing applied: checked before any write
 		}
 	}
 	for _, w := range ops {

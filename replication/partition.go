@@ -17,15 +17,22 @@ import (
 // Group is one Raft group on this host: a data partition or the metadata
 // group. Its methods are safe for concurrent use.
 type Group struct {
-	id     GroupID
-	kind   GroupKind
-	raft   *raft.Raft
-	sm     *stateMachine
-	meta   *MetaState
-	logs   interface{ Close() error }
-	trans  raft.Transport
-	timing RaftTiming
-	reads  *readGate
+	id      GroupID
+	kind    GroupKind
+	raft    *raft.Raft
+	sm      *stateMachine
+	meta    *MetaState
+	logs    logStore
+	trans   raft.Transport
+	timing  RaftTiming
+	reads   *readGate
+	corrupt *corruption
+}
+
+// logStore is the group's Raft log (raft-boltdb), which the scrub reads too.
+type logStore interface {
+	raft.LogStore
+	Close() error
 }
 
 // ID is the group id.
@@ -116,6 +123,9 @@ func (g *Group) Propose(ctx context.Context, cmd proto.Message) (*gridpb.Result,
 // leadership is confirmed (one confirmation covers every read waiting for
 // it). Stale reads use the local state as is. The caller closes the view.
 func (g *Group) ReadView(ctx context.Context, linearizable bool) (View, uint64, error) {
+	if err := g.corrupt.err(g.id); err != nil {
+		return nil, 0, err
+	}
 	if linearizable {
 		if err := g.reads.ensureBarrier(ctx); err != nil {
 			return nil, 0, err
@@ -151,10 +161,17 @@ func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizabl
 	}
 	e, err := decodeEntry(raw)
 	if err != nil {
-		return StoredEntry{}, applied, fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, key, err)
+		return StoredEntry{}, applied, g.damaged(key, err)
 	}
 	e.Value = append([]byte(nil), e.Value...)
 	return e, applied, nil
+}
+
+// damaged reports a stored entry failing its checksum: the read fails with
+// grid.ErrChecksum and the replica is quarantined (the host is told).
+func (g *Group) damaged(key []byte, err error) error {
+	g.corrupt.mark(fmt.Sprintf("stored entry %q fails its CRC32C on read", key))
+	return fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, key, err)
 }
 
 // ScanEntry is one entry returned by Scan.
@@ -188,7 +205,7 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 		}
 		e, err := decodeEntry(val)
 		if err != nil {
-			return false, fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, k[len(mp):], err)
+			return false, g.damaged(k[len(mp):], err)
 		}
 		e.Value = append([]byte(nil), e.Value...)
 		out = append(out, ScanEntry{Key: append([]byte(nil), k[len(mp):]...), StoredEntry: e})
@@ -217,7 +234,7 @@ func (g *Group) Each(ctx context.Context, mapName string, prefix []byte, lineari
 	err = v.Iterate(full, nil, func(k, val []byte) (bool, error) {
 		e, err := decodeEntry(val)
 		if err != nil {
-			return false, fmt.Errorf("%w: %s key %q: %w", grid.ErrChecksum, g.id, k[len(mp):], err)
+			return false, g.damaged(k[len(mp):], err)
 		}
 		if n++; n%1024 == 0 {
 			if err := ctx.Err(); err != nil {

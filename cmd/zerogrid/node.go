@@ -36,6 +36,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var labels labelFlag
 	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")
 	fs.DurationVar(&cfg.DeadAfter, "dead-after", 0, "declare a node silent this long dead and re-create its replicas (default 1m; 3s with --profile test)")
+	fs.DurationVar(&cfg.ScrubInterval, "scrub-interval", 0, "pause between background scrubs of every local partition (default 6h; 24h with --profile small, 1s with test; negative: off)")
+	fs.Int64Var(&cfg.ScrubBytesPerSec, "scrub-rate", 0, "scrub read rate in bytes/s (default 4 MiB/s; 512 KiB/s with --profile small)")
 	fs.DurationVar(&cfg.ReportInterval, "report-interval", 0, "how often to report load to the metadata leader (default 2s; 5s small; 200ms test)")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partition count (fixed when the cluster is created)")
 	fs.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "copies of each partition")

@@ -30,6 +30,7 @@ Usage:
   zerogrid del MAP KEY      --addr ADDR
   zerogrid scan MAP [PREFIX] [--limit N] [--stale] --addr ADDR
   zerogrid status           --addr ADDR   nodes, partitions, leaders, applied index, lag
+  zerogrid check [--no-repair] --addr ADDR  compare every partition's replicas at one applied index
   zerogrid job run --map MAP --agg 'sum(v.amount) by v.shop' [--filter 'v.region == "eu"'] [--into MAP]
   zerogrid job run --map MAP --script wordcount.star [--json]
   zerogrid job explain --map MAP --agg count        which node runs each partition's task, and why
@@ -84,6 +85,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBackup(ctx, rest, stdout, stderr)
 	case "restore":
 		return runRestore(ctx, rest, stdout, stderr)
+	case "check":
+		return runCheck(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage

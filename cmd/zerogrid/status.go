@@ -66,10 +66,10 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tREPLICAS\tLEADS\tDISK")
+	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tREPLICAS\tLEADS\tDISK\tINTEGRITY")
 	for _, nv := range cs.nodes {
 		if nv.err != nil {
-			fmt.Fprintf(tw, "%s\t%s\tunreachable\t-\t-\t-\n", nv.id, nv.addr)
+			fmt.Fprintf(tw, "%s\t%s\tunreachable\t-\t-\t-\t-\n", nv.id, nv.addr)
 			continue
 		}
 		leads := 0
@@ -78,7 +78,7 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 				leads++
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\tup\t%d\t%d\t%s\n", nv.id, nv.addr, len(nv.status.Groups)-1, leads, humanBytes(nv.status.DiskBytes))
+		fmt.Fprintf(tw, "%s\t%s\tup\t%d\t%d\t%s\t%s\n", nv.id, nv.addr, len(nv.status.Groups)-1, leads, humanBytes(nv.status.DiskBytes), integritySummary(nv.status.Integrity))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -146,6 +146,9 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 			}
 			if p.Leaving != "" {
 				mv += " removing " + p.Leaving
+			}
+			if p.Repair != "" {
+				mv += " rebuilding corrupt replica " + p.Repair
 			}
 			moves = append(moves, mv)
 		}

@@ -126,12 +126,15 @@ func (x *JoinResponse) GetMetaVoters() []string {
 }
 
 type ReportRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
-	CapsJson      []byte                 `protobuf:"bytes,3,opt,name=caps_json,json=capsJson,proto3" json:"caps_json,omitempty"`
-	LoadJson      []byte                 `protobuf:"bytes,4,opt,name=load_json,json=loadJson,proto3" json:"load_json,omitempty"`
-	TableEpoch    uint64                 `protobuf:"varint,5,opt,name=table_epoch,json=tableEpoch,proto3" json:"table_epoch,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	NodeId     string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Addr       string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	CapsJson   []byte                 `protobuf:"bytes,3,opt,name=caps_json,json=capsJson,proto3" json:"caps_json,omitempty"`
+	LoadJson   []byte                 `protobuf:"bytes,4,opt,name=load_json,json=loadJson,proto3" json:"load_json,omitempty"`
+	TableEpoch uint64                 `protobuf:"varint,5,opt,name=table_epoch,json=tableEpoch,proto3" json:"table_epoch,omitempty"`
+	// Partitions whose replica on this node is quarantined (corrupt) and
+	// waits to be rebuilt.
+	Quarantined   []uint32 `protobuf:"varint,20,rep,packed,name=quarantined,proto3" json:"quarantined,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -199,6 +202,13 @@ func (x *ReportRequest) GetTableEpoch() uint64 {
 		return x.TableEpoch
 	}
 	return 0
+}
+
+func (x *ReportRequest) GetQuarantined() []uint32 {
+	if x != nil {
+		return x.Quarantined
+	}
+	return nil
 }
 
 type ReportResponse struct {
@@ -634,14 +644,15 @@ const file_grid_gridpb_cluster_proto_rawDesc = "" +
 	"\vtable_epoch\x18\x01 \x01(\x04R\n" +
 	"tableEpoch\x12\x1f\n" +
 	"\vmeta_voters\x18\x02 \x03(\tR\n" +
-	"metaVoters\"\x97\x01\n" +
+	"metaVoters\"\xb9\x01\n" +
 	"\rReportRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x1b\n" +
 	"\tcaps_json\x18\x03 \x01(\fR\bcapsJson\x12\x1b\n" +
 	"\tload_json\x18\x04 \x01(\fR\bloadJson\x12\x1f\n" +
 	"\vtable_epoch\x18\x05 \x01(\x04R\n" +
-	"tableEpoch\"@\n" +
+	"tableEpoch\x12 \n" +
+	"\vquarantined\x18\x14 \x03(\rR\vquarantined\"@\n" +
 	"\x0eReportResponse\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x0e\n" +

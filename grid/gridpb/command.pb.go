@@ -70,7 +70,7 @@ func (x TxnCompare_Target) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TxnCompare_Target.Descriptor instead.
 func (TxnCompare_Target) EnumDescriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5, 0}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{6, 0}
 }
 
 // Command is one Raft log entry of a data partition.
@@ -91,6 +91,7 @@ type Command struct {
 	//	*Command_LockRenew
 	//	*Command_LockRelease
 	//	*Command_Restore
+	//	*Command_Check
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -226,6 +227,15 @@ func (x *Command) GetRestore() *RestoreOp {
 	return nil
 }
 
+func (x *Command) GetCheck() *CheckOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Check); ok {
+			return x.Check
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -263,6 +273,11 @@ type Command_Restore struct {
 	Restore *RestoreOp `protobuf:"bytes,25,opt,name=restore,proto3,oneof"`
 }
 
+type Command_Check struct {
+	// Integrity (fields 20-24): a marker every replica digests its state at.
+	Check *CheckOp `protobuf:"bytes,20,opt,name=check,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -279,6 +294,55 @@ func (*Command_LockRelease) isCommand_Op() {}
 
 func (*Command_Restore) isCommand_Op() {}
 
+func (*Command_Check) isCommand_Op() {}
+
+// CheckOp marks one applied index of a partition: every replica, applying
+// it, opens a read view of its state at exactly that index and digests it in
+// the background under check_id (see zerogrid check). It changes no state.
+type CheckOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CheckId       uint64                 `protobuf:"varint,1,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckOp) Reset() {
+	*x = CheckOp{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckOp) ProtoMessage() {}
+
+func (x *CheckOp) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckOp.ProtoReflect.Descriptor instead.
+func (*CheckOp) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CheckOp) GetCheckId() uint64 {
+	if x != nil {
+		return x.CheckId
+	}
+	return 0
+}
+
 type PutOp struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Map   string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
@@ -293,7 +357,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[1]
+	mi := &file_grid_gridpb_command_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -305,7 +369,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[1]
+	mi := &file_grid_gridpb_command_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -318,7 +382,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{1}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PutOp) GetMap() string {
@@ -366,7 +430,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[2]
+	mi := &file_grid_gridpb_command_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +442,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[2]
+	mi := &file_grid_gridpb_command_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +455,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{2}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DeleteOp) GetMap() string {
@@ -426,7 +490,7 @@ type CasOp struct {
 
 func (x *CasOp) Reset() {
 	*x = CasOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[3]
+	mi := &file_grid_gridpb_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -438,7 +502,7 @@ func (x *CasOp) String() string {
 func (*CasOp) ProtoMessage() {}
 
 func (x *CasOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[3]
+	mi := &file_grid_gridpb_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -451,7 +515,7 @@ func (x *CasOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CasOp.ProtoReflect.Descriptor instead.
 func (*CasOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{3}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CasOp) GetMap() string {
@@ -517,7 +581,7 @@ type TxnOp struct {
 
 func (x *TxnOp) Reset() {
 	*x = TxnOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[4]
+	mi := &file_grid_gridpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +593,7 @@ func (x *TxnOp) String() string {
 func (*TxnOp) ProtoMessage() {}
 
 func (x *TxnOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[4]
+	mi := &file_grid_gridpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +606,7 @@ func (x *TxnOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
 func (*TxnOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TxnOp) GetMap() string {
@@ -585,7 +649,7 @@ type TxnCompare struct {
 
 func (x *TxnCompare) Reset() {
 	*x = TxnCompare{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[5]
+	mi := &file_grid_gridpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +661,7 @@ func (x *TxnCompare) String() string {
 func (*TxnCompare) ProtoMessage() {}
 
 func (x *TxnCompare) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[5]
+	mi := &file_grid_gridpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +674,7 @@ func (x *TxnCompare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnCompare.ProtoReflect.Descriptor instead.
 func (*TxnCompare) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TxnCompare) GetKey() []byte {
@@ -653,7 +717,7 @@ type TxnWrite struct {
 
 func (x *TxnWrite) Reset() {
 	*x = TxnWrite{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[6]
+	mi := &file_grid_gridpb_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +729,7 @@ func (x *TxnWrite) String() string {
 func (*TxnWrite) ProtoMessage() {}
 
 func (x *TxnWrite) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[6]
+	mi := &file_grid_gridpb_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +742,7 @@ func (x *TxnWrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnWrite.ProtoReflect.Descriptor instead.
 func (*TxnWrite) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TxnWrite) GetKey() []byte {
@@ -727,7 +791,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[7]
+	mi := &file_grid_gridpb_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +803,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[7]
+	mi := &file_grid_gridpb_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +816,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Result) GetVersion() uint64 {
@@ -806,7 +870,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[8]
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +882,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[8]
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +895,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{8}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -916,7 +980,7 @@ type UpsertNodeOp struct {
 
 func (x *UpsertNodeOp) Reset() {
 	*x = UpsertNodeOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +992,7 @@ func (x *UpsertNodeOp) String() string {
 func (*UpsertNodeOp) ProtoMessage() {}
 
 func (x *UpsertNodeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1005,7 @@ func (x *UpsertNodeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertNodeOp.ProtoReflect.Descriptor instead.
 func (*UpsertNodeOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpsertNodeOp) GetRecordJson() []byte {
@@ -961,7 +1025,7 @@ type SetJoinSecretOp struct {
 
 func (x *SetJoinSecretOp) Reset() {
 	*x = SetJoinSecretOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	mi := &file_grid_gridpb_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1037,7 @@ func (x *SetJoinSecretOp) String() string {
 func (*SetJoinSecretOp) ProtoMessage() {}
 
 func (x *SetJoinSecretOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	mi := &file_grid_gridpb_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1050,7 @@ func (x *SetJoinSecretOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJoinSecretOp.ProtoReflect.Descriptor instead.
 func (*SetJoinSecretOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetJoinSecretOp) GetTokenSha256() []byte {
@@ -1005,7 +1069,7 @@ type CreateMapOp struct {
 
 func (x *CreateMapOp) Reset() {
 	*x = CreateMapOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[11]
+	mi := &file_grid_gridpb_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1081,7 @@ func (x *CreateMapOp) String() string {
 func (*CreateMapOp) ProtoMessage() {}
 
 func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[11]
+	mi := &file_grid_gridpb_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1094,7 @@ func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapOp.ProtoReflect.Descriptor instead.
 func (*CreateMapOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateMapOp) GetName() string {
@@ -1052,7 +1116,7 @@ type SetTableOp struct {
 
 func (x *SetTableOp) Reset() {
 	*x = SetTableOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[12]
+	mi := &file_grid_gridpb_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1128,7 @@ func (x *SetTableOp) String() string {
 func (*SetTableOp) ProtoMessage() {}
 
 func (x *SetTableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[12]
+	mi := &file_grid_gridpb_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1141,7 @@ func (x *SetTableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTableOp.ProtoReflect.Descriptor instead.
 func (*SetTableOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{12}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetTableOp) GetExpectedEpoch() uint64 {
@@ -1098,7 +1162,7 @@ var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\x1a\x18grid/gridpb/backup.proto\"\xf9\x03\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\x1a\x18grid/gridpb/backup.proto\"\xa7\x04\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1113,8 +1177,11 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
 	"lock_renew\x18\x10 \x01(\v2\x18.zerogrid.v1.LockRenewOpH\x00R\tlockRenew\x12?\n" +
 	"\flock_release\x18\x11 \x01(\v2\x1a.zerogrid.v1.LockReleaseOpH\x00R\vlockRelease\x122\n" +
-	"\arestore\x18\x19 \x01(\v2\x16.zerogrid.v1.RestoreOpH\x00R\arestoreB\x04\n" +
-	"\x02op\"}\n" +
+	"\arestore\x18\x19 \x01(\v2\x16.zerogrid.v1.RestoreOpH\x00R\arestore\x12,\n" +
+	"\x05check\x18\x14 \x01(\v2\x14.zerogrid.v1.CheckOpH\x00R\x05checkB\x04\n" +
+	"\x02op\"$\n" +
+	"\aCheckOp\x12\x19\n" +
+	"\bcheck_id\x18\x01 \x01(\x04R\acheckId\"}\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
@@ -1194,51 +1261,53 @@ func file_grid_gridpb_command_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_grid_gridpb_command_proto_goTypes = []any{
 	(TxnCompare_Target)(0),  // 0: zerogrid.v1.TxnCompare.Target
 	(*Command)(nil),         // 1: zerogrid.v1.Command
-	(*PutOp)(nil),           // 2: zerogrid.v1.PutOp
-	(*DeleteOp)(nil),        // 3: zerogrid.v1.DeleteOp
-	(*CasOp)(nil),           // 4: zerogrid.v1.CasOp
-	(*TxnOp)(nil),           // 5: zerogrid.v1.TxnOp
-	(*TxnCompare)(nil),      // 6: zerogrid.v1.TxnCompare
-	(*TxnWrite)(nil),        // 7: zerogrid.v1.TxnWrite
-	(*Result)(nil),          // 8: zerogrid.v1.Result
-	(*MetaCommand)(nil),     // 9: zerogrid.v1.MetaCommand
-	(*UpsertNodeOp)(nil),    // 10: zerogrid.v1.UpsertNodeOp
-	(*SetJoinSecretOp)(nil), // 11: zerogrid.v1.SetJoinSecretOp
-	(*CreateMapOp)(nil),     // 12: zerogrid.v1.CreateMapOp
-	(*SetTableOp)(nil),      // 13: zerogrid.v1.SetTableOp
-	(*LockAcquireOp)(nil),   // 14: zerogrid.v1.LockAcquireOp
-	(*LockRenewOp)(nil),     // 15: zerogrid.v1.LockRenewOp
-	(*LockReleaseOp)(nil),   // 16: zerogrid.v1.LockReleaseOp
-	(*RestoreOp)(nil),       // 17: zerogrid.v1.RestoreOp
-	(*Fence)(nil),           // 18: zerogrid.v1.Fence
+	(*CheckOp)(nil),         // 2: zerogrid.v1.CheckOp
+	(*PutOp)(nil),           // 3: zerogrid.v1.PutOp
+	(*DeleteOp)(nil),        // 4: zerogrid.v1.DeleteOp
+	(*CasOp)(nil),           // 5: zerogrid.v1.CasOp
+	(*TxnOp)(nil),           // 6: zerogrid.v1.TxnOp
+	(*TxnCompare)(nil),      // 7: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),        // 8: zerogrid.v1.TxnWrite
+	(*Result)(nil),          // 9: zerogrid.v1.Result
+	(*MetaCommand)(nil),     // 10: zerogrid.v1.MetaCommand
+	(*UpsertNodeOp)(nil),    // 11: zerogrid.v1.UpsertNodeOp
+	(*SetJoinSecretOp)(nil), // 12: zerogrid.v1.SetJoinSecretOp
+	(*CreateMapOp)(nil),     // 13: zerogrid.v1.CreateMapOp
+	(*SetTableOp)(nil),      // 14: zerogrid.v1.SetTableOp
+	(*LockAcquireOp)(nil),   // 15: zerogrid.v1.LockAcquireOp
+	(*LockRenewOp)(nil),     // 16: zerogrid.v1.LockRenewOp
+	(*LockReleaseOp)(nil),   // 17: zerogrid.v1.LockReleaseOp
+	(*RestoreOp)(nil),       // 18: zerogrid.v1.RestoreOp
+	(*Fence)(nil),           // 19: zerogrid.v1.Fence
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
-	2,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
-	3,  // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
-	4,  // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
-	5,  // 3: zerogrid.v1.Command.txn:type_name -> zerogrid.v1.TxnOp
-	14, // 4: zerogrid.v1.Command.lock_acquire:type_name -> zerogrid.v1.LockAcquireOp
-	15, // 5: zerogrid.v1.Command.lock_renew:type_name -> zerogrid.v1.LockRenewOp
-	16, // 6: zerogrid.v1.Command.lock_release:type_name -> zerogrid.v1.LockReleaseOp
-	17, // 7: zerogrid.v1.Command.restore:type_name -> zerogrid.v1.RestoreOp
-	18, // 8: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
-	6,  // 9: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
-	7,  // 10: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
-	7,  // 11: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 12: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	12, // 13: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	13, // 14: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	10, // 15: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
-	11, // 16: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	3,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
+	4,  // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
+	5,  // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
+	6,  // 3: zerogrid.v1.Command.txn:type_name -> zerogrid.v1.TxnOp
+	15, // 4: zerogrid.v1.Command.lock_acquire:type_name -> zerogrid.v1.LockAcquireOp
+	16, // 5: zerogrid.v1.Command.lock_renew:type_name -> zerogrid.v1.LockRenewOp
+	17, // 6: zerogrid.v1.Command.lock_release:type_name -> zerogrid.v1.LockReleaseOp
+	18, // 7: zerogrid.v1.Command.restore:type_name -> zerogrid.v1.RestoreOp
+	2,  // 8: zerogrid.v1.Command.check:type_name -> zerogrid.v1.CheckOp
+	19, // 9: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
+	7,  // 10: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	8,  // 11: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	8,  // 12: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 13: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	13, // 14: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	14, // 15: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	11, // 16: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	12, // 17: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -1257,8 +1326,9 @@ func file_grid_gridpb_command_proto_init() {
 		(*Command_LockRenew)(nil),
 		(*Command_LockRelease)(nil),
 		(*Command_Restore)(nil),
+		(*Command_Check)(nil),
 	}
-	file_grid_gridpb_command_proto_msgTypes[8].OneofWrappers = []any{
+	file_grid_gridpb_command_proto_msgTypes[9].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
 		(*MetaCommand_SetTable)(nil),
 		(*MetaCommand_UpsertNode)(nil),
@@ -1270,7 +1340,7 @@ func file_grid_gridpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_command_proto_rawDesc), len(file_grid_gridpb_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1029,10 +1029,12 @@ func (x *ApplyRequest) GetArgs() string {
 }
 
 type ApplyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Deleted bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Value   []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Version uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// CRC32C of value as stored, for the client to verify.
+	Crc           uint32 `protobuf:"fixed32,20,opt,name=crc,proto3" json:"crc,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1084,6 +1086,13 @@ func (x *ApplyResponse) GetValue() []byte {
 func (x *ApplyResponse) GetVersion() uint64 {
 	if x != nil {
 		return x.Version
+	}
+	return 0
+}
+
+func (x *ApplyResponse) GetCrc() uint32 {
+	if x != nil {
+		return x.Crc
 	}
 	return 0
 }
@@ -1193,11 +1202,12 @@ const file_grid_gridpb_compute_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x16\n" +
 	"\x06script\x18\x03 \x01(\tR\x06script\x12\x12\n" +
-	"\x04args\x18\x04 \x01(\tR\x04args\"Y\n" +
+	"\x04args\x18\x04 \x01(\tR\x04args\"k\n" +
 	"\rApplyResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion2\x8b\x02\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x10\n" +
+	"\x03crc\x18\x14 \x01(\aR\x03crc2\x8b\x02\n" +
 	"\aCompute\x12<\n" +
 	"\aRunTask\x12\x18.zerogrid.v1.TaskRequest\x1a\x17.zerogrid.v1.TaskResult\x12=\n" +
 	"\x06Submit\x12\x1a.zerogrid.v1.SubmitRequest\x1a\x15.zerogrid.v1.JobEvent0\x01\x12C\n" +

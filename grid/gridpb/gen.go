@@ -10,4 +10,4 @@ package gridpb
 // module root so they register as "grid/gridpb/kv.proto" and so on: bare
 // names such as "kv.proto" collide with other projects' protos (etcd's
 // mvccpb registers "kv.proto") and make a program linking both panic.
-//go:generate protoc -I ../.. --go_out=../.. --go_opt=module=github.com/zerogrid/zerogrid --go-grpc_out=../.. --go-grpc_opt=module=github.com/zerogrid/zerogrid grid/gridpb/kv.proto grid/gridpb/command.proto grid/gridpb/compute.proto grid/gridpb/cluster.proto grid/gridpb/lock.proto grid/gridpb/backup.proto
+//go:generate protoc -I ../.. --go_out=../.. --go_opt=module=github.com/zerogrid/zerogrid --go-grpc_out=../.. --go-grpc_opt=module=github.com/zerogrid/zerogrid grid/gridpb/kv.proto grid/gridpb/command.proto grid/gridpb/compute.proto grid/gridpb/cluster.proto grid/gridpb/lock.proto grid/gridpb/backup.proto grid/gridpb/integrity.proto

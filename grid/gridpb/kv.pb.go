@@ -1510,14 +1510,16 @@ func (x *GroupStatus) GetVoters() []string {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
-	Groups        []*GroupStatus         `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
-	TableEpoch    uint64                 `protobuf:"varint,4,opt,name=table_epoch,json=tableEpoch,proto3" json:"table_epoch,omitempty"`
-	Version       string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
-	Keys          uint64                 `protobuf:"varint,6,opt,name=keys,proto3" json:"keys,omitempty"`
-	DiskBytes     uint64                 `protobuf:"varint,7,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	NodeId     string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Addr       string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Groups     []*GroupStatus         `protobuf:"bytes,3,rep,name=groups,proto3" json:"groups,omitempty"`
+	TableEpoch uint64                 `protobuf:"varint,4,opt,name=table_epoch,json=tableEpoch,proto3" json:"table_epoch,omitempty"`
+	Version    string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	Keys       uint64                 `protobuf:"varint,6,opt,name=keys,proto3" json:"keys,omitempty"`
+	DiskBytes  uint64                 `protobuf:"varint,7,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// Integrity counters since the node started (fields 20-24).
+	Integrity     *IntegrityStats `protobuf:"bytes,20,opt,name=integrity,proto3" json:"integrity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1601,11 +1603,18 @@ func (x *StatusResponse) GetDiskBytes() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetIntegrity() *IntegrityStats {
+	if x != nil {
+		return x.Integrity
+	}
+	return nil
+}
+
 var File_grid_gridpb_kv_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\n" +
-	"\x14grid/gridpb/kv.proto\x12\vzerogrid.v1\x1a\x19grid/gridpb/command.proto\x1a\x16grid/gridpb/lock.proto\"N\n" +
+	"\x14grid/gridpb/kv.proto\x12\vzerogrid.v1\x1a\x1bgrid/gridpb/integrity.proto\x1a\x19grid/gridpb/command.proto\x1a\x16grid/gridpb/lock.proto\"N\n" +
 	"\vWriteHeader\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\x04R\bclientId\x12\x10\n" +
@@ -1705,7 +1714,7 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fcommit_index\x18\x06 \x01(\x04R\vcommitIndex\x12$\n" +
 	"\x0elast_log_index\x18\a \x01(\x04R\flastLogIndex\x12\x16\n" +
-	"\x06voters\x18\b \x03(\tR\x06voters\"\xdd\x01\n" +
+	"\x06voters\x18\b \x03(\tR\x06voters\"\x98\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x120\n" +
@@ -1715,7 +1724,8 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12\x12\n" +
 	"\x04keys\x18\x06 \x01(\x04R\x04keys\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\a \x01(\x04R\tdiskBytes**\n" +
+	"disk_bytes\x18\a \x01(\x04R\tdiskBytes\x129\n" +
+	"\tintegrity\x18\x14 \x01(\v2\x1b.zerogrid.v1.IntegrityStatsR\tintegrity**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
 	"\x05STALE\x10\x012\x8f\x03\n" +
@@ -1776,6 +1786,7 @@ var file_grid_gridpb_kv_proto_goTypes = []any{
 	(*Fence)(nil),                  // 26: zerogrid.v1.Fence
 	(*TxnCompare)(nil),             // 27: zerogrid.v1.TxnCompare
 	(*TxnWrite)(nil),               // 28: zerogrid.v1.TxnWrite
+	(*IntegrityStats)(nil),         // 29: zerogrid.v1.IntegrityStats
 }
 var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	1,  // 0: zerogrid.v1.PutRequest.header:type_name -> zerogrid.v1.WriteHeader
@@ -1792,31 +1803,32 @@ var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	19, // 11: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
 	20, // 12: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
 	24, // 13: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
-	2,  // 14: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
-	4,  // 15: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
-	6,  // 16: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
-	8,  // 17: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
-	13, // 18: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
-	10, // 19: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
-	15, // 20: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
-	17, // 21: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
-	21, // 22: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
-	23, // 23: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
-	3,  // 24: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
-	5,  // 25: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
-	7,  // 26: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
-	9,  // 27: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
-	14, // 28: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
-	11, // 29: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
-	16, // 30: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
-	18, // 31: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
-	22, // 32: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
-	25, // 33: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
-	24, // [24:34] is the sub-list for method output_type
-	14, // [14:24] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	29, // 14: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
+	2,  // 15: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
+	4,  // 16: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
+	6,  // 17: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
+	8,  // 18: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
+	13, // 19: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
+	10, // 20: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
+	15, // 21: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
+	17, // 22: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
+	21, // 23: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
+	23, // 24: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
+	3,  // 25: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
+	5,  // 26: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
+	7,  // 27: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
+	9,  // 28: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
+	14, // 29: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
+	11, // 30: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
+	16, // 31: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
+	18, // 32: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
+	22, // 33: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
+	25, // 34: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
+	25, // [25:35] is the sub-list for method output_type
+	15, // [15:25] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_kv_proto_init() }
@@ -1824,6 +1836,7 @@ func file_grid_gridpb_kv_proto_init() {
 	if File_grid_gridpb_kv_proto != nil {
 		return
 	}
+	file_grid_gridpb_integrity_proto_init()
 	file_grid_gridpb_command_proto_init()
 	file_grid_gridpb_lock_proto_init()
 	type x struct{}

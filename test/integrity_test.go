@@ -1,0 +1,236 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/node/localcluster"
+)
+
+// TestCorruptionInjection stops one replica, flips bytes in its engine files
+// (inside stored values), in its Raft log (inside values of log entries)
+// and in the header of one partition's Raft log file, restarts it, and
+// checks that reads never return a damaged value, that `check` names the
+// replica, and that it is repaired.
+func TestCorruptionInjection(t *testing.T) {
+	const parts = 8
+	const victim = "n3"
+	// Scrubs start 5 s after a node starts: the first check below runs
+	// before the victim's scrub, so it is the check that finds the damage.
+	lc, c := startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: parts, Replicas: 3,
+		ExtraArgs: []string{"--scrub-interval", "5s"}}, "kv")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	m := c.Map("kv")
+
+	// Keys by partition; values random (incompressible), so the engine
+	// stores them verbatim and they can be found on disk.
+	byPart := map[int][]string{}
+	want := map[string][]byte{}
+	for i := 0; len(want) < 200; i++ {
+		k := fmt.Sprintf("key-%04d", i)
+		v := make([]byte, 96)
+		rand.Read(v)
+		if _, err := m.Put(ctx, []byte(k), v); err != nil {
+			t.Fatal(err)
+		}
+		want[k] = v
+		p := grid.PartitionOf("kv", []byte(k), parts)
+		byPart[p] = append(byPart[p], k)
+	}
+	// Partitions 0 and 1: values flipped in the engine; 2: in the Raft
+	// log; 3: the Raft log file's header (both bolt meta pages).
+	engineKeys := append(append([]string(nil), byPart[0][:3]...), byPart[1][:2]...)
+	logKeys := byPart[2][:3]
+	const headerPart = 3
+	eventually(t, 30*time.Second, func() error { return replicasEqual(ctx, lc, parts, []string{"kv"}) })
+
+	if err := lc.Terminate(victim); err != nil {
+		t.Fatal(err)
+	}
+	dir := lc.DataDir(victim)
+	injectedEngine := 0
+	for _, k := range engineKeys {
+		if n := flipAll(t, filepath.Join(dir, "engine"), want[k]); n > 0 {
+			injectedEngine++
+			t.Logf("engine: %q flipped in %d places", k, n)
+		} else {
+			t.Logf("engine: value of %q not found on disk", k)
+		}
+	}
+	injectedLog := 0
+	for _, k := range logKeys {
+		if n := flipAll(t, filepath.Join(dir, "raft", "p2"), want[k]); n > 0 {
+			injectedLog++
+		}
+	}
+	if injectedEngine == 0 || injectedLog == 0 {
+		t.Fatalf("injected %d engine and %d log flips: nothing to detect", injectedEngine, injectedLog)
+	}
+	flipBoltMeta(t, filepath.Join(dir, "raft", fmt.Sprintf("p%d", headerPart), "raft.db"))
+	if err := lc.StartNode(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+
+	// 1. The check names the victim for every partition whose values were
+	// flipped in its engine, with the damaged entries counted.
+	crcFound := uint64(0)
+	eventually(t, 30*time.Second, func() error {
+		rep, err := c.Check(ctx, client.NoRepair(), client.CheckPartitions(0, 1))
+		if err != nil {
+			return err
+		}
+		crcFound = 0
+		for _, p := range rep.Partitions {
+			if !slices.Contains(p.Differing, victim) {
+				return fmt.Errorf("partition %d: check does not name %s: %+v", p.Partition, victim, p)
+			}
+			for _, d := range p.Replicas {
+				if d.Node == victim {
+					crcFound += d.CRCErrors
+				}
+			}
+		}
+		return nil
+	})
+	t.Logf("check named %s in partitions 0 and 1, %d entries failing their CRC32C", victim, crcFound)
+
+	// 2. Reads never return a damaged value: stale reads served by the
+	// victim itself (its own replica, no client-side check) and
+	// linearizable and stale reads through the client.
+	conn, err := grpc.NewClient(lc.Addr(victim), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	kv := gridpb.NewKVClient(conn)
+	refused := 0
+	for _, k := range append(append([]string(nil), engineKeys...), logKeys...) {
+		r, err := kv.Get(ctx, &gridpb.GetRequest{Map: "kv", Key: []byte(k), Consistency: gridpb.Consistency_STALE})
+		switch {
+		case err != nil:
+			refused++
+		case !r.Found || !bytes.Equal(r.Value, want[k]):
+			t.Errorf("stale read of %q on %s returned a wrong value (found %v)", k, victim, r.Found)
+		}
+		for _, opts := range [][]client.ReadOption{nil, {client.Stale()}} {
+			v, _, err := m.Get(ctx, []byte(k), opts...)
+			if err == nil && !bytes.Equal(v, want[k]) {
+				t.Errorf("read of %q (%d options) returned a wrong value", k, len(opts))
+			}
+			if err != nil && !errors.Is(err, client.ErrChecksum) {
+				t.Logf("read of %q: %v", k, err)
+			}
+		}
+	}
+	t.Logf("stale reads on %s: %d of %d refused, none wrong", victim, refused, len(engineKeys)+len(logKeys))
+
+	// 3. Repair: the check quarantines what differs, the scrub finds the
+	// damaged log, and the cluster rebuilds the victim's replicas.
+	if _, err := c.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var stats *gridpb.IntegrityStats
+	eventually(t, 90*time.Second, func() error {
+		st, err := c.NodeStatus(ctx, lc.Addr(victim))
+		if err != nil {
+			return err
+		}
+		stats = st.Integrity
+		if stats.CorruptLogEntries < uint64(injectedLog) || len(stats.Quarantined) > 0 || stats.Rebuilds < 4 {
+			return fmt.Errorf("victim integrity: %+v", stats)
+		}
+		rep, err := c.Check(ctx, client.NoRepair())
+		if err != nil {
+			return err
+		}
+		if !rep.Clean() {
+			return fmt.Errorf("check not clean yet: %+v", rep)
+		}
+		return replicasEqual(ctx, lc, parts, []string{"kv"})
+	})
+	for k, v := range want {
+		got, _, err := m.Get(ctx, []byte(k))
+		if err != nil || !bytes.Equal(got, v) {
+			t.Fatalf("after repair, %q: %v", k, err)
+		}
+	}
+	logText, _ := os.ReadFile(lc.LogPath(victim))
+	if !strings.Contains(string(logText), "cannot be opened") {
+		t.Errorf("the damaged raft log header of p%d was not reported", headerPart)
+	}
+	t.Logf("detection: engine %d/%d keys (check: %d CRC errors, quarantine scan: %d), raft log %d/%d entries; "+
+		"header damage of p%d reported; quarantines %d, rebuilds %d",
+		min(int(crcFound), injectedEngine), injectedEngine, crcFound, stats.CorruptEntries, stats.CorruptLogEntries, injectedLog,
+		headerPart, stats.Quarantines, stats.Rebuilds)
+	if crcFound != uint64(injectedEngine) || stats.CorruptLogEntries != uint64(injectedLog) {
+		t.Errorf("detected %d of %d engine and %d of %d log injections", crcFound, injectedEngine, stats.CorruptLogEntries, injectedLog)
+	}
+}
+
+// flipAll inverts one byte in the middle of every occurrence of value in
+// the files under dir, and returns how many it flipped.
+func flipAll(t *testing.T, dir string, value []byte) int {
+	t.Helper()
+	n := 0
+	err := filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		changed := false
+		for off := 0; ; {
+			i := bytes.Index(b[off:], value)
+			if i < 0 {
+				break
+			}
+			b[off+i+len(value)/2] ^= 0xFF
+			off += i + len(value)
+			n++
+			changed = true
+		}
+		if changed {
+			return os.WriteFile(path, b, info.Mode())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// flipBoltMeta damages both meta pages of a bolt file (their checksums no
+// longer match), so it cannot be opened.
+func flipBoltMeta(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := os.Getpagesize()
+	for _, off := range []int{16 + 20, page + 16 + 20} { // inside each meta (after the page header)
+		b[off] ^= 0xFF
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
