@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"testing"
@@ -28,27 +29,43 @@ func TestRestoreRequestsValidated(t *testing.T) {
 	const parts = 8
 	key := []byte("restored-key")
 	part := grid.PartitionOf("r", key, parts)
-	var leaderAddr string
-	retry(t, 20*time.Second, func(ctx context.Context) error {
-		tb, err := c.Table(ctx)
-		if err != nil {
-			return err
-		}
-		n, ok := tb.Node(tb.Partitions[part].Leader)
-		if !ok {
-			return errors.New("no leader yet")
-		}
-		leaderAddr = n.Addr
-		return nil
-	})
-	conn, err := grpc.NewClient(leaderAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	bc := gridpb.NewBackupClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// atLeader runs fn against the partition's current leader, following
+	// leadership if it moves (elections, leader balancing): a refusal
+	// before proposing or an ambiguous outcome is retried, which is safe
+	// because a retried batch carries the same request id.
+	conns := map[string]*grpc.ClientConn{}
+	defer func() {
+		for _, cc := range conns {
+			cc.Close()
+		}
+	}()
+	atLeader := func(fn func(bc gridpb.BackupClient) error) error {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			tb, err := c.Table(ctx)
+			if err == nil {
+				if n, ok := tb.Node(tb.Partitions[part].Leader); ok {
+					cc, ok := conns[n.Addr]
+					if !ok {
+						if cc, err = grpc.NewClient(n.Addr, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+							return err
+						}
+						conns[n.Addr] = cc
+					}
+					err = gridpb.FromStatus(fn(gridpb.NewBackupClient(cc)))
+					if !errors.Is(err, grid.ErrNotLeader) && !errors.Is(err, grid.ErrNoLeader) && !errors.Is(err, grid.ErrAmbiguous) {
+						return err
+					}
+				}
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("partition %d: no leader answered: %w", part, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 
 	entry := func(m string, k, v []byte) *gridpb.BackupEntry {
 		return &gridpb.BackupEntry{Map: m, Key: k, Value: v, Crc: replication.Checksum(v)}
@@ -82,12 +99,15 @@ func TestRestoreRequestsValidated(t *testing.T) {
 		{"empty key", &gridpb.RestoreRequest{ClientId: 1, Seq: 7, Partition: uint32(part), Entries: []*gridpb.BackupEntry{entry("r", nil, []byte("v"))}}, grid.ErrEmptyKey},
 	}
 	for _, tc := range cases {
-		_, err := bc.Restore(ctx, tc.req)
-		if err = gridpb.FromStatus(err); !errors.Is(err, tc.want) {
+		err := atLeader(func(bc gridpb.BackupClient) error {
+			_, err := bc.Restore(ctx, tc.req)
+			return err
+		})
+		if !errors.Is(err, tc.want) {
 			t.Fatalf("%s: %v, want %v", tc.name, err, tc.want)
 		}
 	}
-	if n := countEntries(t, ctx, bc, part); n != 0 {
+	if n := countEntries(t, ctx, atLeader, part); n != 0 {
 		t.Fatalf("refused batches wrote %d entries", n)
 	}
 
@@ -95,7 +115,10 @@ func TestRestoreRequestsValidated(t *testing.T) {
 	expired.Expiry = time.Now().Add(-time.Hour).UnixNano()
 	good := &gridpb.RestoreRequest{ClientId: 9, Seq: 1, Partition: uint32(part), Entries: []*gridpb.BackupEntry{expired, entry("r", key, []byte("value"))}}
 	for i := 0; i < 2; i++ { // a retry is applied once
-		if _, err := bc.Restore(ctx, good); err != nil {
+		if err := atLeader(func(bc gridpb.BackupClient) error {
+			_, err := bc.Restore(ctx, good)
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,7 +126,7 @@ func TestRestoreRequestsValidated(t *testing.T) {
 	if err != nil || string(v) != "value" {
 		t.Fatalf("restored key: %q, %v", v, err)
 	}
-	if n := countEntries(t, ctx, bc, part); n != 1 {
+	if n := countEntries(t, ctx, atLeader, part); n != 1 {
 		t.Fatalf("partition holds %d entries after the restore, want 1 (the expired one skipped)", n)
 	}
 	if _, _, err := c.Map("r").Get(ctx, expired.Key); !errors.Is(err, client.ErrNotFound) {
@@ -113,27 +136,34 @@ func TestRestoreRequestsValidated(t *testing.T) {
 
 // countEntries reads a partition through ReadPartition and counts entries,
 // checking the trailer.
-func countEntries(t *testing.T, ctx context.Context, bc gridpb.BackupClient, part int) int {
+func countEntries(t *testing.T, ctx context.Context, atLeader func(func(gridpb.BackupClient) error) error, part int) int {
 	t.Helper()
-	stream, err := bc.ReadPartition(ctx, &gridpb.ReadPartitionRequest{Partition: uint32(part)})
+	n := 0
+	err := atLeader(func(bc gridpb.BackupClient) error {
+		n = 0
+		stream, err := bc.ReadPartition(ctx, &gridpb.ReadPartitionRequest{Partition: uint32(part)})
+		if err != nil {
+			return err
+		}
+		for {
+			r, err := stream.Recv()
+			if err == io.EOF {
+				return errors.New("stream ended without its trailer")
+			}
+			if err != nil {
+				return err
+			}
+			n += len(r.Entries)
+			if r.Done {
+				if int(r.Count) != n || r.AppliedIndex == 0 {
+					return fmt.Errorf("trailer: count %d applied %d, received %d", r.Count, r.AppliedIndex, n)
+				}
+				return nil
+			}
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for {
-		r, err := stream.Recv()
-		if err == io.EOF {
-			t.Fatal("stream ended without its trailer")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += len(r.Entries)
-		if r.Done {
-			if int(r.Count) != n || r.AppliedIndex == 0 {
-				t.Fatalf("trailer: count %d applied %d, received %d", r.Count, r.AppliedIndex, n)
-			}
-			return n
-		}
-	}
+	return n
 }
