@@ -445,7 +445,10 @@ func (m *manager) metaMembers(ctx context.Context) error {
 	target := metaVoterTarget(len(healthy))
 	var voters []string
 	for _, s := range servers {
-		if rec, ok := byID[string(s.ID)]; ok && s.Suffrage == raft.Voter && (rec.State == grid.StateActive || rec.State == grid.StateDraining || rec.State == grid.StateSuspect) {
+		// A draining voter is on its way out: it keeps voting until a
+		// replacement votes, then steps down, so that stopping it after
+		// its removal never costs the group its quorum.
+		if rec, ok := byID[string(s.ID)]; ok && s.Suffrage == raft.Voter && (rec.State == grid.StateActive || rec.State == grid.StateSuspect) {
 			voters = append(voters, rec.ID)
 		}
 	}
@@ -476,11 +479,53 @@ func (m *manager) metaMembers(ctx context.Context) error {
 			}
 			m.n.log.Info("metadata member removed", "id", id)
 			return r.RemoveServer(s.ID, 0, timeout).Error()
-		case s.Suffrage == raft.Voter && rec.State == grid.StateDead && healthyVoters >= min(target, 3):
+		case s.Suffrage == raft.Voter && (rec.State == grid.StateDead || rec.State == grid.StateDraining) && healthyVoters >= min(target, 3):
+			if id == self {
+				return r.LeadershipTransfer().Error()
+			}
 			m.n.log.Info("metadata voter demoted", "id", id, "state", rec.State)
 			return r.DemoteVoter(s.ID, 0, timeout).Error()
 		}
 	}
+	return nil
+}
+
+// leaveMeta takes a removed node out of the metadata group's configuration.
+// A voter is first replaced by an active non-voter, if one exists, so the
+// group keeps as many voters as before.
+func (m *manager) leaveMeta(ctx context.Context, id string) error {
+	r := m.n.meta.Raft()
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("%w: metadata configuration: %w", grid.ErrNoLeader, err)
+	}
+	timeout := timeoutOf(ctx)
+	var member *raft.Server
+	var candidates []grid.NodeRecord
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id {
+			member = &s
+			continue
+		}
+		if rec, ok := m.n.meta.Meta().Node(string(s.ID)); ok && s.Suffrage != raft.Voter && rec.State == grid.StateActive {
+			candidates = append(candidates, rec)
+		}
+	}
+	if member == nil {
+		return nil
+	}
+	if member.Suffrage == raft.Voter && len(candidates) > 0 {
+		sort.SliceStable(candidates, func(i, j int) bool { return moreCapable(candidates[i], candidates[j]) })
+		c := candidates[0]
+		m.n.log.Info("metadata voter added", "id", c.ID, "replacing", id)
+		if err := r.AddVoter(raft.ServerID(c.ID), raft.ServerAddress(c.Addr), 0, timeout).Error(); err != nil {
+			return fmt.Errorf("%w: add metadata voter %s in place of %s: %w", grid.ErrNoLeader, c.ID, id, err)
+		}
+	}
+	if err := r.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("%w: remove %s from the metadata group: %w", grid.ErrNoLeader, id, err)
+	}
+	m.n.log.Info("metadata member removed", "id", id)
 	return nil
 }
 
@@ -834,6 +879,9 @@ func (m *manager) nodeOp(ctx context.Context, id, op string) (*gridpb.NodeOpResp
 		rec.State = grid.StateActive
 	case "remove":
 		if rec.State == grid.StateRemoved {
+			if err := m.leaveMeta(ctx, id); err != nil {
+				return nil, err
+			}
 			return &gridpb.NodeOpResponse{State: string(rec.State)}, nil
 		}
 		if held := len(t.Hosts(id)); held > 0 {
@@ -852,6 +900,16 @@ func (m *manager) nodeOp(ctx context.Context, id, op string) (*gridpb.NodeOpResp
 			return nil, fmt.Errorf("%w: metadata leadership moved off %s; retry the removal", grid.ErrNoLeader, id)
 		}
 		rec.State = grid.StateRemoved
+		if err := m.putRecord(ctx, rec); err != nil {
+			return nil, err
+		}
+		// Leave the metadata group before answering, so the operator may
+		// stop the node as soon as this returns.
+		if err := m.leaveMeta(ctx, id); err != nil {
+			return nil, err
+		}
+		m.n.log.Info("node operation", "id", id, "op", op, "state", rec.State)
+		return &gridpb.NodeOpResponse{State: string(rec.State)}, nil
 	default:
 		return nil, fmt.Errorf("%w: unknown node operation %q (drain, undrain, remove)", grid.ErrBadRequest, op)
 	}
