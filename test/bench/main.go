@@ -14,6 +14,14 @@
 //
 //	cd test/bench && go run . -compute -records 1000000 -shaped
 //
+// With -commission it measures commissioning (issue 3): the time a joining
+// node takes to reach its share of replicas, and the time from a node's
+// death to every partition's full replica count. With -idle-scale it
+// measures idle CPU and RSS per node as replicas per node grow.
+//
+//	cd test/bench && go run . -commission
+//	cd test/bench && go run . -idle-scale
+//
 // It lives in its own module so that etcd's client never enters zerogrid's.
 package main
 
@@ -51,6 +59,7 @@ type config struct {
 	etcdBin, zgBin, profile          string
 	out                              string
 	compute                          computeConfig
+	commission                       commissionConfig
 }
 
 func main() {
@@ -86,10 +95,12 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	c.compute.flags(fs)
+	idleReplicas, idleProfiles := c.commission.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	errs := c.compute.validate()
+	errs = append(errs, c.commission.validate(*idleReplicas, *idleProfiles)...)
 	for _, s := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -161,6 +172,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.compute.enabled {
 		return runCompute(ctx, cfg, args, stdout, stderr, logf)
+	}
+	if cfg.commission.enabled {
+		cfg.skipEtcd = true
+		return runCommission(ctx, cfg, stdout, logf)
+	}
+	if cfg.commission.idle {
+		cfg.skipEtcd = true
+		return runIdleScale(ctx, cfg, stdout, logf)
 	}
 
 	if cfg.dir == "" {

@@ -23,6 +23,7 @@ const benchMap = "bench"
 // use).
 type zgStore struct {
 	cluster *localcluster.Cluster
+	binary  string // absolute path of the nodes' binary
 	client  *client.Client
 	m       *client.Map
 	pids    []int
@@ -55,25 +56,40 @@ func startZerogrid(ctx context.Context, binary, dir, profile string) (*zgStore, 
 	if err != nil {
 		return nil, err
 	}
-	cl, err := localcluster.Start(ctx, localcluster.Config{
+	return startZerogridConfig(ctx, localcluster.Config{
 		Binary: abs, Dir: dir, Nodes: 3, Partitions: 32, Replicas: 3, Profile: profile,
 	})
+}
+
+// startZerogridConfig starts a cluster as cfg says (cfg.Binary absolute),
+// creates the map and waits until every partition has a leader.
+func startZerogridConfig(ctx context.Context, cfg localcluster.Config) (*zgStore, error) {
+	cl, err := localcluster.Start(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	z := &zgStore{cluster: cl}
-	if err := z.init(ctx, abs); err != nil {
+	z := &zgStore{cluster: cl, binary: cfg.Binary}
+	if err := z.init(ctx); err != nil {
 		z.Close()
 		return nil, err
 	}
 	return z, nil
 }
 
-func (z *zgStore) init(ctx context.Context, binary string) error {
+// pidOf finds node id's process.
+func (z *zgStore) pidOf(id string) (int, error) {
+	pid, err := findPIDByArg(z.binary, "--data-dir", z.cluster.DataDir(id))
+	if err != nil {
+		return 0, fmt.Errorf("zerogrid node %s: %w", id, err)
+	}
+	return pid, nil
+}
+
+func (z *zgStore) init(ctx context.Context) error {
 	for _, id := range z.cluster.IDs() {
-		pid, err := findPIDByArg(binary, "--data-dir", z.cluster.DataDir(id))
+		pid, err := z.pidOf(id)
 		if err != nil {
-			return fmt.Errorf("zerogrid node %s: %w", id, err)
+			return err
 		}
 		z.pids = append(z.pids, pid)
 	}
