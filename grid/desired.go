@@ -494,10 +494,27 @@ func (pl *placer) sticky() {
 	}
 }
 
-// trimKeepOnly drops replicas on keep-only nodes first where a partition has
-// more than Replicas (its new primary came on top of a full set).
+// trimKeepOnly makes room where a partition has more than Replicas (its new
+// primary came on top of a full set). A keep-only node keeps its replica:
+// its leaving the ring (a suspect node does) moves the primaries of the
+// partitions it owned, and that alone must not take replicas off it. So a
+// primary that is new to a set holding a keep-only replica gives way, and
+// the set's first eligible replica becomes the primary. Otherwise replicas
+// on keep-only nodes are dropped first.
 func (pl *placer) trimKeepOnly() {
 	for p, set := range pl.sets {
+		keepOnly := func(n int) bool { return pl.class[n] == classKeep }
+		if len(set) > pl.pol.Replicas && !pl.wasReplica(p, set[0]) && slices.ContainsFunc(set[1:], keepOnly) {
+			pl.count[set[0]]--
+			set = set[1:]
+			pl.primary[p] = -1 // none: every replica is keep-only
+			for _, n := range set {
+				if pl.class[n] == classEligible {
+					pl.primary[p] = n
+					break
+				}
+			}
+		}
 		for i := len(set) - 1; i > 0 && len(set) > pl.pol.Replicas; i-- {
 			if pl.class[set[i]] == classKeep {
 				pl.count[set[i]]--
@@ -511,6 +528,11 @@ func (pl *placer) trimKeepOnly() {
 			}
 		}
 	}
+}
+
+// wasReplica reports whether node n holds partition p in the current table.
+func (pl *placer) wasReplica(p, n int) bool {
+	return pl.current != nil && p < len(pl.current.Partitions) && slices.Contains(pl.current.Partitions[p].Replicas, pl.ids[n])
 }
 
 // fairShares splits the replicas that eligible nodes must hold among them,

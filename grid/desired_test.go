@@ -224,6 +224,9 @@ func scenarios() []scenario {
 			current: func(t *testing.T) *Table { return fresh(t, five) },
 			want: func(t *testing.T, plan *Plan) {
 				before := fresh(t, five)
+				if held, kept := len(before.PartitionsOf("n3")), len(plan.Table.PartitionsOf("n3")); kept != held {
+					t.Errorf("suspect n3 keeps %d of its %d replicas", kept, held)
+				}
 				for _, p := range plan.Table.PartitionsOf("n3") {
 					if !slices.Contains(before.Partitions[p].Replicas, "n3") {
 						t.Errorf("suspect n3 received partition %d", p)
