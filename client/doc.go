@@ -29,5 +29,10 @@
 // Put that the key's partition refuses (ErrStaleToken) once it has accepted
 // a higher token for that fence. See Lock for what is and is not guaranteed.
 //
+// WithTTL makes a written key expire; Watch and WatchFrom stream a map's
+// changes, exactly once and in order per partition, resuming across node
+// failures from a per-partition Cursor (see Watcher for what is
+// guaranteed).
+//
 // A Client is safe for concurrent use by many goroutines.
 package client

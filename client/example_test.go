@@ -154,3 +154,66 @@ func ExampleMap_Scan() {
 	fmt.Println(names)
 	// Output: [ada alan]
 }
+
+// A session token that expires on its own unless it is written again.
+// (Not run: the in-process fake cluster has no clock-driven expiry.)
+func ExampleWithTTL() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7101")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	sessions := c.Map("sessions")
+	if _, err := sessions.Put(ctx, []byte("tok-8f2a"), []byte("alice"), client.WithTTL(30*time.Minute)); err != nil {
+		log.Fatal(err)
+	}
+	e, err := sessions.GetEntry(ctx, []byte("tok-8f2a"))
+	if errors.Is(err, client.ErrNotFound) {
+		fmt.Println("expired")
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("valid until", e.Expiry)
+}
+
+// Follow a map's changes, and resume after a restart without missing or
+// repeating one. (Not run: it watches a real cluster.)
+func ExampleMap_Watch() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7101")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	users := c.Map("users")
+
+	var saved client.Cursor // e.g. loaded from disk; nil: start from now
+	var w *client.Watcher
+	if saved != nil {
+		w, err = users.WatchFrom(ctx, nil, saved)
+	} else {
+		w, err = users.Watch(ctx, nil, 0)
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	for {
+		ch, err := w.Next(ctx)
+		var ce *client.CompactedError
+		if errors.As(err, &ce) {
+			// Too far behind: reload the state (Scan) and watch from now.
+			log.Fatalf("partition %d kept history from version %d only", ce.Partition, ce.Oldest)
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		for _, e := range ch.Events {
+			fmt.Printf("partition %d version %d: %s %s\n", ch.Partition, ch.Version, e.Type, e.Key)
+		}
+		saved = w.Cursor() // persist it to resume exactly here
+	}
+}

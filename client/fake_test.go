@@ -38,6 +38,7 @@ type fakeCluster struct {
 	outcomes     map[dedupKey]proto.Message
 	applied      int // writes applied (deduplicated retries not counted)
 	rejected     int // NotLeader, NoLeader and PartitionNotHere answers
+	watch        fakeWatchLog
 }
 
 type fakePart struct {
@@ -98,6 +99,7 @@ func newFakeCluster(n, partitions int) (*fakeCluster, error) {
 		node.srv = grpc.NewServer(grpc.UnaryInterceptor(f.countUnary(i)), grpc.StreamInterceptor(f.countStream(i)))
 		gridpb.RegisterKVServer(node.srv, &fakeKV{f: f, n: i})
 		gridpb.RegisterAdminServer(node.srv, &fakeAdmin{f: f, n: i})
+		gridpb.RegisterWatchServer(node.srv, &fakeWatch{f: f, n: i})
 		f.nodes = append(f.nodes, node)
 		go func() { _ = node.srv.Serve(lis) }()
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,6 +34,9 @@ type Entry struct {
 	AppliedIndex uint64
 	// ServedBy is the id of the node that answered.
 	ServedBy string
+	// Expiry is when the key expires (zero: never), as fixed by the
+	// leader that wrote it.
+	Expiry time.Time
 }
 
 // ReadOption changes how a read is served.
@@ -59,6 +63,9 @@ func (m *Map) Put(ctx context.Context, key, value []byte, opts ...WriteOption) (
 	req := &gridpb.PutRequest{Header: m.header(), Key: key, Value: value, Crc: checksum(value)}
 	for _, o := range opts {
 		o(req)
+	}
+	if err := checkTTL(req.TtlNanos); err != nil {
+		return 0, err
 	}
 	err = m.c.run(ctx, "put", m.c.newPicker(part, true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewKVClient(cc).Put(ctx, req, opts...)
@@ -105,7 +112,7 @@ func (m *Map) GetEntry(ctx context.Context, key []byte, opts ...ReadOption) (Ent
 		}
 		e = Entry{
 			Key: key, Value: r.GetValue(), Version: r.GetVersion(), Partition: part,
-			AppliedIndex: r.GetAppliedIndex(), ServedBy: r.GetServedBy(),
+			AppliedIndex: r.GetAppliedIndex(), ServedBy: r.GetServedBy(), Expiry: expiryTime(r.GetExpiry()),
 		}
 		return nil
 	})
@@ -136,13 +143,18 @@ func (m *Map) Delete(ctx context.Context, key []byte) (existed bool, err error) 
 // CompareAndSwap sets key to value only if its version is expectedVersion;
 // expectedVersion 0 means the key must not exist. It returns whether it
 // swapped, and the key's version after the call: the new one if it swapped,
-// else the current one (0 if absent), to retry against.
-func (m *Map) CompareAndSwap(ctx context.Context, key []byte, expectedVersion uint64, value []byte) (swapped bool, version uint64, err error) {
+// else the current one (0 if absent), to retry against. Of the write
+// options, CompareAndSwap honours WithTTL; an expired key counts as absent.
+func (m *Map) CompareAndSwap(ctx context.Context, key []byte, expectedVersion uint64, value []byte, opts ...WriteOption) (swapped bool, version uint64, err error) {
 	if err := m.checkWrite(key, value); err != nil {
 		return false, 0, err
 	}
+	ttl, err := ttlOf(opts)
+	if err != nil {
+		return false, 0, err
+	}
 	return m.cas(ctx, &gridpb.CompareAndSwapRequest{
-		Header: m.header(), Key: key, ExpectedVersion: expectedVersion, Value: value, Crc: checksum(value),
+		Header: m.header(), Key: key, ExpectedVersion: expectedVersion, Value: value, Crc: checksum(value), TtlNanos: ttl,
 	})
 }
 
@@ -231,7 +243,7 @@ func (m *Map) scanPartition(ctx context.Context, part int, prefix []byte, ro rea
 					}
 					page = append(page, Entry{
 						Key: e.GetKey(), Value: e.GetValue(), Version: e.GetVersion(), Partition: part,
-						AppliedIndex: r.GetAppliedIndex(), ServedBy: servedBy,
+						AppliedIndex: r.GetAppliedIndex(), ServedBy: servedBy, Expiry: expiryTime(e.GetExpiry()),
 					})
 				}
 				more = r.GetMore()

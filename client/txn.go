@@ -93,6 +93,9 @@ func (t *Txn) Commit() (succeeded bool, version uint64, err error) {
 		if err := t.m.checkWrite(w.Key, w.Value); err != nil {
 			return false, 0, err
 		}
+		if err := checkTTL(w.TtlNanos); err != nil {
+			return false, 0, err
+		}
 		keys = append(keys, w.Key)
 	}
 	if len(keys) == 0 {

@@ -1,6 +1,9 @@
 package grid
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors shared by the server and the client. The gRPC boundary maps
 // each one to a status code and back (see gridpb), so callers can always test
@@ -41,6 +44,9 @@ var (
 	// ErrNodeRetired: the node answering was removed from the cluster; ask
 	// another node.
 	ErrNodeRetired = errors.New("grid: node was removed from the cluster")
+	// ErrCompacted: a watch asked for a version older than the partition's
+	// retained change history (a *CompactedError says which is the oldest).
+	ErrCompacted = errors.New("grid: watch history compacted")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go
@@ -60,3 +66,19 @@ func (e *NotLeaderError) Error() string {
 
 // Unwrap lets errors.Is(err, ErrNotLeader) match.
 func (e *NotLeaderError) Unwrap() error { return ErrNotLeader }
+
+// CompactedError says how far back a partition's change history goes. It
+// wraps ErrCompacted.
+type CompactedError struct {
+	Partition int
+	Requested uint64 // the version asked for
+	Oldest    uint64 // the oldest version still retained
+}
+
+func (e *CompactedError) Error() string {
+	return fmt.Sprintf("grid: watch history of partition %d compacted: version %d requested, oldest retained is %d",
+		e.Partition, e.Requested, e.Oldest)
+}
+
+// Unwrap lets errors.Is(err, ErrCompacted) match.
+func (e *CompactedError) Unwrap() error { return ErrCompacted }

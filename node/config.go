@@ -74,6 +74,13 @@ type Config struct {
 	ScrubInterval time.Duration
 	// ScrubBytesPerSec bounds the scrub's reading rate; 0: by profile.
 	ScrubBytesPerSec int64
+	// WatchHistory is how many log indexes of change history each partition
+	// keeps for watches; 0: by profile (10000; 2000 with the small
+	// profile). Every node of a cluster should use the same value.
+	WatchHistory int
+	// SweepInterval is how often a partition leader deletes expired keys
+	// through Raft; 0: by profile (1 s; 5 s small; 200 ms test).
+	SweepInterval time.Duration
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration
@@ -156,6 +163,12 @@ func (c *Config) Validate() error {
 	if c.ScrubBytesPerSec < 0 {
 		bad("scrub rate %d bytes/s is negative", c.ScrubBytesPerSec)
 	}
+	if c.WatchHistory < 0 || c.WatchHistory > 1<<24 {
+		bad("watch history %d must be in 0..%d", c.WatchHistory, 1<<24)
+	}
+	if c.SweepInterval < 0 {
+		bad("sweep interval %v is negative", c.SweepInterval)
+	}
 	if c.TaskDelay < 0 {
 		bad("task delay %v is negative", c.TaskDelay)
 	}
@@ -173,6 +186,32 @@ func (c *Config) timing() replication.RaftTiming {
 		return replication.TestTiming()
 	}
 	return replication.DefaultTiming()
+}
+
+// watchRetention bounds each partition's change log.
+func (c *Config) watchRetention() replication.WatchRetention {
+	r := replication.DefaultWatchRetention()
+	if c.Profile == "small" {
+		r = replication.SmallWatchRetention()
+	}
+	if c.WatchHistory > 0 {
+		r.Entries = uint64(c.WatchHistory)
+	}
+	return r
+}
+
+// sweepInterval is the expiry sweeper's period.
+func (c *Config) sweepInterval() time.Duration {
+	if c.SweepInterval > 0 {
+		return c.SweepInterval
+	}
+	switch c.Profile {
+	case "small":
+		return 5 * time.Second
+	case "test":
+		return 200 * time.Millisecond
+	}
+	return time.Second
 }
 
 // reportInterval is the load-report period: 2 s by default, 5 s on a Pi

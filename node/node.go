@@ -143,10 +143,12 @@ func (n *Node) start(ctx context.Context) error {
 	gridpb.RegisterLockServer(n.srv, &lockService{s: svc})
 	gridpb.RegisterBackupServer(n.srv, &backupService{s: svc})
 	gridpb.RegisterIntegrityServer(n.srv, &integrityService{s: svc})
+	gridpb.RegisterWatchServer(n.srv, &watchService{s: svc})
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,
 		Timing: cfg.timing(), Logger: n.log, Fatal: n.onFatal, OnCorrupt: n.integrity.onCorrupt,
+		WatchRetention: cfg.watchRetention(),
 	})
 	if err != nil {
 		return fmt.Errorf("node: raft host: %w", err)
@@ -191,6 +193,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.goLoop(func() { n.mgr.loop(loopCtx) })
 	n.goLoop(func() { n.integrity.loop(loopCtx) })
 	n.goLoop(func() { n.integrity.scrubLoop(loopCtx) })
+	n.goLoop(func() { n.sweepLoop(loopCtx) })
 	if joining {
 		// Wait for the metadata log to reach this node, so the node serves
 		// with a partition table.

@@ -133,6 +133,8 @@ func resultErr(res *gridpb.Result) error {
 		return nil
 	case "CHECKSUM":
 		return fmt.Errorf("%w: value does not match the CRC32C sent with it", grid.ErrChecksum)
+	case "BAD_TTL":
+		return fmt.Errorf("%w: ttl out of range (%v..%v)", grid.ErrBadRequest, grid.MinTTL, grid.MaxTTL)
 	case "MAP_EXISTS":
 		return grid.ErrMapExists
 	case "INVALID_MAP_NAME":
@@ -165,6 +167,9 @@ func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 	if err := s.checkValue(req.Value, req.Crc); err != nil {
 		return nil, err
 	}
+	if err := grid.ValidateTTL(req.TtlNanos); err != nil {
+		return nil, err
+	}
 	if f := req.Fence; f != nil {
 		if err := grid.ValidateFence(f.Name, f.Token); err != nil {
 			return nil, err
@@ -176,7 +181,7 @@ func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 		return nil, err
 	}
 	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Put{Put: &gridpb.PutOp{
-		Map: h.Map, Key: req.Key, Value: req.Value, Crc: req.Crc, Fence: req.Fence,
+		Map: h.Map, Key: req.Key, Value: req.Value, Crc: req.Crc, Fence: req.Fence, TtlNanos: req.TtlNanos,
 	}}})
 	if err != nil {
 		return nil, err
@@ -214,6 +219,12 @@ func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*
 	if err := s.checkValue(req.Value, req.Crc); err != nil {
 		return nil, err
 	}
+	if err := grid.ValidateTTL(req.TtlNanos); err != nil {
+		return nil, err
+	}
+	if req.Delete && req.TtlNanos != 0 {
+		return nil, fmt.Errorf("%w: a compare-and-delete carries no ttl", grid.ErrBadRequest)
+	}
 	h := req.Header
 	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
@@ -221,6 +232,7 @@ func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*
 	}
 	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
 		Map: h.Map, Key: req.Key, ExpectedVersion: req.ExpectedVersion, Value: req.Value, Delete: req.Delete, Crc: req.Crc,
+		TtlNanos: req.TtlNanos,
 	}}})
 	if err != nil {
 		return nil, err
@@ -252,8 +264,11 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 		size := 0
 		for _, w := range branch {
 			keys = append(keys, w.Key)
-			if w.Delete && len(w.Value) > 0 {
-				return nil, fmt.Errorf("%w: a delete carries no value", grid.ErrBadRequest)
+			if w.Delete && (len(w.Value) > 0 || w.TtlNanos != 0) {
+				return nil, fmt.Errorf("%w: a delete carries no value or ttl", grid.ErrBadRequest)
+			}
+			if err := grid.ValidateTTL(w.TtlNanos); err != nil {
+				return nil, fmt.Errorf("key %q: %w", w.Key, err)
 			}
 			if err := s.checkValue(w.Value, w.Crc); err != nil {
 				return nil, fmt.Errorf("key %q: %w", w.Key, err)
@@ -303,7 +318,7 @@ func (s *service) get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetR
 	if err != nil {
 		return nil, err
 	}
-	return &gridpb.GetResponse{Found: true, Value: e.Value, Version: e.Version, Crc: e.CRC, AppliedIndex: applied, ServedBy: s.n.cfg.ID}, nil
+	return &gridpb.GetResponse{Found: true, Value: e.Value, Version: e.Version, Crc: e.CRC, AppliedIndex: applied, ServedBy: s.n.cfg.ID, Expiry: e.Expiry}, nil
 }
 
 func (s *service) Scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
@@ -338,7 +353,7 @@ func (s *service) scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) err
 	}
 	resp := &gridpb.ScanResponse{More: more, AppliedIndex: applied}
 	for _, e := range entries {
-		resp.Entries = append(resp.Entries, &gridpb.Entry{Key: e.Key, Value: e.Value, Version: e.Version, Crc: e.CRC})
+		resp.Entries = append(resp.Entries, &gridpb.Entry{Key: e.Key, Value: e.Value, Version: e.Version, Crc: e.CRC, Expiry: e.Expiry})
 	}
 	return stream.Send(resp)
 }

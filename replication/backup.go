@@ -62,7 +62,7 @@ func (a *kvApplier) applyRestore(tx *txn, index uint64, now int64, r *gridpb.Res
 		if e.Expiry != 0 && e.Expiry <= now {
 			continue
 		}
-		tx.set(dataKey(a.group, e.Map, e.Key), encodeEntry(StoredEntry{Version: index, Expiry: e.Expiry, CRC: e.Crc, Value: e.Value}))
+		a.putEntry(tx, e.Map, e.Key, StoredEntry{Version: index, Expiry: e.Expiry, CRC: e.Crc, Value: e.Value})
 	}
 	return &gridpb.Result{Ok: true, Version: index}, nil
 }

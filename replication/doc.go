@@ -12,4 +12,12 @@
 // outcome. Reads are linearizable at the leader (a barrier once per term,
 // then a read view confirmed by a batched VerifyLeader) or stale from any
 // replica with the applied index attached.
+//
+// Data partitions also keep, in the same batches, an expiry index of keys
+// written with a TTL (the expiry is the command's leader time plus the TTL,
+// so it is the same on every replica; the leader's SweepExpired proposes
+// ExpireOps from it) and a bounded change log, one record per Raft index,
+// that ReadChanges serves to watches on any replica; Changed wakes them
+// after each applied batch. Pruning the log depends only on the log index
+// and the retention, so replicas keep identical histories.
 package replication

@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
@@ -23,6 +24,12 @@ type applier interface {
 	apply(tx *txn, index uint64, data []byte) any
 	// restored is called after a snapshot replaced the group's state.
 	restored(eng Engine) error
+}
+
+// flushHook is an applier that writes state of its own into each batch
+// just before it is written.
+type flushHook interface {
+	beforeFlush(tx *txn)
 }
 
 // stateMachine is the raft.BatchingFSM shared by data partitions and the
@@ -40,6 +47,9 @@ type stateMachine struct {
 	logger  *slog.Logger
 	fatal   func(error)
 	applied atomic.Uint64
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced after each applied batch
 }
 
 var (
@@ -48,7 +58,7 @@ var (
 )
 
 func newStateMachine(group GroupID, eng Engine, app applier, logger *slog.Logger, fatal func(error)) (*stateMachine, error) {
-	s := &stateMachine{group: group, eng: eng, app: app, logger: logger, fatal: fatal}
+	s := &stateMachine{group: group, eng: eng, app: app, logger: logger, fatal: fatal, notify: make(chan struct{})}
 	idx, err := readApplied(eng, group)
 	if err != nil {
 		return nil, err
@@ -127,6 +137,13 @@ func (s *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 // flush writes tx with the applied index in the same batch. A failed write
 // would leave this replica behind its own log: that is fatal for the group.
 func (s *stateMachine) flush(tx *txn, index uint64) {
+	if h, ok := s.app.(flushHook); ok {
+		h.beforeFlush(tx)
+	}
+	if err := s.writeEarly(tx); err != nil {
+		s.fatal(fmt.Errorf("replication: %s: write applied entries up to %d: %w", s.group, index, err))
+		return
+	}
 	tx.batch.Set(appliedKey(s.group), binary.BigEndian.AppendUint64(nil, index))
 	if err := s.eng.Write(context.Background(), &tx.batch); err != nil {
 		s.fatal(fmt.Errorf("replication: %s: write applied entries up to %d: %w", s.group, index, err))
@@ -134,6 +151,50 @@ func (s *stateMachine) flush(tx *txn, index uint64) {
 	}
 	s.applied.Store(index)
 	tx.reset()
+	s.wake()
+}
+
+// writeEarly puts tx's early ops into its batch when they fit, and
+// otherwise writes them first, in batches of their own. Early ops are
+// idempotent and invisible to readers until the applied index passes them
+// (change-log records), so a crash between the two writes only leaves
+// records that replaying the same entries writes again.
+func (s *stateMachine) writeEarly(tx *txn) error {
+	if tx.early.Len() == 0 {
+		return nil
+	}
+	limit := s.eng.MaxBatchBytes()
+	if tx.batch.Size()+tx.early.Size()+opOverhead+64 <= limit {
+		for _, op := range tx.early.Ops {
+			tx.batch.Set(op.Key, op.Value)
+		}
+		return nil
+	}
+	var b Batch
+	for _, op := range tx.early.Ops {
+		if b.Len() > 0 && b.Size()+len(op.Key)+len(op.Value)+opOverhead > limit {
+			if err := s.eng.Write(context.Background(), &b); err != nil {
+				return err
+			}
+			b = Batch{}
+		}
+		b.Set(op.Key, op.Value)
+	}
+	return s.eng.Write(context.Background(), &b)
+}
+
+// changed returns the channel the next applied batch closes.
+func (s *stateMachine) changed() <-chan struct{} {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	return s.notify
+}
+
+func (s *stateMachine) wake() {
+	s.notifyMu.Lock()
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.notifyMu.Unlock()
 }
 
 // Snapshot captures a read view; raft persists it on another goroutine.
@@ -247,6 +308,7 @@ func (s *stateMachine) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	s.applied.Store(idx)
+	defer s.wake()
 	return s.app.restored(s.eng)
 }
 
@@ -337,6 +399,7 @@ func (c *crcReader) Read(p []byte) (int, error) {
 type txn struct {
 	eng     Engine
 	batch   Batch
+	early   Batch              // sets that may be written before batch (see writeEarly)
 	overlay map[string]*[]byte // nil pointer: deleted in this txn
 	// flushPending writes the entries applied so far in this batch, so the
 	// engine holds the state as of the entry being applied.
@@ -362,6 +425,15 @@ func (t *txn) set(key, value []byte) {
 	t.overlay[string(key)] = &value
 }
 
+// setEarly is set for a key that no reader looks at until the applied
+// index covers it, so it may reach the engine before the rest of the batch:
+// the change log's records, which carry a copy of each value and would
+// otherwise make a batch with a large value twice too big for the engine.
+func (t *txn) setEarly(key, value []byte) {
+	t.early.Set(key, value)
+	t.overlay[string(key)] = &value
+}
+
 func (t *txn) del(key []byte) {
 	t.batch.Del(key)
 	t.overlay[string(key)] = nil
@@ -369,5 +441,6 @@ func (t *txn) del(key []byte) {
 
 func (t *txn) reset() {
 	t.batch = Batch{}
+	t.early = Batch{}
 	clear(t.overlay)
 }

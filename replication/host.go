@@ -74,6 +74,12 @@ type HostConfig struct {
 	Transports TransportFactory
 	Timing     RaftTiming
 	Logger     *slog.Logger
+	// WatchRetention bounds each data partition's change log (zero: the
+	// default retention).
+	WatchRetention WatchRetention
+	// Clock tells the time for reads of keys with an expiry and for the
+	// expiry sweeper; nil: time.Now.
+	Clock func() time.Time
 	// Fatal is called when a group's state machine cannot persist an applied
 	// entry: the replica would fall behind its own log. Default: panic.
 	Fatal func(error)
@@ -113,6 +119,9 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	}
 	if cfg.Fatal == nil {
 		cfg.Fatal = func(err error) { panic(err) }
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
 	}
 	if cfg.Timing.HeartbeatTimeout == 0 {
 		cfg.Timing = DefaultTiming()
@@ -192,7 +201,11 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		}
 		app = meta
 	default:
-		app = &kvApplier{group: id, checks: h.checks, corrupt: corrupt}
+		app, err = newKVApplier(id, h.cfg.Engine, h.cfg.WatchRetention, h.checks, corrupt)
+		if err != nil {
+			logs.Close()
+			return nil, err
+		}
 	}
 	sm, err := newStateMachine(id, h.cfg.Engine, app, h.cfg.Logger, h.cfg.Fatal)
 	if err != nil {
@@ -243,7 +256,7 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		logs.Close()
 		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
 	}
-	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, corrupt: corrupt}
+	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, corrupt: corrupt, clock: h.cfg.Clock}
 	g.reads = newReadGate(g)
 	if restore {
 		h.cfg.Logger.Warn("group state incomplete; restoring from snapshot", "group", id.String(), "snapshot_index", snapIndex)

@@ -15,6 +15,9 @@ import (
 //	'p' group(u32) 'm' ...                     metadata group records
 //	'p' group(u32) 'l' 'k' name                lock record (gridpb.LockRecord)
 //	'p' group(u32) 'l' 'f' name                fence: highest accepted token (u64)
+//	'p' group(u32) 'w'                         change log state: pruned-through(u64) bytes(u64)
+//	'p' group(u32) 'w' index(u64)              change log record (WatchLogRecord) of one entry
+//	'p' group(u32) 'e' expiry(i64) len(map)(u8) map key   expiry index: version(u64)
 //	'x' group(u32)                             restore in progress (outside the prefix)
 const (
 	keyGroup     = 'p'
@@ -24,6 +27,8 @@ const (
 	subData      = 'd'
 	subMeta      = 'm'
 	subLock      = 'l'
+	subWatch     = 'w'
+	subExpiry    = 'e'
 )
 
 func groupPrefix(g GroupID) []byte {
@@ -71,6 +76,36 @@ func lockKey(g GroupID, name string) []byte {
 // a fence name.
 func fenceKey(g GroupID, name string) []byte {
 	return append(append(groupPrefix(g), subLock, 'f'), name...)
+}
+
+func watchStateKey(g GroupID) []byte { return append(groupPrefix(g), subWatch) }
+
+func watchRecordKey(g GroupID, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(watchStateKey(g), index)
+}
+
+func expiryPrefix(g GroupID) []byte { return append(groupPrefix(g), subExpiry) }
+
+// expiryKey files key under its expiry; expiries are positive unix
+// nanoseconds, so big-endian order is time order.
+func expiryKey(g GroupID, expiry int64, mapName string, key []byte) []byte {
+	b := make([]byte, 0, 6+8+1+len(mapName)+len(key))
+	b = append(b, expiryPrefix(g)...)
+	b = binary.BigEndian.AppendUint64(b, uint64(expiry))
+	b = append(b, byte(len(mapName)))
+	b = append(b, mapName...)
+	return append(b, key...)
+}
+
+// parseExpiryKey splits an expiry index key (with its group prefix).
+func parseExpiryKey(k []byte) (expiry int64, mapName string, key []byte, err error) {
+	const head = 6 + 8 + 1
+	if len(k) < head || int(k[head-1]) > len(k)-head {
+		return 0, "", nil, fmt.Errorf("%w: malformed expiry index key (%d bytes)", ErrCorrupt, len(k))
+	}
+	expiry = int64(binary.BigEndian.Uint64(k[6:]))
+	n := int(k[head-1])
+	return expiry, string(k[head : head+n]), k[head+n:], nil
 }
 
 func metaKey(g GroupID, parts ...string) []byte {

@@ -27,20 +27,38 @@ type applyResult struct {
 	err error
 }
 
-// kvApplier applies data partition commands.
+// kvApplier applies data partition commands. Besides the data it keeps the
+// expiry index (keys written with a TTL, by expiry time) and the change log
+// that watches read; both are written in the same batch as the data.
 type kvApplier struct {
 	group GroupID
 	// checks digests the state at CheckOps; corrupt quarantines this
 	// replica when a command fails its own checks (see applyOp).
 	checks  *checks
 	corrupt *corruption
+	log     *changeLog
+	events  []*gridpb.WatchEvent // the current entry's changes
 }
 
-var _ applier = (*kvApplier)(nil)
+var (
+	_ applier   = (*kvApplier)(nil)
+	_ flushHook = (*kvApplier)(nil)
+)
 
-func (a *kvApplier) restored(Engine) error { return nil }
+func newKVApplier(g GroupID, eng Engine, r WatchRetention, checks *checks, corrupt *corruption) (*kvApplier, error) {
+	a := &kvApplier{group: g, checks: checks, corrupt: corrupt, log: newChangeLog(g, r)}
+	if err := a.log.load(eng); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *kvApplier) restored(eng Engine) error { return a.log.load(eng) }
+
+func (a *kvApplier) beforeFlush(tx *txn) { a.log.beforeFlush(tx) }
 
 func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
+	a.log.prune(tx, index)
 	var cmd gridpb.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
 		// The leader encoded this command itself: a replica that cannot
@@ -57,10 +75,13 @@ func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 			return applyResult{res: prev}
 		}
 	}
+	a.events = a.events[:0]
 	res, err := a.applyOp(tx, index, &cmd)
 	if err != nil {
 		return applyResult{err: err}
 	}
+	a.log.record(tx, index, a.events)
+	a.events = nil // the log record owns them now
 	if c := cmd.GetCas(); c != nil && c.DedupOnlyIfSwapped && !res.Ok {
 		return applyResult{res: res}
 	}
@@ -83,10 +104,66 @@ func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 // apply it normally, so the partition's majority stays correct.
 func (a *kvApplier) checksumMismatch(index uint64, key []byte) (*gridpb.Result, error) {
 	a.corrupt.mark(fmt.Sprintf("raft log entry %d: value of %q fails its CRC32C at apply", index, key))
-	return &gridpb.Result{Error: "CHECKSUM"}, nil
+	return &gridpb.Result{Error: resChecksum}, nil
+}
+
+// Result error codes of deterministic refusals.
+const (
+	resChecksum = "CHECKSUM"
+	resBadTTL   = "BAD_TTL"
+)
+
+// current reads a key's entry as of the txn. present: stored at all; live:
+// present and not expired at now (the command's leader time). An expired
+// key is missing to every operation until the sweeper deletes it. A stored
+// entry failing its CRC32C quarantines this replica (the others decide on
+// theirs).
+func (a *kvApplier) current(tx *txn, index uint64, mapName string, key []byte, now int64) (e StoredEntry, present, live bool, err error) {
+	raw, err := tx.get(dataKey(a.group, mapName, key))
+	switch {
+	case errors.Is(err, ErrEngineNotFound):
+		return StoredEntry{}, false, false, nil
+	case err != nil:
+		return StoredEntry{}, false, false, fmt.Errorf("replication: read %q: %w", key, err)
+	}
+	if e, err = decodeEntry(raw); err != nil {
+		a.corrupt.mark(fmt.Sprintf("stored entry %q fails its CRC32C at apply (index %d)", key, index))
+		return StoredEntry{}, false, false, fmt.Errorf("%w: %w", grid.ErrChecksum, err)
+	}
+	return e, true, !grid.Expired(e.Expiry, now), nil
+}
+
+// put writes a value at version index, with an expiry of now + ttl if ttl
+// is set.
+func (a *kvApplier) put(tx *txn, index uint64, now int64, mapName string, key, value []byte, ttl int64) {
+	e := StoredEntry{Version: index, CRC: Checksum(value), Value: value}
+	if ttl > 0 {
+		e.Expiry = now + ttl
+	}
+	a.putEntry(tx, mapName, key, e)
+}
+
+// putEntry stores e, files it in the expiry index when it expires, and
+// records the change.
+func (a *kvApplier) putEntry(tx *txn, mapName string, key []byte, e StoredEntry) {
+	if e.Expiry != 0 {
+		tx.set(expiryKey(a.group, e.Expiry, mapName, key), binary.BigEndian.AppendUint64(nil, e.Version))
+	}
+	tx.set(dataKey(a.group, mapName, key), encodeEntry(e))
+	a.events = append(a.events, &gridpb.WatchEvent{
+		Type: gridpb.WatchEvent_PUT, Map: mapName, Key: key, Value: e.Value, Crc: e.CRC, Expiry: e.Expiry,
+	})
+}
+
+// del deletes a key and records the change. A stale expiry index entry of
+// the key stays until the sweeper meets it.
+func (a *kvApplier) del(tx *txn, mapName string, key []byte, typ gridpb.WatchEvent_Type) {
+	tx.del(dataKey(a.group, mapName, key))
+	a.events = append(a.events, &gridpb.WatchEvent{Type: typ, Map: mapName, Key: key})
 }
 
 func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb.Result, error) {
+	now := cmd.LeaderTime
 	switch op := cmd.Op.(type) {
 	case *gridpb.Command_Check:
 		tx.flushPending()
@@ -94,44 +171,35 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		return &gridpb.Result{Ok: true, Version: index}, nil
 	case *gridpb.Command_Put:
 		p := op.Put
-		crc := Checksum(p.Value)
-		if p.Crc != 0 && p.Crc != crc {
+		if p.Crc != 0 && p.Crc != Checksum(p.Value) {
 			return a.checksumMismatch(index, p.Key)
+		}
+		if grid.ValidateTTL(p.TtlNanos) != nil {
+			return &gridpb.Result{Error: resBadTTL}, nil
 		}
 		if stale, err := a.checkFence(tx, p.Fence); err != nil || stale != nil {
 			return stale, err
 		}
-		tx.set(dataKey(a.group, p.Map, p.Key), encodeEntry(StoredEntry{Version: index, CRC: crc, Value: p.Value}))
+		a.put(tx, index, now, p.Map, p.Key, p.Value, p.TtlNanos)
 		return &gridpb.Result{Ok: true, Version: index}, nil
 	case *gridpb.Command_Delete:
 		d := op.Delete
-		k := dataKey(a.group, d.Map, d.Key)
-		_, err := tx.get(k)
-		switch {
-		case errors.Is(err, ErrEngineNotFound):
-			return &gridpb.Result{Ok: true, Existed: false, Version: index}, nil
-		case err != nil:
-			return nil, fmt.Errorf("replication: delete read: %w", err)
+		_, _, live, err := a.current(tx, index, d.Map, d.Key, now)
+		if err != nil {
+			return nil, fmt.Errorf("replication: delete: %w", err)
 		}
-		tx.del(k)
-		return &gridpb.Result{Ok: true, Existed: true, Version: index}, nil
+		if live {
+			a.del(tx, d.Map, d.Key, gridpb.WatchEvent_DELETE)
+		}
+		return &gridpb.Result{Ok: true, Existed: live, Version: index}, nil
 	case *gridpb.Command_Cas:
 		c := op.Cas
-		k := dataKey(a.group, c.Map, c.Key)
+		e, _, live, err := a.current(tx, index, c.Map, c.Key, now)
+		if err != nil {
+			return nil, fmt.Errorf("replication: cas: %w", err)
+		}
 		cur := uint64(0)
-		raw, err := tx.get(k)
-		switch {
-		case errors.Is(err, ErrEngineNotFound):
-		case err != nil:
-			return nil, fmt.Errorf("replication: cas read: %w", err)
-		default:
-			e, derr := decodeEntry(raw)
-			if derr != nil {
-				// This replica's stored entry is damaged; the others decide
-				// on theirs, so this one is quarantined.
-				a.corrupt.mark(fmt.Sprintf("stored entry %q fails its CRC32C at apply (index %d)", c.Key, index))
-				return nil, fmt.Errorf("%w: %w", grid.ErrChecksum, derr)
-			}
+		if live {
 			cur = e.Version
 		}
 		if cur != c.ExpectedVersion {
@@ -139,18 +207,22 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		}
 		if c.Delete {
 			if cur != 0 {
-				tx.del(k)
+				a.del(tx, c.Map, c.Key, gridpb.WatchEvent_DELETE)
 			}
 			return &gridpb.Result{Ok: true, Existed: cur != 0, Version: 0}, nil
 		}
-		crc := Checksum(c.Value)
-		if c.Crc != 0 && c.Crc != crc {
+		if c.Crc != 0 && c.Crc != Checksum(c.Value) {
 			return a.checksumMismatch(index, c.Key)
 		}
-		tx.set(k, encodeEntry(StoredEntry{Version: index, CRC: crc, Value: c.Value}))
+		if grid.ValidateTTL(c.TtlNanos) != nil {
+			return &gridpb.Result{Error: resBadTTL}, nil
+		}
+		a.put(tx, index, now, c.Map, c.Key, c.Value, c.TtlNanos)
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
 	case *gridpb.Command_Txn:
-		return a.applyTxn(tx, index, op.Txn)
+		return a.applyTxn(tx, index, now, op.Txn)
+	case *gridpb.Command_Expire:
+		return a.applyExpire(tx, index, now, op.Expire)
 	case *gridpb.Command_LockAcquire:
 		return a.applyLockAcquire(tx, index, cmd.LeaderTime, op.LockAcquire)
 	case *gridpb.Command_LockRenew:
@@ -166,20 +238,15 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 
 // applyTxn evaluates every compare against the state before the entry,
 // then applies one branch; the whole entry is one atomic engine batch.
-func (a *kvApplier) applyTxn(tx *txn, index uint64, t *gridpb.TxnOp) (*gridpb.Result, error) {
+func (a *kvApplier) applyTxn(tx *txn, index uint64, now int64, t *gridpb.TxnOp) (*gridpb.Result, error) {
 	ok := true
 	for _, c := range t.Compares {
-		raw, err := tx.get(dataKey(a.group, t.Map, c.Key))
-		exists := err == nil
-		if err != nil && !errors.Is(err, ErrEngineNotFound) {
-			return nil, fmt.Errorf("replication: txn read: %w", err)
+		cur, _, exists, err := a.current(tx, index, t.Map, c.Key, now)
+		if err != nil {
+			return nil, fmt.Errorf("replication: txn: %w", err)
 		}
-		var cur StoredEntry
-		if exists {
-			if cur, err = decodeEntry(raw); err != nil {
-				a.corrupt.mark(fmt.Sprintf("stored entry %q fails its CRC32C at apply (index %d)", c.Key, index))
-				return nil, fmt.Errorf("%w: %w", grid.ErrChecksum, err)
-			}
+		if !exists {
+			cur = StoredEntry{}
 		}
 		switch c.Target {
 		case gridpb.TxnCompare_VERSION:
@@ -196,20 +263,51 @@ func (a *kvApplier) applyTxn(tx *txn, index uint64, t *gridpb.TxnOp) (*gridpb.Re
 	if !ok {
 		ops = t.ElseOps
 	}
-	for _, w := range ops {
+	for _, w := range ops { // checked before any write: nothing applies
 		if !w.Delete && w.Crc != 0 && w.Crc != Checksum(w.Value) {
-			return a.checksumMismatch(index, w.Key) // nothing applied: checked before any write
+			return a.checksumMismatch(index, w.Key)
+		}
+		if grid.ValidateTTL(w.TtlNanos) != nil {
+			return &gridpb.Result{Error: resBadTTL}, nil
 		}
 	}
 	for _, w := range ops {
-		k := dataKey(a.group, t.Map, w.Key)
 		if w.Delete {
-			tx.del(k)
+			_, _, live, err := a.current(tx, index, t.Map, w.Key, now)
+			if err != nil {
+				return nil, fmt.Errorf("replication: txn: %w", err)
+			}
+			if live {
+				a.del(tx, t.Map, w.Key, gridpb.WatchEvent_DELETE)
+			}
 			continue
 		}
-		tx.set(k, encodeEntry(StoredEntry{Version: index, CRC: Checksum(w.Value), Value: w.Value}))
+		a.put(tx, index, now, t.Map, w.Key, w.Value, w.TtlNanos)
 	}
 	return &gridpb.Result{Ok: ok, Version: index}, nil
+}
+
+// applyExpire deletes each listed key that still has the listed version and
+// has expired as of the command's leader time, and drops expiry index
+// entries that no longer match their key (rewritten or deleted since).
+func (a *kvApplier) applyExpire(tx *txn, index uint64, now int64, x *gridpb.ExpireOp) (*gridpb.Result, error) {
+	for _, k := range x.Keys {
+		if len(k.Map) > 255 || k.Expiry <= 0 {
+			continue // not something the sweeper files
+		}
+		e, present, _, err := a.current(tx, index, k.Map, k.Key, now)
+		if err != nil {
+			return nil, fmt.Errorf("replication: expire: %w", err)
+		}
+		if present && e.Version == k.Version {
+			if !grid.Expired(e.Expiry, now) {
+				continue // not due yet: keep its index entry
+			}
+			a.del(tx, k.Map, k.Key, gridpb.WatchEvent_EXPIRE)
+		}
+		tx.del(expiryKey(a.group, k.Expiry, k.Map, k.Key))
+	}
+	return &gridpb.Result{Ok: true, Version: index}, nil
 }
 
 func (a *kvApplier) lookupDedup(tx *txn, client, seq uint64) (*gridpb.Result, bool) {

@@ -32,7 +32,11 @@ func newLockSM(t *testing.T) *lockSM {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { eng.Close() })
-	sm, err := newStateMachine(GroupID(3), eng, &kvApplier{group: GroupID(3)}, slog.New(slog.DiscardHandler),
+	app, err := newKVApplier(GroupID(3), eng, WatchRetention{}, newChecks(), &corruption{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sm, err := newStateMachine(GroupID(3), eng, app, slog.New(slog.DiscardHandler),
 		func(err error) { t.Errorf("fatal: %v", err) })
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ type Group struct {
 	timing  RaftTiming
 	reads   *readGate
 	corrupt *corruption
+	clock   func() time.Time
 }
 
 // logStore is the group's Raft log (raft-boltdb), which the scrub reads too.
@@ -145,7 +146,14 @@ func (g *Group) ReadView(ctx context.Context, linearizable bool) (View, uint64, 
 	return v, applied, nil
 }
 
-// Get reads one entry of a map through a view (see ReadView).
+// now is the time reads compare expiries with: this node's clock, which on
+// the leader of a linearizable read is the leader's clock. (A key's expiry
+// was fixed by the clock of the leader that wrote it; clocks of replicas
+// should agree to well within the TTLs in use.)
+func (g *Group) now() int64 { return g.clock().UnixNano() }
+
+// Get reads one entry of a map through a view (see ReadView). An expired
+// entry is not found.
 func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizable bool) (StoredEntry, uint64, error) {
 	v, applied, err := g.ReadView(ctx, linearizable)
 	if err != nil {
@@ -162,6 +170,9 @@ func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizabl
 	e, err := decodeEntry(raw)
 	if err != nil {
 		return StoredEntry{}, applied, g.damaged(key, err)
+	}
+	if grid.Expired(e.Expiry, g.now()) {
+		return StoredEntry{}, applied, grid.ErrNotFound
 	}
 	e.Value = append([]byte(nil), e.Value...)
 	return e, applied, nil
@@ -182,7 +193,7 @@ type ScanEntry struct {
 
 // Scan returns up to limit entries (and about maxBytes of values) of a map
 // whose keys start with prefix and are strictly after `after`, in key order,
-// and whether more remain.
+// and whether more remain. Expired entries are skipped.
 func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, limit, maxBytes int, linearizable bool) ([]ScanEntry, bool, uint64, error) {
 	v, applied, err := g.ReadView(ctx, linearizable)
 	if err != nil {
@@ -198,6 +209,7 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 	var out []ScanEntry
 	more := false
 	size := 0
+	now := g.now()
 	err = v.Iterate(full, from, func(k, val []byte) (bool, error) {
 		if len(out) == limit || (len(out) > 0 && size+len(val) > maxBytes) {
 			more = true
@@ -206,6 +218,9 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 		e, err := decodeEntry(val)
 		if err != nil {
 			return false, g.damaged(k[len(mp):], err)
+		}
+		if grid.Expired(e.Expiry, now) {
+			return true, nil
 		}
 		e.Value = append([]byte(nil), e.Value...)
 		out = append(out, ScanEntry{Key: append([]byte(nil), k[len(mp):]...), StoredEntry: e})
@@ -220,7 +235,7 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 
 // Each calls fn for every entry of a map whose key starts with prefix, in key
 // order, from one consistent view (see ReadView), after verifying each
-// value's checksum. It returns the applied index of the view. key and value
+// value's checksum, skipping expired entries. It returns the applied index of the view. key and value
 // are valid only during the call.
 func (g *Group) Each(ctx context.Context, mapName string, prefix []byte, linearizable bool, fn func(key, value []byte) error) (uint64, error) {
 	v, applied, err := g.ReadView(ctx, linearizable)
@@ -231,10 +246,14 @@ func (g *Group) Each(ctx context.Context, mapName string, prefix []byte, lineari
 	mp := mapPrefix(g.id, mapName)
 	full := append(append([]byte(nil), mp...), prefix...)
 	n := 0
+	now := g.now()
 	err = v.Iterate(full, nil, func(k, val []byte) (bool, error) {
 		e, err := decodeEntry(val)
 		if err != nil {
 			return false, g.damaged(k[len(mp):], err)
+		}
+		if grid.Expired(e.Expiry, now) {
+			return true, nil
 		}
 		if n++; n%1024 == 0 {
 			if err := ctx.Err(); err != nil {

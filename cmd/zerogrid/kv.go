@@ -83,7 +83,12 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 func runPut(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var fence fenceFlag
-	return clientCommand(ctx, args, stderr, "put", "put MAP KEY VALUE [--fence NAME:TOKEN]  (VALUE - reads stdin)", exactly(3), fence.register,
+	var ttl time.Duration
+	return clientCommand(ctx, args, stderr, "put", "put MAP KEY VALUE [--ttl 30s] [--fence NAME:TOKEN]  (VALUE - reads stdin)", exactly(3),
+		func(fs *flag.FlagSet) {
+			fence.register(fs)
+			fs.DurationVar(&ttl, "ttl", 0, "expire the key this long after the write (0: never)")
+		},
 		func(ctx context.Context, cl *client.Client, pos []string) error {
 			value := []byte(pos[2])
 			if pos[2] == "-" {
@@ -92,7 +97,11 @@ func runPut(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 					return fmt.Errorf("read stdin: %w", err)
 				}
 			}
-			v, err := cl.Map(pos[0]).Put(ctx, []byte(pos[1]), value, fence.options()...)
+			opts := fence.options()
+			if ttl != 0 {
+				opts = append(opts, client.WithTTL(ttl))
+			}
+			v, err := cl.Map(pos[0]).Put(ctx, []byte(pos[1]), value, opts...)
 			if err != nil {
 				return err
 			}

@@ -45,6 +45,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.Engine, "engine", "", "storage engine: badger or bbolt (default: bbolt on 32-bit ARM, badger elsewhere)")
 	fs.IntVar(&cfg.Limits.MaxValueBytes, "max-value-bytes", cfg.Limits.MaxValueBytes, "largest value accepted")
 	fs.IntVar(&cfg.Limits.MaxKeyBytes, "max-key-bytes", cfg.Limits.MaxKeyBytes, "largest key accepted")
+	fs.IntVar(&cfg.WatchHistory, "watch-history", 0, "log indexes of change history each partition keeps for watches (default 10000; 2000 small); same on every node")
+	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", 0, "how often partition leaders delete expired keys (default 1s; 5s small; 200ms test)")
 	fs.DurationVar(&cfg.TaskDelay, "task-delay", 0, "test knob: delay every compute task on this node (simulates a slow node)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	memLimit := fs.Int("memory-limit-mb", -1, "soft Go memory limit in MiB (default: 100 with --profile small, none otherwise; GOMEMLIMIT wins)")

@@ -24,11 +24,13 @@ Usage:
   zerogrid node remove ID   --addr ADDR   retire a drained (or dead) node
   zerogrid map create NAME  --addr ADDR   create a map (a named keyspace)
   zerogrid map list         --addr ADDR   list maps
-  zerogrid put MAP KEY VALUE [--fence NAME:TOKEN] --addr ADDR
+  zerogrid put MAP KEY VALUE [--ttl 30s] [--fence NAME:TOKEN] --addr ADDR
                                           write a value (VALUE "-" reads stdin)
   zerogrid get MAP KEY [--stale] --addr ADDR
   zerogrid del MAP KEY      --addr ADDR
   zerogrid scan MAP [PREFIX] [--limit N] [--stale] --addr ADDR
+  zerogrid watch MAP [PREFIX] [--from V | --cursor P:V,...] --addr ADDR
+                                          print every change as it happens, one per line
   zerogrid status           --addr ADDR   nodes, partitions, leaders, applied index, lag
   zerogrid check [--no-repair] --addr ADDR  compare every partition's replicas at one applied index
   zerogrid job run --map MAP --agg 'sum(v.amount) by v.shop' [--filter 'v.region == "eu"'] [--into MAP]
@@ -75,6 +77,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runScan(ctx, rest, stdout, stderr)
 	case "status":
 		return runStatus(ctx, rest, stdout, stderr)
+	case "watch":
+		return runWatch(ctx, rest, stdout, stderr)
 	case "job":
 		return runJob(ctx, rest, stdout, stderr)
 	case "apply":

@@ -92,6 +92,7 @@ type Command struct {
 	//	*Command_LockRelease
 	//	*Command_Restore
 	//	*Command_Check
+	//	*Command_Expire
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -236,6 +237,15 @@ func (x *Command) GetCheck() *CheckOp {
 	return nil
 }
 
+func (x *Command) GetExpire() *ExpireOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Expire); ok {
+			return x.Expire
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -278,6 +288,10 @@ type Command_Check struct {
 	Check *CheckOp `protobuf:"bytes,20,opt,name=check,proto3,oneof"`
 }
 
+type Command_Expire struct {
+	Expire *ExpireOp `protobuf:"bytes,14,opt,name=expire,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -295,6 +309,8 @@ func (*Command_LockRelease) isCommand_Op() {}
 func (*Command_Restore) isCommand_Op() {}
 
 func (*Command_Check) isCommand_Op() {}
+
+func (*Command_Expire) isCommand_Op() {}
 
 // CheckOp marks one applied index of a partition: every replica, applying
 // it, opens a read view of its state at exactly that index and digests it in
@@ -350,7 +366,10 @@ type PutOp struct {
 	Value []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	Crc   uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
 	// Refuse the write if the fence's token is stale (see Fence).
-	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
+	Fence *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
+	// Time to live in nanoseconds (0: none). The state machine fixes the
+	// expiry at leader_time + ttl_nanos, identically on every replica.
+	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -420,6 +439,13 @@ func (x *PutOp) GetFence() *Fence {
 	return nil
 }
 
+func (x *PutOp) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
+}
+
 type DeleteOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Map           string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
@@ -484,8 +510,10 @@ type CasOp struct {
 	// retries a lost race with the same id, and a retry of a processor that did
 	// commit must find its first result.
 	DedupOnlyIfSwapped bool `protobuf:"varint,7,opt,name=dedup_only_if_swapped,json=dedupOnlyIfSwapped,proto3" json:"dedup_only_if_swapped,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Time to live of the new value in nanoseconds (0: none).
+	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CasOp) Reset() {
@@ -565,6 +593,13 @@ func (x *CasOp) GetDedupOnlyIfSwapped() bool {
 		return x.DedupOnlyIfSwapped
 	}
 	return false
+}
+
+func (x *CasOp) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
 }
 
 // TxnOp: if every compare holds, apply then_ops, else else_ops; all keys
@@ -706,11 +741,13 @@ func (x *TxnCompare) GetValue() []byte {
 }
 
 type TxnWrite struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Delete        bool                   `protobuf:"varint,3,opt,name=delete,proto3" json:"delete,omitempty"`
-	Crc           uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Key    []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value  []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Delete bool                   `protobuf:"varint,3,opt,name=delete,proto3" json:"delete,omitempty"`
+	Crc    uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	// Time to live of the value in nanoseconds (0: none).
+	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -773,6 +810,130 @@ func (x *TxnWrite) GetCrc() uint32 {
 	return 0
 }
 
+func (x *TxnWrite) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
+}
+
+// ExpireOp deletes keys whose expiry has passed. The partition leader's
+// sweeper proposes it from the expiry index; a key is deleted only if it
+// still has the listed version and has expired as of the command's
+// leader_time, so a key rewritten since the sweep is left alone.
+type ExpireOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*ExpiredKey          `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpireOp) Reset() {
+	*x = ExpireOp{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpireOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpireOp) ProtoMessage() {}
+
+func (x *ExpireOp) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpireOp.ProtoReflect.Descriptor instead.
+func (*ExpireOp) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ExpireOp) GetKeys() []*ExpiredKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type ExpiredKey struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Map     string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
+	Key     []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Version uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The expiry the index entry was filed under (unix nanoseconds).
+	Expiry        int64 `protobuf:"varint,4,opt,name=expiry,proto3" json:"expiry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpiredKey) Reset() {
+	*x = ExpiredKey{}
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpiredKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpiredKey) ProtoMessage() {}
+
+func (x *ExpiredKey) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpiredKey.ProtoReflect.Descriptor instead.
+func (*ExpiredKey) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ExpiredKey) GetMap() string {
+	if x != nil {
+		return x.Map
+	}
+	return ""
+}
+
+func (x *ExpiredKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ExpiredKey) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ExpiredKey) GetExpiry() int64 {
+	if x != nil {
+		return x.Expiry
+	}
+	return 0
+}
+
 // Result is what applying a Command produced; it is also stored for
 // deduplication so a retried command returns the same result.
 type Result struct {
@@ -791,7 +952,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[8]
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +964,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[8]
+	mi := &file_grid_gridpb_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +977,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{8}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Result) GetVersion() uint64 {
@@ -870,7 +1031,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	mi := &file_grid_gridpb_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -882,7 +1043,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[9]
+	mi := &file_grid_gridpb_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -895,7 +1056,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -980,7 +1141,7 @@ type UpsertNodeOp struct {
 
 func (x *UpsertNodeOp) Reset() {
 	*x = UpsertNodeOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	mi := &file_grid_gridpb_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1153,7 @@ func (x *UpsertNodeOp) String() string {
 func (*UpsertNodeOp) ProtoMessage() {}
 
 func (x *UpsertNodeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[10]
+	mi := &file_grid_gridpb_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1166,7 @@ func (x *UpsertNodeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertNodeOp.ProtoReflect.Descriptor instead.
 func (*UpsertNodeOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpsertNodeOp) GetRecordJson() []byte {
@@ -1025,7 +1186,7 @@ type SetJoinSecretOp struct {
 
 func (x *SetJoinSecretOp) Reset() {
 	*x = SetJoinSecretOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[11]
+	mi := &file_grid_gridpb_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1037,7 +1198,7 @@ func (x *SetJoinSecretOp) String() string {
 func (*SetJoinSecretOp) ProtoMessage() {}
 
 func (x *SetJoinSecretOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[11]
+	mi := &file_grid_gridpb_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1050,7 +1211,7 @@ func (x *SetJoinSecretOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetJoinSecretOp.ProtoReflect.Descriptor instead.
 func (*SetJoinSecretOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetJoinSecretOp) GetTokenSha256() []byte {
@@ -1069,7 +1230,7 @@ type CreateMapOp struct {
 
 func (x *CreateMapOp) Reset() {
 	*x = CreateMapOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[12]
+	mi := &file_grid_gridpb_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1242,7 @@ func (x *CreateMapOp) String() string {
 func (*CreateMapOp) ProtoMessage() {}
 
 func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[12]
+	mi := &file_grid_gridpb_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1255,7 @@ func (x *CreateMapOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateMapOp.ProtoReflect.Descriptor instead.
 func (*CreateMapOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{12}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateMapOp) GetName() string {
@@ -1116,7 +1277,7 @@ type SetTableOp struct {
 
 func (x *SetTableOp) Reset() {
 	*x = SetTableOp{}
-	mi := &file_grid_gridpb_command_proto_msgTypes[13]
+	mi := &file_grid_gridpb_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1289,7 @@ func (x *SetTableOp) String() string {
 func (*SetTableOp) ProtoMessage() {}
 
 func (x *SetTableOp) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_command_proto_msgTypes[13]
+	mi := &file_grid_gridpb_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1302,7 @@ func (x *SetTableOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTableOp.ProtoReflect.Descriptor instead.
 func (*SetTableOp) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{13}
+	return file_grid_gridpb_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetTableOp) GetExpectedEpoch() uint64 {
@@ -1162,7 +1323,7 @@ var File_grid_gridpb_command_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\x1a\x18grid/gridpb/backup.proto\"\xa7\x04\n" +
+	"\x19grid/gridpb/command.proto\x12\vzerogrid.v1\x1a\x16grid/gridpb/lock.proto\x1a\x18grid/gridpb/backup.proto\"\xd8\x04\n" +
 	"\aCommand\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1f\n" +
@@ -1178,19 +1339,22 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"lock_renew\x18\x10 \x01(\v2\x18.zerogrid.v1.LockRenewOpH\x00R\tlockRenew\x12?\n" +
 	"\flock_release\x18\x11 \x01(\v2\x1a.zerogrid.v1.LockReleaseOpH\x00R\vlockRelease\x122\n" +
 	"\arestore\x18\x19 \x01(\v2\x16.zerogrid.v1.RestoreOpH\x00R\arestore\x12,\n" +
-	"\x05check\x18\x14 \x01(\v2\x14.zerogrid.v1.CheckOpH\x00R\x05checkB\x04\n" +
+	"\x05check\x18\x14 \x01(\v2\x14.zerogrid.v1.CheckOpH\x00R\x05check\x12/\n" +
+	"\x06expire\x18\x0e \x01(\v2\x15.zerogrid.v1.ExpireOpH\x00R\x06expireB\x04\n" +
 	"\x02op\"$\n" +
 	"\aCheckOp\x12\x19\n" +
-	"\bcheck_id\x18\x01 \x01(\x04R\acheckId\"}\n" +
+	"\bcheck_id\x18\x01 \x01(\x04R\acheckId\"\x9a\x01\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x10\n" +
 	"\x03crc\x18\x04 \x01(\aR\x03crc\x12(\n" +
-	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\".\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\x12\x1b\n" +
+	"\tttl_nanos\x18\n" +
+	" \x01(\x03R\bttlNanos\".\n" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\fR\x03key\"\xc9\x01\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"\xe6\x01\n" +
 	"\x05CasOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12)\n" +
@@ -1198,7 +1362,9 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12\x16\n" +
 	"\x06delete\x18\x05 \x01(\bR\x06delete\x12\x10\n" +
 	"\x03crc\x18\x06 \x01(\aR\x03crc\x121\n" +
-	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\"\xb2\x01\n" +
+	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\x12\x1b\n" +
+	"\tttl_nanos\x18\n" +
+	" \x01(\x03R\bttlNanos\"\xb2\x01\n" +
 	"\x05TxnOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x123\n" +
 	"\bcompares\x18\x02 \x03(\v2\x17.zerogrid.v1.TxnCompareR\bcompares\x120\n" +
@@ -1215,12 +1381,22 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x05VALUE\x10\x01\x12\n" +
 	"\n" +
 	"\x06EXISTS\x10\x02\x12\v\n" +
-	"\aMISSING\x10\x03\"\\\n" +
+	"\aMISSING\x10\x03\"y\n" +
 	"\bTxnWrite\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x16\n" +
 	"\x06delete\x18\x03 \x01(\bR\x06delete\x12\x10\n" +
-	"\x03crc\x18\x04 \x01(\aR\x03crc\"\x85\x01\n" +
+	"\x03crc\x18\x04 \x01(\aR\x03crc\x12\x1b\n" +
+	"\tttl_nanos\x18\n" +
+	" \x01(\x03R\bttlNanos\"7\n" +
+	"\bExpireOp\x12+\n" +
+	"\x04keys\x18\x01 \x03(\v2\x17.zerogrid.v1.ExpiredKeyR\x04keys\"b\n" +
+	"\n" +
+	"ExpiredKey\x12\x10\n" +
+	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x16\n" +
+	"\x06expiry\x18\x04 \x01(\x03R\x06expiry\"\x85\x01\n" +
 	"\x06Result\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
@@ -1261,7 +1437,7 @@ func file_grid_gridpb_command_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_grid_gridpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_grid_gridpb_command_proto_goTypes = []any{
 	(TxnCompare_Target)(0),  // 0: zerogrid.v1.TxnCompare.Target
 	(*Command)(nil),         // 1: zerogrid.v1.Command
@@ -1272,42 +1448,46 @@ var file_grid_gridpb_command_proto_goTypes = []any{
 	(*TxnOp)(nil),           // 6: zerogrid.v1.TxnOp
 	(*TxnCompare)(nil),      // 7: zerogrid.v1.TxnCompare
 	(*TxnWrite)(nil),        // 8: zerogrid.v1.TxnWrite
-	(*Result)(nil),          // 9: zerogrid.v1.Result
-	(*MetaCommand)(nil),     // 10: zerogrid.v1.MetaCommand
-	(*UpsertNodeOp)(nil),    // 11: zerogrid.v1.UpsertNodeOp
-	(*SetJoinSecretOp)(nil), // 12: zerogrid.v1.SetJoinSecretOp
-	(*CreateMapOp)(nil),     // 13: zerogrid.v1.CreateMapOp
-	(*SetTableOp)(nil),      // 14: zerogrid.v1.SetTableOp
-	(*LockAcquireOp)(nil),   // 15: zerogrid.v1.LockAcquireOp
-	(*LockRenewOp)(nil),     // 16: zerogrid.v1.LockRenewOp
-	(*LockReleaseOp)(nil),   // 17: zerogrid.v1.LockReleaseOp
-	(*RestoreOp)(nil),       // 18: zerogrid.v1.RestoreOp
-	(*Fence)(nil),           // 19: zerogrid.v1.Fence
+	(*ExpireOp)(nil),        // 9: zerogrid.v1.ExpireOp
+	(*ExpiredKey)(nil),      // 10: zerogrid.v1.ExpiredKey
+	(*Result)(nil),          // 11: zerogrid.v1.Result
+	(*MetaCommand)(nil),     // 12: zerogrid.v1.MetaCommand
+	(*UpsertNodeOp)(nil),    // 13: zerogrid.v1.UpsertNodeOp
+	(*SetJoinSecretOp)(nil), // 14: zerogrid.v1.SetJoinSecretOp
+	(*CreateMapOp)(nil),     // 15: zerogrid.v1.CreateMapOp
+	(*SetTableOp)(nil),      // 16: zerogrid.v1.SetTableOp
+	(*LockAcquireOp)(nil),   // 17: zerogrid.v1.LockAcquireOp
+	(*LockRenewOp)(nil),     // 18: zerogrid.v1.LockRenewOp
+	(*LockReleaseOp)(nil),   // 19: zerogrid.v1.LockReleaseOp
+	(*RestoreOp)(nil),       // 20: zerogrid.v1.RestoreOp
+	(*Fence)(nil),           // 21: zerogrid.v1.Fence
 }
 var file_grid_gridpb_command_proto_depIdxs = []int32{
 	3,  // 0: zerogrid.v1.Command.put:type_name -> zerogrid.v1.PutOp
 	4,  // 1: zerogrid.v1.Command.delete:type_name -> zerogrid.v1.DeleteOp
 	5,  // 2: zerogrid.v1.Command.cas:type_name -> zerogrid.v1.CasOp
 	6,  // 3: zerogrid.v1.Command.txn:type_name -> zerogrid.v1.TxnOp
-	15, // 4: zerogrid.v1.Command.lock_acquire:type_name -> zerogrid.v1.LockAcquireOp
-	16, // 5: zerogrid.v1.Command.lock_renew:type_name -> zerogrid.v1.LockRenewOp
-	17, // 6: zerogrid.v1.Command.lock_release:type_name -> zerogrid.v1.LockReleaseOp
-	18, // 7: zerogrid.v1.Command.restore:type_name -> zerogrid.v1.RestoreOp
+	17, // 4: zerogrid.v1.Command.lock_acquire:type_name -> zerogrid.v1.LockAcquireOp
+	18, // 5: zerogrid.v1.Command.lock_renew:type_name -> zerogrid.v1.LockRenewOp
+	19, // 6: zerogrid.v1.Command.lock_release:type_name -> zerogrid.v1.LockReleaseOp
+	20, // 7: zerogrid.v1.Command.restore:type_name -> zerogrid.v1.RestoreOp
 	2,  // 8: zerogrid.v1.Command.check:type_name -> zerogrid.v1.CheckOp
-	19, // 9: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
-	7,  // 10: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
-	8,  // 11: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
-	8,  // 12: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 13: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	13, // 14: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	14, // 15: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	11, // 16: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
-	12, // 17: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	9,  // 9: zerogrid.v1.Command.expire:type_name -> zerogrid.v1.ExpireOp
+	21, // 10: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
+	7,  // 11: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	8,  // 12: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	8,  // 13: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	0,  // 14: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	10, // 15: zerogrid.v1.ExpireOp.keys:type_name -> zerogrid.v1.ExpiredKey
+	15, // 16: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	16, // 17: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	13, // 18: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	14, // 19: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }
@@ -1327,8 +1507,9 @@ func file_grid_gridpb_command_proto_init() {
 		(*Command_LockRelease)(nil),
 		(*Command_Restore)(nil),
 		(*Command_Check)(nil),
+		(*Command_Expire)(nil),
 	}
-	file_grid_gridpb_command_proto_msgTypes[9].OneofWrappers = []any{
+	file_grid_gridpb_command_proto_msgTypes[11].OneofWrappers = []any{
 		(*MetaCommand_CreateMap)(nil),
 		(*MetaCommand_SetTable)(nil),
 		(*MetaCommand_UpsertNode)(nil),
@@ -1340,7 +1521,7 @@ func file_grid_gridpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_command_proto_rawDesc), len(file_grid_gridpb_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -56,6 +56,7 @@ var errorTable = []struct {
 	{grid.ErrLockHeld, codes.FailedPrecondition, "LOCK_HELD"},
 	{grid.ErrLockNotHeld, codes.FailedPrecondition, "LOCK_NOT_HELD"},
 	{grid.ErrStaleToken, codes.FailedPrecondition, "STALE_TOKEN"},
+	{grid.ErrCompacted, codes.OutOfRange, "COMPACTED"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A
@@ -84,6 +85,14 @@ func ToStatus(err error) error {
 				"partition":   strconv.Itoa(nl.Partition),
 				"leader_id":   nl.LeaderID,
 				"leader_addr": nl.LeaderAddr,
+			}
+		}
+		var ce *grid.CompactedError
+		if errors.As(err, &ce) {
+			info.Metadata = map[string]string{
+				"partition": strconv.Itoa(ce.Partition),
+				"requested": strconv.FormatUint(ce.Requested, 10),
+				"oldest":    strconv.FormatUint(ce.Oldest, 10),
 			}
 		}
 		st, derr := status.New(row.code, err.Error()).WithDetails(info)
@@ -120,6 +129,12 @@ func FromStatus(err error) error {
 				return &StatusError{Status: st, err: &grid.NotLeaderError{
 					Partition: p, LeaderID: info.Metadata["leader_id"], LeaderAddr: info.Metadata["leader_addr"],
 				}}
+			}
+			if row.err == grid.ErrCompacted {
+				p, _ := strconv.Atoi(info.Metadata["partition"])
+				req, _ := strconv.ParseUint(info.Metadata["requested"], 10, 64)
+				old, _ := strconv.ParseUint(info.Metadata["oldest"], 10, 64)
+				return &StatusError{Status: st, err: &grid.CompactedError{Partition: p, Requested: req, Oldest: old}}
 			}
 			return &StatusError{Status: st, err: row.err}
 		}

@@ -52,3 +52,14 @@ func TestUnknownAndContextErrors(t *testing.T) {
 		t.Error("nil must stay nil")
 	}
 }
+
+func TestCompactedErrorSurvives(t *testing.T) {
+	back := FromStatus(ToStatus(fmt.Errorf("watch: %w", &grid.CompactedError{Partition: 3, Requested: 5, Oldest: 40})))
+	var ce *grid.CompactedError
+	if !errors.As(back, &ce) || ce.Partition != 3 || ce.Requested != 5 || ce.Oldest != 40 {
+		t.Fatalf("compacted error lost its fields: %v (%#v)", back, ce)
+	}
+	if !errors.Is(back, grid.ErrCompacted) || status.Code(back) != codes.OutOfRange {
+		t.Fatalf("compacted error maps to %v", back)
+	}
+}

@@ -142,7 +142,10 @@ type PutRequest struct {
 	Crc uint32 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
 	// Refuse the write with STALE_TOKEN if the fence's token is older than one
 	// already accepted for that fence name in the key's partition.
-	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
+	Fence *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
+	// Time to live in nanoseconds (0: the key never expires). The leader fixes
+	// the expiry when it proposes the write.
+	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -210,6 +213,13 @@ func (x *PutRequest) GetFence() *Fence {
 		return x.Fence
 	}
 	return nil
+}
+
+func (x *PutRequest) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
+	}
+	return 0
 }
 
 type PutResponse struct {
@@ -317,13 +327,15 @@ func (x *GetRequest) GetConsistency() Consistency {
 }
 
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Found         bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	Crc           uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	ServedBy      string                 `protobuf:"bytes,6,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Found        bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	Value        []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Version      uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Crc          uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	ServedBy     string                 `protobuf:"bytes,6,opt,name=served_by,json=servedBy,proto3" json:"served_by,omitempty"`
+	// Expiry of the value (unix nanoseconds; 0: none).
+	Expiry        int64 `protobuf:"varint,10,opt,name=expiry,proto3" json:"expiry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,6 +410,13 @@ func (x *GetResponse) GetServedBy() string {
 		return x.ServedBy
 	}
 	return ""
+}
+
+func (x *GetResponse) GetExpiry() int64 {
+	if x != nil {
+		return x.Expiry
+	}
+	return 0
 }
 
 type DeleteRequest struct {
@@ -514,8 +533,10 @@ type CompareAndSwapRequest struct {
 	Value           []byte                 `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
 	Delete          bool                   `protobuf:"varint,5,opt,name=delete,proto3" json:"delete,omitempty"`
 	Crc             uint32                 `protobuf:"fixed32,6,opt,name=crc,proto3" json:"crc,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Time to live of the new value in nanoseconds (0: none).
+	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompareAndSwapRequest) Reset() {
@@ -586,6 +607,13 @@ func (x *CompareAndSwapRequest) GetDelete() bool {
 func (x *CompareAndSwapRequest) GetCrc() uint32 {
 	if x != nil {
 		return x.Crc
+	}
+	return 0
+}
+
+func (x *CompareAndSwapRequest) GetTtlNanos() int64 {
+	if x != nil {
+		return x.TtlNanos
 	}
 	return 0
 }
@@ -765,11 +793,13 @@ func (x *TxnResponse) GetVersion() uint64 {
 }
 
 type Entry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	Crc           uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Key     []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value   []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Version uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Crc     uint32                 `protobuf:"fixed32,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	// Expiry of the value (unix nanoseconds; 0: none).
+	Expiry        int64 `protobuf:"varint,10,opt,name=expiry,proto3" json:"expiry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -828,6 +858,13 @@ func (x *Entry) GetVersion() uint64 {
 func (x *Entry) GetCrc() uint32 {
 	if x != nil {
 		return x.Crc
+	}
+	return 0
+}
+
+func (x *Entry) GetExpiry() int64 {
+	if x != nil {
+		return x.Expiry
 	}
 	return 0
 }
@@ -1618,41 +1655,47 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\vWriteHeader\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\x04R\bclientId\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xa2\x01\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\xbf\x01\n" +
 	"\n" +
 	"PutRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x10\n" +
 	"\x03crc\x18\x04 \x01(\aR\x03crc\x12(\n" +
-	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"'\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\x12\x1b\n" +
+	"\tttl_nanos\x18\n" +
+	" \x01(\x03R\bttlNanos\"'\n" +
 	"\vPutResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"l\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12:\n" +
-	"\vconsistency\x18\x03 \x01(\x0e2\x18.zerogrid.v1.ConsistencyR\vconsistency\"\xa7\x01\n" +
+	"\vconsistency\x18\x03 \x01(\x0e2\x18.zerogrid.v1.ConsistencyR\vconsistency\"\xbf\x01\n" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x10\n" +
 	"\x03crc\x18\x04 \x01(\aR\x03crc\x12#\n" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12\x1b\n" +
-	"\tserved_by\x18\x06 \x01(\tR\bservedBy\"S\n" +
+	"\tserved_by\x18\x06 \x01(\tR\bservedBy\x12\x16\n" +
+	"\x06expiry\x18\n" +
+	" \x01(\x03R\x06expiry\"S\n" +
 	"\rDeleteRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"D\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\aexisted\x18\x01 \x01(\bR\aexisted\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"\xc6\x01\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\xe3\x01\n" +
 	"\x15CompareAndSwapRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x14\n" +
 	"\x05value\x18\x04 \x01(\fR\x05value\x12\x16\n" +
 	"\x06delete\x18\x05 \x01(\bR\x06delete\x12\x10\n" +
-	"\x03crc\x18\x06 \x01(\aR\x03crc\"L\n" +
+	"\x03crc\x18\x06 \x01(\aR\x03crc\x12\x1b\n" +
+	"\tttl_nanos\x18\n" +
+	" \x01(\x03R\bttlNanos\"L\n" +
 	"\x16CompareAndSwapResponse\x12\x18\n" +
 	"\aswapped\x18\x01 \x01(\bR\aswapped\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"\xd7\x01\n" +
@@ -1664,12 +1707,14 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\"E\n" +
 	"\vTxnResponse\x12\x1c\n" +
 	"\tsucceeded\x18\x01 \x01(\bR\tsucceeded\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"[\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"s\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x10\n" +
-	"\x03crc\x18\x04 \x01(\aR\x03crc\"\xc8\x01\n" +
+	"\x03crc\x18\x04 \x01(\aR\x03crc\x12\x16\n" +
+	"\x06expiry\x18\n" +
+	" \x01(\x03R\x06expiry\"\xc8\x01\n" +
 	"\vScanRequest\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\rR\tpartition\x12\x16\n" +
