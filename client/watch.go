@@ -113,11 +113,14 @@ type watchItem struct {
 }
 
 // Watch streams every change to keys of mapName starting with prefix (every
-// key, if prefix is empty), from fromVersion in every watched partition; 0
-// means from now. Since versions are per partition, a non-zero fromVersion
-// is mostly useful when the prefix pins one partition with a hash tag; to
-// resume a watch over several partitions, use WatchFrom with a Cursor. The
-// watch runs until ctx ends or Close is called.
+// key, if prefix is empty), from fromVersion in every watched partition.
+// fromVersion 0 means from now: Watch returns once each partition has said
+// where that is (failing if one finds no replica within 15 s), so every
+// write acknowledged after Watch returns is delivered. Since versions are
+// per partition, a non-zero fromVersion is mostly useful when the prefix
+// pins one partition with a hash tag; to resume a watch over several
+// partitions, use WatchFrom with a Cursor. The watch runs until ctx ends
+// or Close is called.
 func (c *Client) Watch(ctx context.Context, mapName string, prefix []byte, fromVersion uint64) (*Watcher, error) {
 	from := Cursor{}
 	for _, p := range c.watchPartitions(mapName, prefix) {
@@ -150,16 +153,55 @@ func (c *Client) WatchFrom(ctx context.Context, mapName string, prefix []byte, f
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{c: c, cancel: cancel, items: make(chan watchItem, 64), cursor: Cursor{}}
+	var starting []chan struct{}
 	for _, p := range parts {
 		w.cursor[p] = from[p]
+		ch := make(chan struct{})
+		starting = append(starting, ch)
+		var once sync.Once
+		started := func(next uint64) {
+			once.Do(func() {
+				w.mu.Lock()
+				if w.cursor[p] == 0 {
+					w.cursor[p] = next
+				}
+				w.mu.Unlock()
+				close(ch)
+			})
+		}
+		if from[p] != 0 {
+			started(0)
+		}
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
-			w.follow(ctx, mapName, prefix, p, from[p])
+			defer started(0) // a stream that ends for good starts nothing
+			w.follow(ctx, mapName, prefix, p, from[p], started)
 		}()
+	}
+	// Wait until each partition watched "from now" has said where now is,
+	// so that every write acknowledged after Watch returns is delivered.
+	timer := time.NewTimer(watchStartTimeout)
+	defer timer.Stop()
+	for _, ch := range starting {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err := ctx.Err()
+			w.Close()
+			return nil, fmt.Errorf("client: watch %s: %w", mapName, err)
+		case <-timer.C:
+			w.Close()
+			return nil, fmt.Errorf("client: watch %s: a partition found no replica to start from within %v: %w",
+				mapName, watchStartTimeout, context.DeadlineExceeded)
+		}
 	}
 	return w, nil
 }
+
+// watchStartTimeout bounds how long Watch waits for the partitions it
+// watches from now to report their position.
+const watchStartTimeout = 15 * time.Second
 
 // Watch is Client.Watch on this map.
 func (m *Map) Watch(ctx context.Context, prefix []byte, fromVersion uint64) (*Watcher, error) {
@@ -225,8 +267,7 @@ func (w *Watcher) Next(ctx context.Context) (Change, error) {
 
 // Cursor returns the position after the last change Next returned (and
 // after every change of the partition the watch has been told it can
-// skip), to resume with WatchFrom. A partition still at 0 has not yet
-// reported where "now" was.
+// skip), to resume with WatchFrom.
 func (w *Watcher) Cursor() Cursor {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -248,7 +289,7 @@ func (w *Watcher) Close() error {
 // follow keeps one partition's stream going: any replica will do, the
 // cached leader first; after an error it resumes from the version after
 // the last it received, on another replica after a pause.
-func (w *Watcher) follow(ctx context.Context, mapName string, prefix []byte, part int, next uint64) {
+func (w *Watcher) follow(ctx context.Context, mapName string, prefix []byte, part int, next uint64, started func(next uint64)) {
 	c := w.c
 	pk := c.newPicker(part, true)
 	pause := c.opts.retry.BaseBackoff
@@ -273,7 +314,7 @@ func (w *Watcher) follow(ctx context.Context, mapName string, prefix []byte, par
 			err = fmt.Errorf("no node known for partition %d: %w", part, grid.ErrPartitionNotHere)
 		} else {
 			var got bool
-			got, err = w.stream(ctx, t, &gridpb.WatchRequest{Map: mapName, Prefix: prefix, Partition: uint32(part)}, &next, deliver)
+			got, err = w.stream(ctx, t, &gridpb.WatchRequest{Map: mapName, Prefix: prefix, Partition: uint32(part)}, &next, deliver, started)
 			if got {
 				pause = c.opts.retry.BaseBackoff
 			}
@@ -298,9 +339,9 @@ func (w *Watcher) follow(ctx context.Context, mapName string, prefix []byte, par
 }
 
 // stream runs one Watch stream from *next until it fails, advancing *next
-// past every change and progress mark it delivers. got reports that the
-// stream delivered anything.
-func (w *Watcher) stream(ctx context.Context, t target, req *gridpb.WatchRequest, next *uint64, deliver func(watchItem) bool) (got bool, err error) {
+// past every change and progress mark it delivers, and calling started
+// after the first response. got reports that the stream delivered anything.
+func (w *Watcher) stream(ctx context.Context, t target, req *gridpb.WatchRequest, next *uint64, deliver func(watchItem) bool, started func(uint64)) (got bool, err error) {
 	cc, err := w.c.conn(t.addr)
 	if err != nil {
 		return false, err
@@ -342,6 +383,7 @@ func (w *Watcher) stream(ctx context.Context, t target, req *gridpb.WatchRequest
 			}
 			*next = p + 1
 		}
+		started(*next)
 	}
 }
 

@@ -236,3 +236,21 @@ func newFakeClient(t *testing.T, nodes, partitions int) (*fakeCluster, *client.C
 	f.mu.Unlock()
 	return f, dial(t, f)
 }
+
+// Watching from now returns once every partition has said where now is, so
+// the cursor is complete at once and every later write will be delivered.
+func TestWatchFromNowKnowsWhereNowIs(t *testing.T) {
+	f, c := newFakeClient(t, 3, 3)
+	logs := [][]*gridpb.WatchChange{fakeHistory(f, 0, 4, 2, 1), fakeHistory(f, 1, 7, 3, 2), fakeHistory(f, 2, 1, 9, 1)}
+	w, err := c.Map("m").Watch(context.Background(), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cur := w.Cursor()
+	for p, log := range logs {
+		if want := log[len(log)-1].Version + 1; cur[p] != want {
+			t.Fatalf("partition %d: cursor %d right after Watch, want %d (cursor %v)", p, cur[p], want, cur)
+		}
+	}
+}

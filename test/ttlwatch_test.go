@@ -520,6 +520,23 @@ func TestTTLReadsCompactedWatchAndBadInput(t *testing.T) {
 		t.Fatalf("watch from the oldest retained version %d: %+v %v", ce.Oldest, ch, err)
 	}
 
+	// From now: a write acknowledged after Watch returns is delivered.
+	w, err = m.Watch(ctx, []byte("{t}-now"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := m.Put(ctx, []byte("{t}-now"), []byte("seen"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nctx, ncancel := context.WithTimeout(ctx, 30*time.Second)
+	ch, err = w.Next(nctx)
+	ncancel()
+	w.Close()
+	if err != nil || ch.Version != v || len(ch.Events) != 1 || string(ch.Events[0].Value) != "seen" {
+		t.Fatalf("watch from now, then a put at version %d: %+v %v", v, ch, err)
+	}
+
 	// Bad watches.
 	if _, err := c.Watch(ctx, "no such map!", nil, 0); !errors.Is(err, client.ErrInvalidMapName) {
 		t.Fatalf("watch with a bad map name: %v", err)
