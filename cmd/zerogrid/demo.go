@@ -163,6 +163,24 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
+	step("every replica holds the same data: a digest of each partition on each replica, at one applied index")
+	say("    zerogrid check")
+	var rep client.CheckReport
+	if err := retry(ctx, 30*time.Second, func(ctx context.Context) error {
+		var err error
+		if rep, err = c.Check(ctx, client.NoRepair()); err == nil && !rep.Clean() {
+			err = errors.New("replicas differ")
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("demo: check: %w", err)
+	}
+	for _, p := range rep.Partitions[:min(3, len(rep.Partitions))] {
+		d := p.Replicas[0]
+		say("    partition %d at index %d: %s agree on digest %016x over %d stored records", p.Partition, p.Index, strings.Join(p.Agreeing, ","), d.Digest, d.Entries)
+	}
+	say("    ... %d partitions checked, all replicas equal", len(rep.Partitions))
+
 	if !*keep {
 		step("done; stopping the cluster (run with --keep to leave it running)")
 		return nil
@@ -173,6 +191,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	say("    zerogrid put cities city:9999 '{\"name\":\"new\"}' --addr %s", addr)
 	say("    zerogrid scan cities city:00 --addr %s", addr)
 	say("    zerogrid status --addr %s", addr)
+	say("    zerogrid watch cities city:00 --addr %s        (then put from another shell)", addr)
+	say("    zerogrid backup --out cities.zgb --addr %s", addr)
 	say("  (with `go run ./cmd/zerogrid` in place of `zerogrid`)  data: %s — Ctrl-C stops the nodes", filepath.Clean(root))
 	<-ctx.Done()
 	return nil
