@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -156,16 +157,46 @@ type plannedTask struct {
 	reason string
 }
 
+// planJob plans with this node's copy of the node records. When no node
+// qualifies, that copy may trail the metadata leader's (a node that just
+// joined or changed state): it plans again with the leader's records.
+func (c *computeService) planJob(ctx context.Context, spec *gridpb.JobSpec) ([]plannedTask, error) {
+	plan, err := c.plan(spec, c.s.n.meta.Meta().Nodes())
+	if !errors.Is(err, grid.ErrNoEligibleNodes) || c.s.n.meta.IsLeader() {
+		return plan, err
+	}
+	var recs []grid.NodeRecord
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ferr := c.s.toMetaLeader(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		r, err := gridpb.NewClusterClient(conn).Nodes(ctx, &gridpb.NodesRequest{})
+		if err != nil {
+			return err
+		}
+		var views []NodeView
+		if err := json.Unmarshal(r.GetNodesJson(), &views); err != nil {
+			return fmt.Errorf("%w: node list: %v", grid.ErrBadRequest, err)
+		}
+		for _, v := range views {
+			recs = append(recs, v.NodeRecord)
+		}
+		return nil
+	})
+	if ferr != nil {
+		return nil, err // the local answer stands
+	}
+	return c.plan(spec, recs)
+}
+
 // plan picks who runs each partition's task. Compute goes to the data: a
 // replica runs it (the leader for a linearizable view, else the
 // least-loaded replica by tasks planned so far, this node first on a tie).
 // Data goes to compute when no replica meets the job's requirements, or
 // when the cost model finds a node that is at least remoteAdvantage times
 // faster even after moving the partition over the network.
-func (c *computeService) plan(spec *gridpb.JobSpec) ([]plannedTask, error) {
+func (c *computeService) plan(spec *gridpb.JobSpec, recs []grid.NodeRecord) ([]plannedTask, error) {
 	t := c.s.n.table()
 	req := requirementsFromSpec(spec.Requires)
-	recs := c.s.n.meta.Meta().Nodes()
 	byID := make(map[string]grid.NodeRecord, len(recs))
 	for _, r := range recs {
 		byID[r.ID] = r
@@ -295,7 +326,7 @@ func (c *computeService) explain(ctx context.Context, req *gridpb.SubmitRequest)
 	if _, _, err := c.compile(ctx, req.Job); err != nil {
 		return nil, err
 	}
-	plan, err := c.plan(req.Job)
+	plan, err := c.planJob(ctx, req.Job)
 	if err != nil {
 		return nil, err
 	}
@@ -331,7 +362,7 @@ func (c *computeService) submit(req *gridpb.SubmitRequest, stream gridpb.Compute
 	if err != nil {
 		return err
 	}
-	plan, err := c.plan(req.Job)
+	plan, err := c.planJob(ctx, req.Job)
 	if err != nil {
 		return err
 	}
@@ -396,7 +427,11 @@ type attemptOutcome struct {
 }
 
 const (
-	maxTaskRounds   = 5 // times every replica of a partition may fail before the job fails
+	// maxTaskRounds is how many times every replica of a partition may
+	// fail before the job fails. The pauses between rounds grow by 100 ms,
+	// so the rounds span about 4.5 s: enough to ride out an election or a
+	// leadership transfer.
+	maxTaskRounds   = 10
 	hedgeMinElapsed = 150 * time.Millisecond
 	hedgeFactor     = 4 // a task is a straggler after 4× the median finished task
 )
@@ -505,7 +540,7 @@ func (co *coordinator) run(ctx context.Context, plan []plannedTask) (*gridpb.Job
 			delay := time.Duration(0)
 			if o.ts.next%len(o.ts.pt.cands) == 0 { // every replica tried once more
 				o.ts.rounds++
-				delay = time.Duration(o.ts.rounds) * 100 * time.Millisecond // an election may be under way
+				delay = min(time.Duration(o.ts.rounds)*100*time.Millisecond, time.Second) // an election may be under way
 			}
 			if o.ts.rounds >= maxTaskRounds {
 				return nil, fmt.Errorf("node: partition %d: every replica failed %d times; last error: %w", o.ts.pt.part, maxTaskRounds, o.err)
