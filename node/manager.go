@@ -45,6 +45,10 @@ type manager struct {
 	// quarantined: the partitions each node last reported corrupt.
 	quarantined map[string][]uint32
 	warned      string // the last reconciler problem logged, to log each once
+	// busy: the last tick found replica moves in flight or started some;
+	// the loop then ticks faster, so that a move's stages (and the next
+	// move) follow each other without waiting a report interval each.
+	busy bool
 }
 
 func newManager(n *Node) *manager {
@@ -52,7 +56,9 @@ func newManager(n *Node) *manager {
 }
 
 func (m *manager) loop(ctx context.Context) {
-	tick := time.NewTicker(m.n.cfg.reportInterval())
+	slow := m.n.cfg.reportInterval()
+	fast := max(slow/8, 50*time.Millisecond)
+	tick := time.NewTimer(slow)
 	defer tick.Stop()
 	for {
 		select {
@@ -60,7 +66,13 @@ func (m *manager) loop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		m.busy = false
 		m.tick(ctx)
+		if m.busy {
+			tick.Reset(fast)
+		} else {
+			tick.Reset(slow)
+		}
 	}
 }
 
@@ -579,6 +591,7 @@ func (m *manager) reconcile(ctx context.Context) error {
 		return errors.Join(append(errs, err)...)
 	}
 	started = started || repairs
+	m.busy = changed || started || slices.ContainsFunc(t.Partitions, func(p grid.Partition) bool { return p.Moving() })
 	if started {
 		if err := m.putTable(ctx, t); err != nil {
 			return err
