@@ -262,18 +262,27 @@ func (n *Node) callPeer(ctx context.Context, addr string, call func(context.Cont
 func (n *Node) agentLoop(ctx context.Context) {
 	tick := time.NewTicker(n.cfg.reportInterval())
 	defer tick.Stop()
+	report := true
 	for {
+		changed := n.meta.Meta().TableChanged()
 		if rec, ok := n.meta.Meta().Node(n.cfg.ID); ok {
 			n.noteRemoved(string(rec.State))
 		}
 		if err := n.syncGroups(ctx); err != nil && ctx.Err() == nil {
 			n.log.Warn("sync partitions with the table", "err", err)
 		}
-		n.sendReport(ctx)
+		if report {
+			n.sendReport(ctx)
+		}
+		// A new table (a replica move) is acted on at once; reports keep
+		// their interval.
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			report = true
+		case <-changed:
+			report = false
 		}
 	}
 }

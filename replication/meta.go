@@ -24,12 +24,14 @@ type MetaState struct {
 	table  *grid.Table
 	nodes  map[string]grid.NodeRecord
 	secret []byte // SHA-256 of the join token; nil: joins are disabled
+	// tableCh is closed, and replaced, whenever the table changes.
+	tableCh chan struct{}
 }
 
 var _ applier = (*MetaState)(nil)
 
 func newMetaState(g GroupID, eng Engine) (*MetaState, error) {
-	m := &MetaState{group: g}
+	m := &MetaState{group: g, tableCh: make(chan struct{})}
 	if err := m.restored(eng); err != nil {
 		return nil, err
 	}
@@ -90,6 +92,22 @@ func (m *MetaState) SharedTable() *grid.Table {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.table
+}
+
+// TableChanged returns a channel that is closed when the table next
+// changes.
+func (m *MetaState) TableChanged() <-chan struct{} {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.tableCh
+}
+
+// tableChangedLocked wakes everyone waiting on TableChanged; m.mu is held.
+func (m *MetaState) tableChangedLocked() {
+	if m.tableCh != nil {
+		close(m.tableCh)
+	}
+	m.tableCh = make(chan struct{})
 }
 
 // Table returns a copy of the committed partition table, or nil before one
@@ -153,6 +171,7 @@ func (m *MetaState) restored(eng Engine) error {
 	}
 	m.mu.Lock()
 	m.maps, m.table, m.nodes, m.secret = maps, table, nodes, secret
+	m.tableChangedLocked()
 	m.mu.Unlock()
 	return nil
 }
@@ -195,6 +214,7 @@ func (m *MetaState) apply(tx *txn, index uint64, data []byte) any {
 		}
 		tx.set(metaKey(m.group, "table"), op.SetTable.TableJson)
 		m.table = &t
+		m.tableChangedLocked()
 		return applyResult{res: &gridpb.Result{Ok: true, Version: t.Epoch}}
 	case *gridpb.MetaCommand_UpsertNode:
 		var r grid.NodeRecord
