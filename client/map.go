@@ -122,13 +122,18 @@ func (m *Map) GetEntry(ctx context.Context, key []byte, opts ...ReadOption) (Ent
 	return e, nil
 }
 
-// Delete removes key and reports whether it was there.
-func (m *Map) Delete(ctx context.Context, key []byte) (existed bool, err error) {
+// Delete removes key and reports whether it was there. Of the write
+// options, Delete honours WithFence.
+func (m *Map) Delete(ctx context.Context, key []byte, wopts ...WriteOption) (existed bool, err error) {
 	if err := m.checkKey(key); err != nil {
 		return false, err
 	}
+	fence, err := fenceOnly("delete", wopts)
+	if err != nil {
+		return false, err
+	}
 	part := m.partition(key)
-	req := &gridpb.DeleteRequest{Header: m.header(), Key: key}
+	req := &gridpb.DeleteRequest{Header: m.header(), Key: key, Fence: fence}
 	err = m.c.run(ctx, "delete", m.c.newPicker(part, true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewKVClient(cc).Delete(ctx, req, opts...)
 		if err != nil {
@@ -144,29 +149,34 @@ func (m *Map) Delete(ctx context.Context, key []byte) (existed bool, err error) 
 // expectedVersion 0 means the key must not exist. It returns whether it
 // swapped, and the key's version after the call: the new one if it swapped,
 // else the current one (0 if absent), to retry against. Of the write
-// options, CompareAndSwap honours WithTTL; an expired key counts as absent.
+// options, CompareAndSwap honours WithTTL and WithFence (a stale token
+// refuses the call whatever the version); an expired key counts as absent.
 func (m *Map) CompareAndSwap(ctx context.Context, key []byte, expectedVersion uint64, value []byte, opts ...WriteOption) (swapped bool, version uint64, err error) {
 	if err := m.checkWrite(key, value); err != nil {
 		return false, 0, err
 	}
-	ttl, err := ttlOf(opts)
+	w, err := writeOpts(opts)
 	if err != nil {
 		return false, 0, err
 	}
 	return m.cas(ctx, &gridpb.CompareAndSwapRequest{
-		Header: m.header(), Key: key, ExpectedVersion: expectedVersion, Value: value, Crc: checksum(value), TtlNanos: ttl,
+		Header: m.header(), Key: key, ExpectedVersion: expectedVersion, Value: value, Crc: checksum(value), TtlNanos: w.TtlNanos, Fence: w.Fence,
 	})
 }
 
 // CompareAndDelete deletes key only if its version is expectedVersion. It
 // returns whether it deleted, and otherwise the key's current version (0 if
-// absent).
-func (m *Map) CompareAndDelete(ctx context.Context, key []byte, expectedVersion uint64) (deleted bool, version uint64, err error) {
+// absent). Of the write options, it honours WithFence.
+func (m *Map) CompareAndDelete(ctx context.Context, key []byte, expectedVersion uint64, opts ...WriteOption) (deleted bool, version uint64, err error) {
 	if err := m.checkKey(key); err != nil {
 		return false, 0, err
 	}
+	fence, err := fenceOnly("compare-and-delete", opts)
+	if err != nil {
+		return false, 0, err
+	}
 	return m.cas(ctx, &gridpb.CompareAndSwapRequest{
-		Header: m.header(), Key: key, ExpectedVersion: expectedVersion, Delete: true,
+		Header: m.header(), Key: key, ExpectedVersion: expectedVersion, Delete: true, Fence: fence,
 	})
 }
 

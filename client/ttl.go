@@ -1,6 +1,7 @@
 package client
 
 import (
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -22,14 +23,26 @@ func WithTTL(d time.Duration) WriteOption {
 	return func(r *gridpb.PutRequest) { r.TtlNanos = int64(d) }
 }
 
-// ttlOf reads the TTL the options set (for calls other than Put that take
-// write options), and checks it.
-func ttlOf(opts []WriteOption) (int64, error) {
+// writeOpts reads what the options set (for calls other than Put that take
+// write options: a TTL and a fence), and checks the TTL.
+func writeOpts(opts []WriteOption) (*gridpb.PutRequest, error) {
 	var r gridpb.PutRequest
 	for _, o := range opts {
 		o(&r)
 	}
-	return r.TtlNanos, checkTTL(r.TtlNanos)
+	return &r, checkTTL(r.TtlNanos)
+}
+
+// fenceOnly reads the options of a call that takes a fence but no TTL.
+func fenceOnly(call string, opts []WriteOption) (*gridpb.Fence, error) {
+	r, err := writeOpts(opts)
+	if err != nil {
+		return nil, err
+	}
+	if r.TtlNanos != 0 {
+		return nil, fmt.Errorf("%w: %s takes no TTL", grid.ErrBadRequest, call)
+	}
+	return r.Fence, nil
 }
 
 func checkTTL(nanos int64) error { return grid.ValidateTTL(nanos) }

@@ -53,6 +53,15 @@ type Txn struct {
 	cmps []*gridpb.TxnCompare
 	then []*gridpb.TxnWrite
 	els  []*gridpb.TxnWrite
+	opts []WriteOption
+}
+
+// With sets write options for the whole transaction: WithFence (a stale
+// token refuses the transaction before any compare). A TTL belongs to each
+// put (Op.TTL), not here.
+func (t *Txn) With(opts ...WriteOption) *Txn {
+	t.opts = append(t.opts, opts...)
+	return t
 }
 
 // Txn starts a transaction.
@@ -112,7 +121,11 @@ func (t *Txn) Commit() (succeeded bool, version uint64, err error) {
 		}
 		part = p
 	}
-	req := &gridpb.TxnRequest{Header: t.m.header(), Compares: t.cmps, ThenOps: t.then, ElseOps: t.els}
+	fence, err := fenceOnly("a transaction (give each put its own TTL)", t.opts)
+	if err != nil {
+		return false, 0, err
+	}
+	req := &gridpb.TxnRequest{Header: t.m.header(), Compares: t.cmps, ThenOps: t.then, ElseOps: t.els, Fence: fence}
 	err = t.m.c.run(t.ctx, "txn", t.m.c.newPicker(part, true), true, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewKVClient(cc).Txn(ctx, req, opts...)
 		if err != nil {

@@ -84,8 +84,29 @@ func TestLockExclusionFencingAndExpiry(t *testing.T) {
 	if _, err := m.Put(ctx, key, []byte("late l1"), l1.Fence()); !errors.Is(err, client.ErrStaleToken) || status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("stale fenced write: %v (%v), want ErrStaleToken (FailedPrecondition)", err, status.Code(err))
 	}
+	// So are its fenced deletes, compare-and-swaps (with the right version)
+	// and transactions; a bad combination is refused by the client.
+	for name, call := range map[string]func() error{
+		"delete":             func() error { _, err := m.Delete(ctx, key, l1.Fence()); return err },
+		"compare-and-swap":   func() error { _, _, err := m.CompareAndSwap(ctx, key, ver, []byte("late l1"), l1.Fence()); return err },
+		"compare-and-delete": func() error { _, _, err := m.CompareAndDelete(ctx, key, ver, l1.Fence()); return err },
+		"txn": func() error {
+			_, _, err := m.Txn(ctx).With(l1.Fence()).Then(client.OpPut(key, []byte("late l1"))).Commit()
+			return err
+		},
+	} {
+		if err := call(); !errors.Is(err, client.ErrStaleToken) {
+			t.Fatalf("stale fenced %s: %v, want ErrStaleToken", name, err)
+		}
+	}
+	if _, err := m.Delete(ctx, key, client.WithTTL(time.Second)); !errors.Is(err, client.ErrBadRequest) {
+		t.Fatalf("delete with a TTL: %v, want ErrBadRequest", err)
+	}
 	if v, ver2, err := m.Get(ctx, key); err != nil || string(v) != "by l2" || ver2 != ver {
-		t.Fatalf("after a refused write: %q v%d %v, want %q v%d", v, ver2, err, "by l2", ver)
+		t.Fatalf("after refused writes: %q v%d %v, want %q v%d", v, ver2, err, "by l2", ver)
+	}
+	if ok, _, err := m.Txn(ctx).With(l2.Fence()).If(client.VersionIs(key, ver)).Then(client.OpPut(key, []byte("txn by l2"))).Commit(); err != nil || !ok {
+		t.Fatalf("fenced txn by the holder: %v %v", ok, err)
 	}
 	if err := l2.Unlock(ctx); err != nil {
 		t.Fatal(err)

@@ -170,10 +170,8 @@ func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 	if err := grid.ValidateTTL(req.TtlNanos); err != nil {
 		return nil, err
 	}
-	if f := req.Fence; f != nil {
-		if err := grid.ValidateFence(f.Name, f.Token); err != nil {
-			return nil, err
-		}
+	if err := checkFence(req.Fence); err != nil {
+		return nil, err
 	}
 	h := req.Header
 	g, err := s.writeTarget(ctx, h, req.Key)
@@ -194,13 +192,24 @@ func (s *service) Delete(ctx context.Context, req *gridpb.DeleteRequest) (*gridp
 	return resp, gridpb.ToStatus(err)
 }
 
+// checkFence validates a write's optional fencing token.
+func checkFence(f *gridpb.Fence) error {
+	if f == nil {
+		return nil
+	}
+	return grid.ValidateFence(f.Name, f.Token)
+}
+
 func (s *service) del(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
+	if err := checkFence(req.Fence); err != nil {
+		return nil, err
+	}
 	h := req.Header
 	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Delete{Delete: &gridpb.DeleteOp{Map: h.Map, Key: req.Key}}})
+	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Delete{Delete: &gridpb.DeleteOp{Map: h.Map, Key: req.Key, Fence: req.Fence}}})
 	if err != nil {
 		return nil, err
 	}
@@ -225,6 +234,9 @@ func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*
 	if req.Delete && req.TtlNanos != 0 {
 		return nil, fmt.Errorf("%w: a compare-and-delete carries no ttl", grid.ErrBadRequest)
 	}
+	if err := checkFence(req.Fence); err != nil {
+		return nil, err
+	}
 	h := req.Header
 	g, err := s.writeTarget(ctx, h, req.Key)
 	if err != nil {
@@ -232,7 +244,7 @@ func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*
 	}
 	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
 		Map: h.Map, Key: req.Key, ExpectedVersion: req.ExpectedVersion, Value: req.Value, Delete: req.Delete, Crc: req.Crc,
-		TtlNanos: req.TtlNanos,
+		TtlNanos: req.TtlNanos, Fence: req.Fence,
 	}}})
 	if err != nil {
 		return nil, err
@@ -255,6 +267,9 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 	}
 	if n := len(req.Compares) + len(req.ThenOps) + len(req.ElseOps); n == 0 || n > maxTxnOps {
 		return nil, fmt.Errorf("%w: a transaction has 1..%d compares and writes, got %d", grid.ErrBadRequest, maxTxnOps, n)
+	}
+	if err := checkFence(req.Fence); err != nil {
+		return nil, err
 	}
 	var keys [][]byte
 	for _, c := range req.Compares {
@@ -293,7 +308,7 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 		part, g = p, kg
 	}
 	res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Txn{Txn: &gridpb.TxnOp{
-		Map: h.Map, Compares: req.Compares, ThenOps: req.ThenOps, ElseOps: req.ElseOps,
+		Map: h.Map, Compares: req.Compares, ThenOps: req.ThenOps, ElseOps: req.ElseOps, Fence: req.Fence,
 	}}})
 	if err != nil {
 		return nil, err

@@ -184,6 +184,9 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		return &gridpb.Result{Ok: true, Version: index}, nil
 	case *gridpb.Command_Delete:
 		d := op.Delete
+		if stale, err := a.checkFence(tx, d.Fence); err != nil || stale != nil {
+			return stale, err
+		}
 		_, _, live, err := a.current(tx, index, d.Map, d.Key, now)
 		if err != nil {
 			return nil, fmt.Errorf("replication: delete: %w", err)
@@ -194,6 +197,9 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		return &gridpb.Result{Ok: true, Existed: live, Version: index}, nil
 	case *gridpb.Command_Cas:
 		c := op.Cas
+		if stale, err := a.checkFence(tx, c.Fence); err != nil || stale != nil {
+			return stale, err
+		}
 		e, _, live, err := a.current(tx, index, c.Map, c.Key, now)
 		if err != nil {
 			return nil, fmt.Errorf("replication: cas: %w", err)
@@ -239,6 +245,9 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 // applyTxn evaluates every compare against the state before the entry,
 // then applies one branch; the whole entry is one atomic engine batch.
 func (a *kvApplier) applyTxn(tx *txn, index uint64, now int64, t *gridpb.TxnOp) (*gridpb.Result, error) {
+	if stale, err := a.checkFence(tx, t.Fence); err != nil || stale != nil {
+		return stale, err
+	}
 	ok := true
 	for _, c := range t.Compares {
 		cur, _, exists, err := a.current(tx, index, t.Map, c.Key, now)

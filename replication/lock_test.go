@@ -287,3 +287,51 @@ func TestLockSnapshotRestore(t *testing.T) {
 		t.Fatalf("stale fence after restore: %v", r)
 	}
 }
+
+// TestLockFencedDeleteCASTxn: a stale token refuses a delete, a CAS (even
+// one whose version matches) and a whole transaction, changing nothing; a
+// current token lets each through.
+func TestLockFencedDeleteCASTxn(t *testing.T) {
+	l := newLockSM(t)
+	if r := l.apply(1, fencedPut("k", "v", "res", 10)); !r.Ok {
+		t.Fatalf("fenced write: %v", r)
+	}
+	_, ver := l.get("k")
+	stale := &gridpb.Fence{Name: "res", Token: 9}
+	for name, cmd := range map[string]*gridpb.Command{
+		"delete":     {Op: &gridpb.Command_Delete{Delete: &gridpb.DeleteOp{Map: "m", Key: []byte("k"), Fence: stale}}},
+		"cas":        {Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{Map: "m", Key: []byte("k"), ExpectedVersion: ver, Value: []byte("evil"), Fence: stale}}},
+		"cas delete": {Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{Map: "m", Key: []byte("k"), ExpectedVersion: ver, Delete: true, Fence: stale}}},
+		"txn": {Op: &gridpb.Command_Txn{Txn: &gridpb.TxnOp{Map: "m", Fence: stale,
+			ThenOps: []*gridpb.TxnWrite{{Key: []byte("k"), Value: []byte("evil")}},
+			ElseOps: []*gridpb.TxnWrite{{Key: []byte("k2"), Value: []byte("evil")}}}}},
+	} {
+		if r := l.apply(1, cmd); r.Error != resStaleToken || r.Version != 10 {
+			t.Fatalf("%s with a stale token: %v", name, r)
+		}
+		if v, ver2 := l.get("k"); v != "v" || ver2 != ver {
+			t.Fatalf("%s with a stale token changed k: %q version %d", name, v, ver2)
+		}
+		if v, _ := l.get("k2"); v != "" {
+			t.Fatalf("%s with a stale token wrote k2: %q", name, v)
+		}
+	}
+	cur := &gridpb.Fence{Name: "res", Token: 11}
+	if r := l.apply(1, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{Map: "m", Key: []byte("k"), ExpectedVersion: ver, Value: []byte("v11"), Fence: cur}}}); !r.Ok {
+		t.Fatalf("cas with a current token: %v", r)
+	}
+	if r := l.apply(1, &gridpb.Command{Op: &gridpb.Command_Txn{Txn: &gridpb.TxnOp{Map: "m", Fence: cur,
+		ThenOps: []*gridpb.TxnWrite{{Key: []byte("k2"), Value: []byte("t")}}}}}); !r.Ok {
+		t.Fatalf("txn with a current token: %v", r)
+	}
+	if r := l.apply(1, &gridpb.Command{Op: &gridpb.Command_Delete{Delete: &gridpb.DeleteOp{Map: "m", Key: []byte("k"), Fence: &gridpb.Fence{Name: "res", Token: 12}}}}); !r.Ok || !r.Existed {
+		t.Fatalf("delete with a current token: %v", r)
+	}
+	if v, _ := l.get("k"); v != "" {
+		t.Fatalf("k after fenced delete: %q", v)
+	}
+	// The fence moved to 12: token 11 is now stale for every kind of write.
+	if r := l.apply(1, fencedPut("k", "late", "res", 11)); r.Error != resStaleToken {
+		t.Fatalf("put after the fence moved: %v", r)
+	}
+}

@@ -450,6 +450,7 @@ type DeleteOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Map           string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
 	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Fence         *Fence                 `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -498,6 +499,13 @@ func (x *DeleteOp) GetKey() []byte {
 	return nil
 }
 
+func (x *DeleteOp) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
+}
+
 type CasOp struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Map             string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
@@ -511,7 +519,8 @@ type CasOp struct {
 	// commit must find its first result.
 	DedupOnlyIfSwapped bool `protobuf:"varint,7,opt,name=dedup_only_if_swapped,json=dedupOnlyIfSwapped,proto3" json:"dedup_only_if_swapped,omitempty"`
 	// Time to live of the new value in nanoseconds (0: none).
-	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	TtlNanos      int64  `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,14 +611,23 @@ func (x *CasOp) GetTtlNanos() int64 {
 	return 0
 }
 
+func (x *CasOp) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
+}
+
 // TxnOp: if every compare holds, apply then_ops, else else_ops; all keys
 // share one partition (one hash tag), so one log entry covers them all.
 type TxnOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Map           string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
-	Compares      []*TxnCompare          `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
-	ThenOps       []*TxnWrite            `protobuf:"bytes,3,rep,name=then_ops,json=thenOps,proto3" json:"then_ops,omitempty"`
-	ElseOps       []*TxnWrite            `protobuf:"bytes,4,rep,name=else_ops,json=elseOps,proto3" json:"else_ops,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Map      string                 `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
+	Compares []*TxnCompare          `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
+	ThenOps  []*TxnWrite            `protobuf:"bytes,3,rep,name=then_ops,json=thenOps,proto3" json:"then_ops,omitempty"`
+	ElseOps  []*TxnWrite            `protobuf:"bytes,4,rep,name=else_ops,json=elseOps,proto3" json:"else_ops,omitempty"`
+	// Refuse the whole transaction if the fence's token is stale.
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -668,6 +686,13 @@ func (x *TxnOp) GetThenOps() []*TxnWrite {
 func (x *TxnOp) GetElseOps() []*TxnWrite {
 	if x != nil {
 		return x.ElseOps
+	}
+	return nil
+}
+
+func (x *TxnOp) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
 	}
 	return nil
 }
@@ -1351,10 +1376,11 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x03crc\x18\x04 \x01(\aR\x03crc\x12(\n" +
 	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\x12\x1b\n" +
 	"\tttl_nanos\x18\n" +
-	" \x01(\x03R\bttlNanos\".\n" +
+	" \x01(\x03R\bttlNanos\"X\n" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\fR\x03key\"\xe6\x01\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"\x90\x02\n" +
 	"\x05CasOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12)\n" +
@@ -1364,12 +1390,14 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x03crc\x18\x06 \x01(\aR\x03crc\x121\n" +
 	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\x12\x1b\n" +
 	"\tttl_nanos\x18\n" +
-	" \x01(\x03R\bttlNanos\"\xb2\x01\n" +
+	" \x01(\x03R\bttlNanos\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"\xdc\x01\n" +
 	"\x05TxnOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x123\n" +
 	"\bcompares\x18\x02 \x03(\v2\x17.zerogrid.v1.TxnCompareR\bcompares\x120\n" +
 	"\bthen_ops\x18\x03 \x03(\v2\x15.zerogrid.v1.TxnWriteR\athenOps\x120\n" +
-	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\"\xc1\x01\n" +
+	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"\xc1\x01\n" +
 	"\n" +
 	"TxnCompare\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x126\n" +
@@ -1474,20 +1502,23 @@ var file_grid_gridpb_command_proto_depIdxs = []int32{
 	2,  // 8: zerogrid.v1.Command.check:type_name -> zerogrid.v1.CheckOp
 	9,  // 9: zerogrid.v1.Command.expire:type_name -> zerogrid.v1.ExpireOp
 	21, // 10: zerogrid.v1.PutOp.fence:type_name -> zerogrid.v1.Fence
-	7,  // 11: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
-	8,  // 12: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
-	8,  // 13: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 14: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
-	10, // 15: zerogrid.v1.ExpireOp.keys:type_name -> zerogrid.v1.ExpiredKey
-	15, // 16: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
-	16, // 17: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
-	13, // 18: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
-	14, // 19: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	21, // 11: zerogrid.v1.DeleteOp.fence:type_name -> zerogrid.v1.Fence
+	21, // 12: zerogrid.v1.CasOp.fence:type_name -> zerogrid.v1.Fence
+	7,  // 13: zerogrid.v1.TxnOp.compares:type_name -> zerogrid.v1.TxnCompare
+	8,  // 14: zerogrid.v1.TxnOp.then_ops:type_name -> zerogrid.v1.TxnWrite
+	8,  // 15: zerogrid.v1.TxnOp.else_ops:type_name -> zerogrid.v1.TxnWrite
+	21, // 16: zerogrid.v1.TxnOp.fence:type_name -> zerogrid.v1.Fence
+	0,  // 17: zerogrid.v1.TxnCompare.target:type_name -> zerogrid.v1.TxnCompare.Target
+	10, // 18: zerogrid.v1.ExpireOp.keys:type_name -> zerogrid.v1.ExpiredKey
+	15, // 19: zerogrid.v1.MetaCommand.create_map:type_name -> zerogrid.v1.CreateMapOp
+	16, // 20: zerogrid.v1.MetaCommand.set_table:type_name -> zerogrid.v1.SetTableOp
+	13, // 21: zerogrid.v1.MetaCommand.upsert_node:type_name -> zerogrid.v1.UpsertNodeOp
+	14, // 22: zerogrid.v1.MetaCommand.set_join_secret:type_name -> zerogrid.v1.SetJoinSecretOp
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_command_proto_init() }

@@ -420,9 +420,11 @@ func (x *GetResponse) GetExpiry() int64 {
 }
 
 type DeleteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *WriteHeader           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *WriteHeader           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Key    []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// A fencing token guarding the delete (see PutRequest.fence).
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -467,6 +469,13 @@ func (x *DeleteRequest) GetHeader() *WriteHeader {
 func (x *DeleteRequest) GetKey() []byte {
 	if x != nil {
 		return x.Key
+	}
+	return nil
+}
+
+func (x *DeleteRequest) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
 	}
 	return nil
 }
@@ -534,7 +543,9 @@ type CompareAndSwapRequest struct {
 	Delete          bool                   `protobuf:"varint,5,opt,name=delete,proto3" json:"delete,omitempty"`
 	Crc             uint32                 `protobuf:"fixed32,6,opt,name=crc,proto3" json:"crc,omitempty"`
 	// Time to live of the new value in nanoseconds (0: none).
-	TtlNanos      int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	TtlNanos int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	// A fencing token guarding the write (see PutRequest.fence).
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +629,13 @@ func (x *CompareAndSwapRequest) GetTtlNanos() int64 {
 	return 0
 }
 
+func (x *CompareAndSwapRequest) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
+}
+
 type CompareAndSwapResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Swapped bool                   `protobuf:"varint,1,opt,name=swapped,proto3" json:"swapped,omitempty"`
@@ -673,11 +691,14 @@ func (x *CompareAndSwapResponse) GetVersion() uint64 {
 
 // TxnRequest: compare, then writes, all or nothing, within one partition.
 type TxnRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *WriteHeader           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Compares      []*TxnCompare          `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
-	ThenOps       []*TxnWrite            `protobuf:"bytes,3,rep,name=then_ops,json=thenOps,proto3" json:"then_ops,omitempty"`
-	ElseOps       []*TxnWrite            `protobuf:"bytes,4,rep,name=else_ops,json=elseOps,proto3" json:"else_ops,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Header   *WriteHeader           `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Compares []*TxnCompare          `protobuf:"bytes,2,rep,name=compares,proto3" json:"compares,omitempty"`
+	ThenOps  []*TxnWrite            `protobuf:"bytes,3,rep,name=then_ops,json=thenOps,proto3" json:"then_ops,omitempty"`
+	ElseOps  []*TxnWrite            `protobuf:"bytes,4,rep,name=else_ops,json=elseOps,proto3" json:"else_ops,omitempty"`
+	// A fencing token guarding the whole transaction: a stale token refuses
+	// it before any compare is evaluated.
+	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -736,6 +757,13 @@ func (x *TxnRequest) GetThenOps() []*TxnWrite {
 func (x *TxnRequest) GetElseOps() []*TxnWrite {
 	if x != nil {
 		return x.ElseOps
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetFence() *Fence {
+	if x != nil {
+		return x.Fence
 	}
 	return nil
 }
@@ -1680,13 +1708,14 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12\x1b\n" +
 	"\tserved_by\x18\x06 \x01(\tR\bservedBy\x12\x16\n" +
 	"\x06expiry\x18\n" +
-	" \x01(\x03R\x06expiry\"S\n" +
+	" \x01(\x03R\x06expiry\"}\n" +
 	"\rDeleteRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\fR\x03key\"D\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"D\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\aexisted\x18\x01 \x01(\bR\aexisted\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"\xe3\x01\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\x8d\x02\n" +
 	"\x15CompareAndSwapRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12)\n" +
@@ -1695,16 +1724,18 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\x06delete\x18\x05 \x01(\bR\x06delete\x12\x10\n" +
 	"\x03crc\x18\x06 \x01(\aR\x03crc\x12\x1b\n" +
 	"\tttl_nanos\x18\n" +
-	" \x01(\x03R\bttlNanos\"L\n" +
+	" \x01(\x03R\bttlNanos\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"L\n" +
 	"\x16CompareAndSwapResponse\x12\x18\n" +
 	"\aswapped\x18\x01 \x01(\bR\aswapped\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x04R\aversion\"\xd7\x01\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\"\x81\x02\n" +
 	"\n" +
 	"TxnRequest\x120\n" +
 	"\x06header\x18\x01 \x01(\v2\x18.zerogrid.v1.WriteHeaderR\x06header\x123\n" +
 	"\bcompares\x18\x02 \x03(\v2\x17.zerogrid.v1.TxnCompareR\bcompares\x120\n" +
 	"\bthen_ops\x18\x03 \x03(\v2\x15.zerogrid.v1.TxnWriteR\athenOps\x120\n" +
-	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\"E\n" +
+	"\belse_ops\x18\x04 \x03(\v2\x15.zerogrid.v1.TxnWriteR\aelseOps\x12(\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"E\n" +
 	"\vTxnResponse\x12\x1c\n" +
 	"\tsucceeded\x18\x01 \x01(\bR\tsucceeded\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"s\n" +
@@ -1838,42 +1869,45 @@ var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	26, // 1: zerogrid.v1.PutRequest.fence:type_name -> zerogrid.v1.Fence
 	0,  // 2: zerogrid.v1.GetRequest.consistency:type_name -> zerogrid.v1.Consistency
 	1,  // 3: zerogrid.v1.DeleteRequest.header:type_name -> zerogrid.v1.WriteHeader
-	1,  // 4: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
-	1,  // 5: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
-	27, // 6: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
-	28, // 7: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
-	28, // 8: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
-	0,  // 9: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
-	12, // 10: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
-	19, // 11: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
-	20, // 12: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
-	24, // 13: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
-	29, // 14: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
-	2,  // 15: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
-	4,  // 16: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
-	6,  // 17: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
-	8,  // 18: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
-	13, // 19: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
-	10, // 20: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
-	15, // 21: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
-	17, // 22: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
-	21, // 23: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
-	23, // 24: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
-	3,  // 25: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
-	5,  // 26: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
-	7,  // 27: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
-	9,  // 28: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
-	14, // 29: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
-	11, // 30: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
-	16, // 31: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
-	18, // 32: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
-	22, // 33: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
-	25, // 34: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
-	25, // [25:35] is the sub-list for method output_type
-	15, // [15:25] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	26, // 4: zerogrid.v1.DeleteRequest.fence:type_name -> zerogrid.v1.Fence
+	1,  // 5: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
+	26, // 6: zerogrid.v1.CompareAndSwapRequest.fence:type_name -> zerogrid.v1.Fence
+	1,  // 7: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
+	27, // 8: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
+	28, // 9: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
+	28, // 10: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
+	26, // 11: zerogrid.v1.TxnRequest.fence:type_name -> zerogrid.v1.Fence
+	0,  // 12: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
+	12, // 13: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
+	19, // 14: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
+	20, // 15: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
+	24, // 16: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
+	29, // 17: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
+	2,  // 18: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
+	4,  // 19: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
+	6,  // 20: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
+	8,  // 21: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
+	13, // 22: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
+	10, // 23: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
+	15, // 24: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
+	17, // 25: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
+	21, // 26: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
+	23, // 27: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
+	3,  // 28: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
+	5,  // 29: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
+	7,  // 30: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
+	9,  // 31: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
+	14, // 32: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
+	11, // 33: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
+	16, // 34: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
+	18, // 35: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
+	22, // 36: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
+	25, // 37: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
+	28, // [28:38] is the sub-list for method output_type
+	18, // [18:28] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_kv_proto_init() }
