@@ -134,9 +134,10 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func runDel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return clientCommand(ctx, args, stderr, "del", "del MAP KEY", exactly(2), nil,
+	var fence fenceFlag
+	return clientCommand(ctx, args, stderr, "del", "del MAP KEY [--fence NAME:TOKEN]", exactly(2), fence.register,
 		func(ctx context.Context, cl *client.Client, pos []string) error {
-			existed, err := cl.Map(pos[0]).Delete(ctx, []byte(pos[1]))
+			existed, err := cl.Map(pos[0]).Delete(ctx, []byte(pos[1]), fence.options()...)
 			if err != nil {
 				return err
 			}

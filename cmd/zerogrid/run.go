@@ -27,7 +27,7 @@ Usage:
   zerogrid put MAP KEY VALUE [--ttl 30s] [--fence NAME:TOKEN] --addr ADDR
                                           write a value (VALUE "-" reads stdin)
   zerogrid get MAP KEY [--stale] --addr ADDR
-  zerogrid del MAP KEY      --addr ADDR
+  zerogrid del MAP KEY [--fence NAME:TOKEN] --addr ADDR
   zerogrid scan MAP [PREFIX] [--limit N] [--stale] --addr ADDR
   zerogrid watch MAP [PREFIX] [--from V | --cursor P:V,...] --addr ADDR
                                           print every change as it happens, one per line
