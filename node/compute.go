@@ -674,7 +674,7 @@ func (c *computeService) apply(ctx context.Context, req *gridpb.ApplyRequest) (*
 		}
 		res, err := s.propose(ctx, g, h, &gridpb.Command{Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
 			Map: h.Map, Key: req.Key, ExpectedVersion: cur.Version, Value: newValue, Delete: del, DedupOnlyIfSwapped: true,
-			Crc: crcOf(newValue, del),
+			Crc: crcOf(newValue, del), KeepExpiry: !del,
 		}}})
 		if err != nil {
 			return nil, err

@@ -327,6 +327,21 @@ def process(key, value, args):
 	if _, _, _, err := m.Apply(ctx, []byte("x"), "def process(key, value, args)\n", ""); !errors.Is(err, grid.ErrJobInvalid) {
 		t.Fatalf("processor with a syntax error: %v", err)
 	}
+	// A processor rewrites the value, not its lifetime: a TTL key keeps its expiry.
+	if _, err := m.Put(ctx, []byte("ttl"), []byte(`{"n": 1}`), client.WithTTL(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := m.GetEntry(ctx, []byte("ttl"))
+	if err != nil || before.Expiry.IsZero() {
+		t.Fatalf("ttl key: %+v %v", before, err)
+	}
+	if _, _, _, err := m.Apply(ctx, []byte("ttl"), incr, `{"by": 1}`); err != nil {
+		t.Fatal(err)
+	}
+	after, err := m.GetEntry(ctx, []byte("ttl"))
+	if err != nil || !after.Expiry.Equal(before.Expiry) || strings.ReplaceAll(string(after.Value), " ", "") != `{"n":2}` {
+		t.Fatalf("after a processor: %+v %v, want expiry %v", after, err, before.Expiry)
+	}
 }
 
 // waitCaughtUp waits until every replica has applied what its leader has

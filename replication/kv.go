@@ -223,7 +223,11 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		if grid.ValidateTTL(c.TtlNanos) != nil {
 			return &gridpb.Result{Error: resBadTTL}, nil
 		}
-		a.put(tx, index, now, c.Map, c.Key, c.Value, c.TtlNanos)
+		if c.KeepExpiry && live && e.Expiry != 0 {
+			a.putEntry(tx, c.Map, c.Key, StoredEntry{Version: index, CRC: Checksum(c.Value), Value: c.Value, Expiry: e.Expiry})
+		} else {
+			a.put(tx, index, now, c.Map, c.Key, c.Value, c.TtlNanos)
+		}
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
 	case *gridpb.Command_Txn:
 		return a.applyTxn(tx, index, now, op.Txn)

@@ -387,3 +387,31 @@ func TestEarlyRecordsOfAnInterruptedBatch(t *testing.T) {
 		t.Fatal("replica that replayed an interrupted batch differs")
 	}
 }
+
+// TestCASKeepExpiry: an entry processor's write (CAS with keep_expiry) keeps
+// the key's expiry, later swept like any TTL key; a plain CAS clears it.
+func TestCASKeepExpiry(t *testing.T) {
+	h := newSMHarness(t, WatchRetention{})
+	h.apply(putCmd(h.at(), "k", "v", 10*time.Second))
+	e, _ := h.get("k")
+	exp := e.Expiry
+	h.now = h.now.Add(4 * time.Second)
+	cas := func(ver uint64, value string, keep bool) *gridpb.Result {
+		return h.apply(&gridpb.Command{LeaderTime: h.at(), Op: &gridpb.Command_Cas{Cas: &gridpb.CasOp{
+			Map: "m", Key: []byte("k"), ExpectedVersion: ver, Value: []byte(value), KeepExpiry: keep,
+		}}})
+	}
+	if r := cas(e.Version, "v2", true); !r.Ok {
+		t.Fatalf("cas keeping the expiry: %v", r)
+	}
+	e2, err := h.get("k")
+	if err != nil || string(e2.Value) != "v2" || e2.Expiry != exp {
+		t.Fatalf("after a cas keeping the expiry: %+v %v, want expiry %d", e2, err, exp)
+	}
+	if r := cas(e2.Version, "v3", false); !r.Ok {
+		t.Fatalf("plain cas: %v", r)
+	}
+	if e3, err := h.get("k"); err != nil || e3.Expiry != 0 {
+		t.Fatalf("a plain cas keeps the expiry: %+v %v", e3, err)
+	}
+}

@@ -519,7 +519,10 @@ type CasOp struct {
 	// commit must find its first result.
 	DedupOnlyIfSwapped bool `protobuf:"varint,7,opt,name=dedup_only_if_swapped,json=dedupOnlyIfSwapped,proto3" json:"dedup_only_if_swapped,omitempty"`
 	// Time to live of the new value in nanoseconds (0: none).
-	TtlNanos      int64  `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	TtlNanos int64 `protobuf:"varint,10,opt,name=ttl_nanos,json=ttlNanos,proto3" json:"ttl_nanos,omitempty"`
+	// Keep the key's current expiry (an entry processor rewrites the value,
+	// not its lifetime); ttl_nanos must be 0.
+	KeepExpiry    bool   `protobuf:"varint,11,opt,name=keep_expiry,json=keepExpiry,proto3" json:"keep_expiry,omitempty"`
 	Fence         *Fence `protobuf:"bytes,15,opt,name=fence,proto3" json:"fence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -609,6 +612,13 @@ func (x *CasOp) GetTtlNanos() int64 {
 		return x.TtlNanos
 	}
 	return 0
+}
+
+func (x *CasOp) GetKeepExpiry() bool {
+	if x != nil {
+		return x.KeepExpiry
+	}
+	return false
 }
 
 func (x *CasOp) GetFence() *Fence {
@@ -1380,7 +1390,7 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12(\n" +
-	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"\x90\x02\n" +
+	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"\xb1\x02\n" +
 	"\x05CasOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\x12)\n" +
@@ -1390,7 +1400,9 @@ const file_grid_gridpb_command_proto_rawDesc = "" +
 	"\x03crc\x18\x06 \x01(\aR\x03crc\x121\n" +
 	"\x15dedup_only_if_swapped\x18\a \x01(\bR\x12dedupOnlyIfSwapped\x12\x1b\n" +
 	"\tttl_nanos\x18\n" +
-	" \x01(\x03R\bttlNanos\x12(\n" +
+	" \x01(\x03R\bttlNanos\x12\x1f\n" +
+	"\vkeep_expiry\x18\v \x01(\bR\n" +
+	"keepExpiry\x12(\n" +
 	"\x05fence\x18\x0f \x01(\v2\x12.zerogrid.v1.FenceR\x05fence\"\xdc\x01\n" +
 	"\x05TxnOp\x12\x10\n" +
 	"\x03map\x18\x01 \x01(\tR\x03map\x123\n" +
