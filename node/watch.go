@@ -92,6 +92,12 @@ func (w *watchService) watch(req *gridpb.WatchRequest, stream gridpb.Watch_Watch
 			if cur, ok := w.s.n.host.Group(replication.GroupID(req.Partition)); !ok || cur != g {
 				return fmt.Errorf("%w: partition %d left this node", grid.ErrPartitionNotHere, req.Partition)
 			}
+			// A replica cut off from its leader would keep the stream
+			// waiting for changes it never receives: end it, so the
+			// client resumes on a replica that has them.
+			if g.CutOff() {
+				return fmt.Errorf("%w: partition %d: this replica has not heard from a leader lately; resume on another", grid.ErrNoLeader, req.Partition)
+			}
 		}
 	}
 }

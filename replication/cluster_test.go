@@ -310,3 +310,53 @@ func TestClusterCASAndDelete(t *testing.T) {
 		t.Fatalf("read from a replica that applied a damaged entry: %v", err)
 	}
 }
+
+// TestClusterCutOffReplica: a replica partitioned away from the others says
+// it is cut off (so a watch it serves ends and resumes elsewhere); the
+// replicas on the majority side do not, and it recovers after the heal.
+func TestClusterCutOffReplica(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	l := c.leader(0)
+	lone := ""
+	for _, id := range c.ids {
+		if g, _ := c.hosts[id].Group(0); g != l {
+			lone = id
+		}
+	}
+	if g, _ := c.hosts[lone].Group(0); g.CutOff() {
+		t.Fatalf("%s is cut off before any partition", lone)
+	}
+	c.net.Partition([]string{lone})
+	defer c.net.Heal()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g, _ := c.hosts[lone].Group(0)
+		if g.CutOff() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never reported itself cut off", lone)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, id := range c.ids {
+		if id == lone {
+			continue
+		}
+		if g, _ := c.hosts[id].Group(0); g.CutOff() && g.IsLeader() {
+			t.Fatalf("leader %s reports itself cut off", id)
+		}
+	}
+	c.net.Heal()
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		g, _ := c.hosts[lone].Group(0)
+		if !g.CutOff() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still cut off after the heal", lone)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

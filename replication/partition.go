@@ -53,6 +53,16 @@ func (g *Group) Raft() *raft.Raft { return g.raft }
 // the leader's (the leader applies before it acknowledges).
 func (g *Group) Applied() uint64 { return g.sm.Applied() }
 
+// CutOff reports whether this replica has heard from no leader for three
+// election timeouts (and does not lead itself): its state may be behind
+// the partition's, with nothing to tell it so.
+func (g *Group) CutOff() bool {
+	if g.raft.State() == raft.Leader {
+		return false
+	}
+	return time.Since(g.raft.LastContact()) > 3*g.timing.ElectionTimeout
+}
+
 // IsLeader reports whether this replica currently believes it leads.
 func (g *Group) IsLeader() bool { return g.raft.State() == raft.Leader }
 
