@@ -11,6 +11,7 @@ import (
 //
 //	'p' group(u32) 'a'                         applied index (u64)
 //	'p' group(u32) 'r' client(u64) seq(u64)    dedup record: leader time(i64) + Result
+//	'p' group(u32) 't' time(u64) client seq    the same record's entry in time order (value 1 byte)
 //	'p' group(u32) 'd' len(map)(u8) map key    data entry (see entry encoding)
 //	'p' group(u32) 'm' ...                     metadata group records
 //	'p' group(u32) 'l' 'k' name                lock record (gridpb.LockRecord)
@@ -24,6 +25,7 @@ const (
 	keyRestoring = 'x'
 	subApplied   = 'a'
 	subDedup     = 'r'
+	subDedupTime = 't'
 	subData      = 'd'
 	subMeta      = 'm'
 	subLock      = 'l'
@@ -48,6 +50,16 @@ func restoringKey(g GroupID) []byte {
 func appliedKey(g GroupID) []byte { return append(groupPrefix(g), subApplied) }
 
 func dedupPrefix(g GroupID) []byte { return append(groupPrefix(g), subDedup) }
+
+// dedupTimePrefix orders the dedup records by leader time, so pruning reads
+// only the expired ones: 'p' group 't' time(u64) client(u64) seq(u64).
+func dedupTimePrefix(g GroupID) []byte { return append(groupPrefix(g), subDedupTime) }
+
+func dedupTimeKey(g GroupID, leaderTime int64, client, seq uint64) []byte {
+	b := binary.BigEndian.AppendUint64(dedupTimePrefix(g), uint64(max(leaderTime, 0)))
+	b = binary.BigEndian.AppendUint64(b, client)
+	return binary.BigEndian.AppendUint64(b, seq)
+}
 
 func dedupKey(g GroupID, client, seq uint64) []byte {
 	b := append(groupPrefix(g), subDedup)

@@ -90,6 +90,7 @@ func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 		if merr == nil {
 			v := binary.BigEndian.AppendUint64(nil, uint64(cmd.LeaderTime))
 			tx.set(dedupKey(a.group, cmd.ClientId, cmd.Seq), append(v, rec...))
+			tx.set(dedupTimeKey(a.group, cmd.LeaderTime, cmd.ClientId, cmd.Seq), []byte{1})
 		}
 	}
 	return applyResult{res: res}
@@ -349,11 +350,20 @@ func (a *kvApplier) pruneDedup(tx *txn, now int64) {
 		return
 	}
 	defer v.Close()
-	_ = v.Iterate(dedupPrefix(a.group), nil, func(k, val []byte) (bool, error) {
-		if len(val) >= 8 && int64(binary.BigEndian.Uint64(val)) < cutoff {
-			tx.del(append([]byte(nil), k...))
-			pruned++
+	prefix := dedupTimePrefix(a.group)
+	// The time index is in leader-time order: stop at the first record
+	// still within the retention.
+	_ = v.Iterate(prefix, nil, func(k, _ []byte) (bool, error) {
+		rest := k[len(prefix):]
+		if len(rest) != 24 {
+			return true, nil
 		}
+		if int64(binary.BigEndian.Uint64(rest)) >= cutoff {
+			return false, nil
+		}
+		tx.del(append([]byte(nil), k...))
+		tx.del(dedupKey(a.group, binary.BigEndian.Uint64(rest[8:]), binary.BigEndian.Uint64(rest[16:])))
+		pruned++
 		return pruned < dedupPruneMax, nil
 	})
 }

@@ -415,3 +415,43 @@ func TestCASKeepExpiry(t *testing.T) {
 		t.Fatalf("a plain cas keeps the expiry: %+v %v", e3, err)
 	}
 }
+
+// TestDedupPruneByTime: a prune (every dedupPruneEvery indexes) deletes the
+// dedup records older than the retention, in leader-time order through the
+// time index, and keeps the recent ones: a retry of a recent request is
+// still answered from its record.
+func TestDedupPruneByTime(t *testing.T) {
+	h := newSMHarness(t, WatchRetention{})
+	old := h.at()
+	for i := uint64(1); i <= 5; i++ {
+		c := putCmd(old, "old", "v", 0)
+		c.ClientId, c.Seq = 7, i
+		h.apply(c)
+	}
+	h.now = h.now.Add(dedupRetention + time.Minute)
+	recent := putCmd(h.at(), "recent", "v", 0)
+	recent.ClientId, recent.Seq = 7, 100
+	first := h.apply(recent)
+	h.index = dedupPruneEvery*(h.index/dedupPruneEvery+1) - 1 // the next entry prunes
+	h.apply(putCmd(h.at(), "other", "v", 0))
+
+	count := func(prefix []byte) int {
+		v, err := h.eng.NewView()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close()
+		n := 0
+		if err := v.Iterate(prefix, nil, func(_, _ []byte) (bool, error) { n++; return true, nil }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if r, tr := count(dedupPrefix(testGroup)), count(dedupTimePrefix(testGroup)); r != 1 || tr != 1 {
+		t.Fatalf("after the prune: %d dedup records and %d time-index entries, want 1 and 1", r, tr)
+	}
+	again := proto.Clone(recent).(*gridpb.Command)
+	if r := h.apply(again); r.Version != first.Version {
+		t.Fatalf("retry of a recent request applied again: version %d, first %d", r.Version, first.Version)
+	}
+}
