@@ -489,8 +489,7 @@ func (m *manager) metaMembers(ctx context.Context) error {
 			if id == self {
 				return r.LeadershipTransfer().Error()
 			}
-			m.n.log.Info("metadata member removed", "id", id)
-			return r.RemoveServer(s.ID, 0, timeout).Error()
+			return m.leaveMeta(ctx, id)
 		case s.Suffrage == raft.Voter && (rec.State == grid.StateDead || rec.State == grid.StateDraining) && healthyVoters >= min(target, 3):
 			if id == self {
 				return r.LeadershipTransfer().Error()
@@ -502,7 +501,7 @@ func (m *manager) metaMembers(ctx context.Context) error {
 	return nil
 }
 
-// leaveMeta takes a removed node out of the metadata group's configuration.
+// leaveMeta takes a removed (or unknown) node out of the metadata group's configuration.
 // A voter is first replaced by an active non-voter, if one exists, so the
 // group keeps as many voters as before.
 func (m *manager) leaveMeta(ctx context.Context, id string) error {
@@ -833,7 +832,7 @@ func (m *manager) partitionLeader(ctx context.Context, p *grid.Partition, req *g
 // appliedOn asks the node at addr for its applied index of partition p.
 func (m *manager) appliedOn(ctx context.Context, addr string, p int) (uint64, error) {
 	var resp *gridpb.StatusResponse
-	err := m.call(ctx, addr, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	err := m.n.withPeer(ctx, addr, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = gridpb.NewAdminClient(cc).Status(ctx, &gridpb.StatusRequest{})
 		return err
 	})
@@ -846,11 +845,6 @@ func (m *manager) appliedOn(ctx context.Context, addr string, p int) (uint64, er
 		}
 	}
 	return 0, fmt.Errorf("%w: partition %d not open on %s yet", grid.ErrPartitionNotHere, p, addr)
-}
-
-// call runs one request to a peer with a short timeout.
-func (m *manager) call(ctx context.Context, addr string, f func(context.Context, *grpc.ClientConn) error) error {
-	return m.n.withPeer(ctx, addr, f)
 }
 
 // nodeOp drains, undrains or removes a node.
