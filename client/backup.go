@@ -184,6 +184,10 @@ func (c *Client) backupPartition(ctx context.Context, p int, spool *os.File, map
 	var part BackupPart
 	base := *prog
 	err := c.run(ctx, "backup", c.newPicker(p, true), false, func(ctx context.Context, cc *grpc.ClientConn, t target, opts ...grpc.CallOption) error {
+		// The stream ends at its trailer or on the first bad entry,
+		// without reading to EOF: cancelling releases it.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
 		*prog = base
 		part = BackupPart{Partition: p, File: backupPartName(p)}
 		if err := spool.Truncate(0); err != nil {
@@ -326,7 +330,9 @@ func (c *Client) Restore(ctx context.Context, r io.Reader, progress func(Restore
 // it is not one.
 func seekable(r io.Reader) (io.ReadSeeker, func(), error) {
 	if rs, ok := r.(io.ReadSeeker); ok {
-		return rs, func() {}, nil
+		if _, err := rs.Seek(0, io.SeekCurrent); err == nil { // a pipe is an *os.File that cannot seek
+			return rs, func() {}, nil
+		}
 	}
 	f, err := os.CreateTemp("", "zerogrid-restore-*")
 	if err != nil {

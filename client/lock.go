@@ -111,6 +111,9 @@ func (c *Client) TryLock(ctx context.Context, name string, opts ...LockOption) (
 const (
 	lockPollMin = 20 * time.Millisecond
 	lockPollMax = 500 * time.Millisecond
+	// maxAmbiguousTries bounds how often TryLock asks again after an
+	// ambiguous outcome (Lock asks until its context ends).
+	maxAmbiguousTries = 3
 )
 
 func (c *Client) lock(ctx context.Context, name string, wait bool, opts []LockOption) (*Lock, error) {
@@ -128,6 +131,7 @@ func (c *Client) lock(ctx context.Context, name string, wait bool, opts []LockOp
 	l := &Lock{c: c, name: name, owner: owner, ttl: o.ttl, part: grid.LockPartition(name, c.numPartitions()),
 		lost: make(chan struct{}), done: make(chan struct{})}
 	pause := lockPollMin
+	ambiguous := 0
 	for {
 		sent := time.Now()
 		// No request id: an acquire is idempotent for its owner (a retry
@@ -159,7 +163,15 @@ func (c *Client) lock(ctx context.Context, name string, wait bool, opts []LockOp
 			}
 		case errors.Is(err, grid.ErrAmbiguous) && ctx.Err() == nil:
 			// The grant may have happened. Asking again with the same
-			// owner is idempotent: it returns the grant's token.
+			// owner is idempotent: it returns the grant's token. TryLock
+			// asks again a few times only; both pause first.
+			if ambiguous++; !wait && ambiguous > maxAmbiguousTries {
+				return nil, fmt.Errorf("client: lock %q: %w", name, err)
+			}
+			if err := sleep(ctx, jitter(pause)); err != nil {
+				return nil, fmt.Errorf("client: lock %q: %w", name, err)
+			}
+			pause = min(2*pause, lockPollMax)
 		default:
 			return nil, err
 		}

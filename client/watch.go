@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -218,10 +217,8 @@ func (m *Map) WatchFrom(ctx context.Context, prefix []byte, from Cursor) (*Watch
 // that tag first), else all of them.
 func (c *Client) watchPartitions(mapName string, prefix []byte) []int {
 	n := c.numPartitions()
-	if open := bytes.IndexByte(prefix, '{'); open >= 0 {
-		if end := bytes.IndexByte(prefix[open+1:], '}'); end > 0 {
-			return []int{grid.PartitionOf(mapName, prefix, n)}
-		}
+	if len(grid.PartitionKey(prefix)) < len(prefix) { // a complete tag
+		return []int{grid.PartitionOf(mapName, prefix, n)}
 	}
 	parts := make([]int, n)
 	for i := range parts {
@@ -252,6 +249,7 @@ func (w *Watcher) Next(ctx context.Context) (Change, error) {
 		case it.err != nil:
 			if w.err == nil {
 				w.err = it.err
+				w.cancel() // the watch is over: stop every partition's stream
 			}
 		case it.change != nil:
 			w.cursor[it.part] = it.change.Version + 1

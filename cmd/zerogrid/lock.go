@@ -128,9 +128,20 @@ func runHolding(ctx context.Context, l *client.Lock, command []string, stdout, s
 	}
 	fmt.Fprintf(stderr, "zerogrid: %v; stopping %s\n", cause, command[0])
 	_ = cmd.Process.Signal(syscall.SIGTERM)
-	<-exited
+	select {
+	case <-exited:
+	case <-time.After(lockStopGrace):
+		// It ignored SIGTERM: it must not go on without the lock.
+		fmt.Fprintf(stderr, "zerogrid: %s still running %v after SIGTERM; killing it\n", command[0], lockStopGrace)
+		_ = cmd.Process.Kill()
+		<-exited
+	}
 	return cause
 }
+
+// lockStopGrace is how long a command that lost its lock has to exit after
+// SIGTERM before it is killed.
+const lockStopGrace = 5 * time.Second
 
 // fenceFlag is the value of --fence NAME:TOKEN.
 type fenceFlag struct {
