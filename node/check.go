@@ -36,10 +36,7 @@ func (c *integrityService) Mark(ctx context.Context, req *gridpb.MarkRequest) (*
 	if err != nil {
 		return nil, gridpb.ToStatus(err)
 	}
-	res, err := g.Propose(ctx, &gridpb.Command{LeaderTime: time.Now().UnixNano(), Op: &gridpb.Command_Check{Check: &gridpb.CheckOp{CheckId: req.CheckId}}})
-	if err == nil {
-		err = resultErr(res)
-	}
+	res, err := c.s.propose(ctx, g, &gridpb.WriteHeader{}, &gridpb.Command{Op: &gridpb.Command_Check{Check: &gridpb.CheckOp{CheckId: req.CheckId}}})
 	if err != nil {
 		return nil, gridpb.ToStatus(err)
 	}
@@ -83,7 +80,9 @@ func (c *integrityService) Quarantine(ctx context.Context, req *gridpb.Quarantin
 	if _, err := c.s.group(int(req.Partition)); err != nil {
 		return nil, gridpb.ToStatus(err)
 	}
-	n.integrity.quarantine(ctx, id, "check: "+req.Reason)
+	if err := n.integrity.quarantine(ctx, id, "check: "+req.Reason, nil); err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
 	return &gridpb.QuarantineResponse{}, nil
 }
 

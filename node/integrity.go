@@ -64,11 +64,11 @@ func (in *integrity) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ev := <-in.events:
-			in.quarantine(ctx, ev.group, ev.reason)
+			_ = in.quarantine(ctx, ev.group, ev.reason, nil) // logged; the sweep below retries
 		case <-sweep.C:
 			for _, g := range in.n.host.Groups() {
 				if reason, bad := g.Quarantined(); bad {
-					in.quarantine(ctx, g.ID(), reason)
+					_ = in.quarantine(ctx, g.ID(), reason, nil) // logged; retried next sweep
 				}
 			}
 		}
@@ -103,7 +103,7 @@ func (in *integrity) scrubLoop(ctx context.Context) {
 				continue // the group closed meanwhile
 			}
 			if res.BadEntries+res.BadLogEntries > 0 {
-				in.quarantine(ctx, g.ID(), "scrub: "+res.FirstBad)
+				_ = in.quarantine(ctx, g.ID(), "scrub: "+res.FirstBad, &res) // logged
 			}
 		}
 		in.scrubPasses.Add(1)
@@ -131,28 +131,35 @@ func pacer(rate int64) func(context.Context, int) error {
 
 func noPace(ctx context.Context, _ int) error { return nil }
 
-// quarantine verifies a running replica in full (so the report counts
-// every damaged entry), then marks it quarantined and shuts it down.
-func (in *integrity) quarantine(ctx context.Context, id replication.GroupID, reason string) {
+// quarantine marks a running replica quarantined and shuts it down. The
+// report counts every damaged entry: scanned is the full scrub that found
+// the damage, or nil to verify the replica in full first.
+func (in *integrity) quarantine(ctx context.Context, id replication.GroupID, reason string, scanned *replication.ScrubResult) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if _, open := in.n.host.Group(id); !open {
-		return
+		return nil
 	}
-	res, err := in.n.host.Scrub(ctx, id, noPace)
-	if err == nil {
-		in.corruptEntries.Add(res.BadEntries)
-		in.corruptLogEntries.Add(res.BadLogEntries)
+	if scanned == nil {
+		if res, err := in.n.host.Scrub(ctx, id, noPace); err == nil {
+			scanned = &res
+		}
+	}
+	if scanned != nil {
+		in.corruptEntries.Add(scanned.BadEntries)
+		in.corruptLogEntries.Add(scanned.BadLogEntries)
 		reason = fmt.Sprintf("%s; full scan: %d of %d stored entries and %d of %d raft log entries fail their checksums",
-			reason, res.BadEntries, res.Entries, res.BadLogEntries, res.LogEntries)
+			reason, scanned.BadEntries, scanned.Entries, scanned.BadLogEntries, scanned.LogEntries)
 	}
-	if err := in.n.host.Quarantine(ctx, id, reason); err != nil {
+	// The durable mark must land even if the caller stopped waiting.
+	if err := in.n.host.Quarantine(context.WithoutCancel(ctx), id, reason); err != nil {
 		in.n.log.Error("quarantine partition replica", "partition", uint32(id), "err", err)
-		return
+		return fmt.Errorf("node: quarantine partition %d: %w", uint32(id), err)
 	}
 	in.quarantines.Add(1)
 	in.n.log.Error("partition replica quarantined; it will be rebuilt from the leader's snapshot",
 		"partition", uint32(id), "reason", reason)
+	return nil
 }
 
 // quarantined lists this node's quarantined partitions.

@@ -501,9 +501,10 @@ func (m *manager) metaMembers(ctx context.Context) error {
 	return nil
 }
 
-// leaveMeta takes a removed (or unknown) node out of the metadata group's configuration.
-// A voter is first replaced by an active non-voter, if one exists, so the
-// group keeps as many voters as before.
+// leaveMeta takes a removed (or unknown) node out of the metadata group's
+// configuration. A voter is first replaced by an active non-voter, if the
+// group would otherwise fall below its voter target, so stopping the node
+// right after never costs the group its quorum.
 func (m *manager) leaveMeta(ctx context.Context, id string) error {
 	r := m.n.meta.Raft()
 	f := r.GetConfiguration()
@@ -513,10 +514,14 @@ func (m *manager) leaveMeta(ctx context.Context, id string) error {
 	timeout := timeoutOf(ctx)
 	var member *raft.Server
 	var candidates []grid.NodeRecord
+	otherVoters := 0
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == id {
 			member = &s
 			continue
+		}
+		if s.Suffrage == raft.Voter {
+			otherVoters++
 		}
 		if rec, ok := m.n.meta.Meta().Node(string(s.ID)); ok && s.Suffrage != raft.Voter && rec.State == grid.StateActive {
 			candidates = append(candidates, rec)
@@ -525,7 +530,13 @@ func (m *manager) leaveMeta(ctx context.Context, id string) error {
 	if member == nil {
 		return nil
 	}
-	if member.Suffrage == raft.Voter && len(candidates) > 0 {
+	healthy := 0
+	for _, rec := range m.n.meta.Meta().Nodes() {
+		if rec.State == grid.StateActive || rec.State == grid.StateDraining {
+			healthy++
+		}
+	}
+	if member.Suffrage == raft.Voter && otherVoters < metaVoterTarget(healthy) && len(candidates) > 0 {
 		sort.SliceStable(candidates, func(i, j int) bool { return moreCapable(candidates[i], candidates[j]) })
 		c := candidates[0]
 		m.n.log.Info("metadata voter added", "id", c.ID, "replacing", id)
@@ -586,8 +597,11 @@ func (m *manager) reconcile(ctx context.Context) error {
 	}
 	repairs := m.startRepairs(t)
 	started, err := m.startMoves(t)
-	if err != nil && !repairs {
-		return errors.Join(append(errs, err)...)
+	if err != nil {
+		errs = append(errs, err)
+		if !repairs {
+			return errors.Join(errs...)
+		}
 	}
 	started = started || repairs
 	m.busy = changed || started || slices.ContainsFunc(t.Partitions, func(p grid.Partition) bool { return p.Moving() })
@@ -656,12 +670,21 @@ func (m *manager) startRepairs(t *grid.Table) bool {
 	defer m.seenMu.Unlock()
 	started := false
 	for id, parts := range m.quarantined {
+		// A repair is started once per report: a started one leaves the
+		// list, and the node's next report lists the partition again only
+		// if it is still quarantined (else a rebuilt replica would be
+		// repaired again on the strength of an old report).
+		var waiting []uint32
 		for _, pi := range parts {
 			if int(pi) >= len(t.Partitions) {
 				continue
 			}
 			p := &t.Partitions[pi]
-			if p.Moving() || !slices.Contains(p.Replicas, id) {
+			if !slices.Contains(p.Replicas, id) {
+				continue
+			}
+			if p.Moving() {
+				waiting = append(waiting, pi)
 				continue
 			}
 			if len(p.Replicas) < 2 {
@@ -672,6 +695,7 @@ func (m *manager) startRepairs(t *grid.Table) bool {
 			started = true
 			m.n.log.Warn("replica repair started: removing the corrupt replica from its group", "partition", p.ID, "node", id)
 		}
+		m.quarantined[id] = waiting
 	}
 	return started
 }
