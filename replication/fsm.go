@@ -165,9 +165,17 @@ func (s *stateMachine) writeEarly(tx *txn) error {
 	}
 	limit := s.eng.MaxBatchBytes()
 	if tx.batch.Size()+tx.early.Size()+opOverhead+64 <= limit {
-		for _, op := range tx.early.Ops {
-			tx.batch.Set(op.Key, op.Value)
+		// Early ops go first, as when they are written apart: a later op
+		// of the batch (a change-log prune) may delete what they set.
+		b := tx.early
+		for _, op := range tx.batch.Ops {
+			if op.Delete {
+				b.Del(op.Key)
+			} else {
+				b.Set(op.Key, op.Value)
+			}
 		}
+		tx.batch, tx.early = b, Batch{}
 		return nil
 	}
 	var b Batch

@@ -256,7 +256,7 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		logs.Close()
 		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
 	}
-	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, corrupt: corrupt, clock: h.cfg.Clock}
+	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, opened: time.Now(), corrupt: corrupt, clock: h.cfg.Clock}
 	g.reads = newReadGate(g)
 	if restore {
 		h.cfg.Logger.Warn("group state incomplete; restoring from snapshot", "group", id.String(), "snapshot_index", snapIndex)

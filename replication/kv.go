@@ -18,8 +18,10 @@ const dedupRetention = 10 * time.Minute
 
 // dedupPruneEvery is how many log indexes pass between two prunes of old
 // dedup records. Pruning is driven by the log, so every replica prunes the
-// same records at the same index.
-const dedupPruneEvery = 4096
+// same records at the same index. A prune reads only expired records (the
+// time index), and may delete dedupPruneMax of them, more than the
+// dedupPruneEvery entries that can have added one each since the last.
+const dedupPruneEvery = 256
 
 // applyResult is what a data partition's ApplyFuture returns.
 type applyResult struct {
@@ -58,15 +60,23 @@ func (a *kvApplier) restored(eng Engine) error { return a.log.load(eng) }
 func (a *kvApplier) beforeFlush(tx *txn) { a.log.beforeFlush(tx) }
 
 func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
-	a.log.prune(tx, index)
 	var cmd gridpb.Command
 	if err := proto.Unmarshal(data, &cmd); err != nil {
 		// The leader encoded this command itself: a replica that cannot
 		// decode it holds a damaged log entry. It changes nothing here and
 		// the replica is quarantined, since it now lacks a write.
+		a.log.prune(tx, index)
 		a.corrupt.mark(fmt.Sprintf("raft log entry %d is undecodable", index))
 		return applyResult{err: fmt.Errorf("%w: undecodable command at index %d: %v", ErrCorrupt, index, err)}
 	}
+	if c := cmd.GetCheck(); c != nil {
+		// A check marker digests the state just before this entry, the
+		// same on every replica: it starts before anything of this entry
+		// (even a prune) enters the batch, whose cut differs by replica.
+		tx.flushPending()
+		a.checks.start(tx.eng, a.group, c.CheckId, index)
+	}
+	a.log.prune(tx, index)
 	if index%dedupPruneEvery == 0 {
 		a.pruneDedup(tx, cmd.LeaderTime)
 	}
@@ -134,10 +144,10 @@ func (a *kvApplier) current(tx *txn, index uint64, mapName string, key []byte, n
 	return e, true, !grid.Expired(e.Expiry, now), nil
 }
 
-// put writes a value at version index, with an expiry of now + ttl if ttl
-// is set.
-func (a *kvApplier) put(tx *txn, index uint64, now int64, mapName string, key, value []byte, ttl int64) {
-	e := StoredEntry{Version: index, CRC: Checksum(value), Value: value}
+// put writes a value (whose CRC32C is crc) at version index, with an expiry
+// of now + ttl if ttl is set.
+func (a *kvApplier) put(tx *txn, index uint64, now int64, mapName string, key, value []byte, crc uint32, ttl int64) {
+	e := StoredEntry{Version: index, CRC: crc, Value: value}
 	if ttl > 0 {
 		e.Expiry = now + ttl
 	}
@@ -167,12 +177,11 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 	now := cmd.LeaderTime
 	switch op := cmd.Op.(type) {
 	case *gridpb.Command_Check:
-		tx.flushPending()
-		a.checks.start(tx.eng, a.group, op.Check.CheckId, index)
-		return &gridpb.Result{Ok: true, Version: index}, nil
+		return &gridpb.Result{Ok: true, Version: index}, nil // started in apply, before the prunes
 	case *gridpb.Command_Put:
 		p := op.Put
-		if p.Crc != 0 && p.Crc != Checksum(p.Value) {
+		crc := Checksum(p.Value)
+		if p.Crc != 0 && p.Crc != crc {
 			return a.checksumMismatch(index, p.Key)
 		}
 		if grid.ValidateTTL(p.TtlNanos) != nil {
@@ -181,7 +190,7 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 		if stale, err := a.checkFence(tx, p.Fence); err != nil || stale != nil {
 			return stale, err
 		}
-		a.put(tx, index, now, p.Map, p.Key, p.Value, p.TtlNanos)
+		a.put(tx, index, now, p.Map, p.Key, p.Value, crc, p.TtlNanos)
 		return &gridpb.Result{Ok: true, Version: index}, nil
 	case *gridpb.Command_Delete:
 		d := op.Delete
@@ -218,16 +227,17 @@ func (a *kvApplier) applyOp(tx *txn, index uint64, cmd *gridpb.Command) (*gridpb
 			}
 			return &gridpb.Result{Ok: true, Existed: cur != 0, Version: 0}, nil
 		}
-		if c.Crc != 0 && c.Crc != Checksum(c.Value) {
+		crc := Checksum(c.Value)
+		if c.Crc != 0 && c.Crc != crc {
 			return a.checksumMismatch(index, c.Key)
 		}
 		if grid.ValidateTTL(c.TtlNanos) != nil {
 			return &gridpb.Result{Error: resBadTTL}, nil
 		}
 		if c.KeepExpiry && live && e.Expiry != 0 {
-			a.putEntry(tx, c.Map, c.Key, StoredEntry{Version: index, CRC: Checksum(c.Value), Value: c.Value, Expiry: e.Expiry})
+			a.putEntry(tx, c.Map, c.Key, StoredEntry{Version: index, CRC: crc, Value: c.Value, Expiry: e.Expiry})
 		} else {
-			a.put(tx, index, now, c.Map, c.Key, c.Value, c.TtlNanos)
+			a.put(tx, index, now, c.Map, c.Key, c.Value, crc, c.TtlNanos)
 		}
 		return &gridpb.Result{Ok: true, Existed: cur != 0, Version: index}, nil
 	case *gridpb.Command_Txn:
@@ -296,7 +306,11 @@ func (a *kvApplier) applyTxn(tx *txn, index uint64, now int64, t *gridpb.TxnOp) 
 			}
 			continue
 		}
-		a.put(tx, index, now, t.Map, w.Key, w.Value, w.TtlNanos)
+		crc := w.Crc // verified above
+		if crc == 0 {
+			crc = Checksum(w.Value)
+		}
+		a.put(tx, index, now, t.Map, w.Key, w.Value, crc, w.TtlNanos)
 	}
 	return &gridpb.Result{Ok: ok, Version: index}, nil
 }

@@ -25,6 +25,7 @@ type Group struct {
 	logs    logStore
 	trans   raft.Transport
 	timing  RaftTiming
+	opened  time.Time // when this host opened the group
 	reads   *readGate
 	corrupt *corruption
 	clock   func() time.Time
@@ -60,7 +61,11 @@ func (g *Group) CutOff() bool {
 	if g.raft.State() == raft.Leader {
 		return false
 	}
-	return time.Since(g.raft.LastContact()) > 3*g.timing.ElectionTimeout
+	last := g.raft.LastContact()
+	if last.IsZero() {
+		last = g.opened // a replica just started has not been cut off yet
+	}
+	return time.Since(last) > 3*g.timing.ElectionTimeout
 }
 
 // IsLeader reports whether this replica currently believes it leads.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -453,5 +454,38 @@ func TestDedupPruneByTime(t *testing.T) {
 	again := proto.Clone(recent).(*gridpb.Command)
 	if r := h.apply(again); r.Version != first.Version {
 		t.Fatalf("retry of a recent request applied again: version %d, first %d", r.Version, first.Version)
+	}
+}
+
+// TestChangeLogPruneWithinOneBatch: records pruned in the same engine batch
+// that wrote them stay pruned, so the log holds its retention and no more,
+// however entries are batched.
+func TestChangeLogPruneWithinOneBatch(t *testing.T) {
+	h := newSMHarness(t, WatchRetention{Entries: 2, Bytes: 1 << 20})
+	for b := 0; b < 20; b++ {
+		var cmds []*gridpb.Command
+		for i := 0; i < 20; i++ {
+			cmds = append(cmds, putCmd(h.at(), fmt.Sprintf("k%d", i), strings.Repeat("v", 1000), 0))
+		}
+		h.applyBatch(cmds...)
+	}
+	v, err := h.eng.NewView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	state := watchStateKey(testGroup)
+	records := 0
+	if err := v.Iterate(state, nil, func(k, _ []byte) (bool, error) {
+		if len(k) == len(state)+8 {
+			records++
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Count pruning runs every pruneStep indexes: up to that many more.
+	if records > 2+pruneStep {
+		t.Fatalf("%d change-log records after 400 puts with a retention of 2 entries (pruned every %d)", records, pruneStep)
 	}
 }
