@@ -34,7 +34,7 @@ func runBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&out, "out", "", "file to write the backup to (required)")
 			fs.BoolVar(&quiet, "quiet", false, "no progress bar")
-			_ = fs.Set("timeout", "24h")
+			longTimeout(fs, 24*time.Hour, "give up after this long")
 		},
 		func(ctx context.Context, cl *client.Client, _ []string) error {
 			if out == "" {
@@ -82,7 +82,7 @@ func runRestore(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		exactly(1),
 		func(fs *flag.FlagSet) {
 			fs.BoolVar(&quiet, "quiet", false, "no progress bar")
-			_ = fs.Set("timeout", "24h")
+			longTimeout(fs, 24*time.Hour, "give up after this long")
 		},
 		func(ctx context.Context, cl *client.Client, pos []string) error {
 			f, err := os.Open(pos[0])

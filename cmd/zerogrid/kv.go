@@ -25,6 +25,14 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up after this long")
 }
 
+// longTimeout gives a long-running command its own --timeout default (and
+// shows it in -h).
+func longTimeout(fs *flag.FlagSet, d time.Duration, usage string) {
+	f := fs.Lookup("timeout")
+	_ = f.Value.Set(d.String())
+	f.DefValue, f.Usage = d.String(), usage
+}
+
 // clientCommand is the shape of every client command: parse the shared and
 // the command's own flags (added by flags), check the argument count, dial,
 // run body, close.

@@ -25,9 +25,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var asJSON bool
 	fs := newFlags("watch", "watch MAP [PREFIX] [--from V | --cursor P:V,...] [--json]", stderr)
 	cf.register(fs)
-	cf.timeout = 0
-	fs.Lookup("timeout").DefValue = "0"
-	fs.Lookup("timeout").Usage = "stop after this long (0: run until interrupted)"
+	longTimeout(fs, 0, "stop after this long (0: run until interrupted)")
 	fs.Uint64Var(&from, "from", 0, "first version to print in every partition (0: from now)")
 	fs.StringVar(&cursor, "cursor", "", "resume from a cursor printed by an earlier watch: partition:version,...")
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object per line")
