@@ -211,9 +211,8 @@ func (c *Client) backupPartition(ctx context.Context, p int, spool *os.File, map
 				return err
 			}
 			for _, e := range r.GetEntries() {
-				if got := checksum(e.GetValue()); got != e.GetCrc() {
-					return fmt.Errorf("%w: map %q key %q from %s: value crc %08x, stored crc %08x",
-						grid.ErrChecksum, e.GetMap(), e.GetKey(), t.addr, got, e.GetCrc())
+				if err := verifyValue(e.GetMap(), e.GetKey(), e.GetValue(), e.GetCrc(), t.addr); err != nil {
+					return err
 				}
 				n, err := protodelim.MarshalTo(bw, e)
 				if err != nil {

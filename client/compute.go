@@ -292,9 +292,8 @@ func (m *Map) Apply(ctx context.Context, key []byte, script string, args string)
 			return err
 		}
 		if len(r.GetValue()) > 0 {
-			if got := checksum(r.GetValue()); got != r.GetCrc() {
-				return fmt.Errorf("%w: %q in map %q from %s: value crc %08x, stored crc %08x",
-					grid.ErrChecksum, key, m.name, t.addr, got, r.GetCrc())
+			if err := verifyValue(m.name, key, r.GetValue(), r.GetCrc(), t.addr); err != nil {
+				return err
 			}
 		}
 		value, version, deleted = r.GetValue(), r.GetVersion(), r.GetDeleted()

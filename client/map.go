@@ -106,9 +106,8 @@ func (m *Map) GetEntry(ctx context.Context, key []byte, opts ...ReadOption) (Ent
 		if !r.GetFound() {
 			return fmt.Errorf("%w: %q in map %q", grid.ErrNotFound, key, m.name)
 		}
-		if got := checksum(r.GetValue()); got != r.GetCrc() {
-			return fmt.Errorf("%w: %q in map %q from %s: value crc %08x, stored crc %08x",
-				grid.ErrChecksum, key, m.name, t.addr, got, r.GetCrc())
+		if err := verifyValue(m.name, key, r.GetValue(), r.GetCrc(), t.addr); err != nil {
+			return err
 		}
 		e = Entry{
 			Key: key, Value: r.GetValue(), Version: r.GetVersion(), Partition: part,
@@ -247,9 +246,8 @@ func (m *Map) scanPartition(ctx context.Context, part int, prefix []byte, ro rea
 					return err
 				}
 				for _, e := range r.GetEntries() {
-					if got := checksum(e.GetValue()); got != e.GetCrc() {
-						return fmt.Errorf("%w: %q in map %q from %s: value crc %08x, stored crc %08x",
-							grid.ErrChecksum, e.GetKey(), m.name, t.addr, got, e.GetCrc())
+					if err := verifyValue(m.name, e.GetKey(), e.GetValue(), e.GetCrc(), t.addr); err != nil {
+						return err
 					}
 					page = append(page, Entry{
 						Key: e.GetKey(), Value: e.GetValue(), Version: e.GetVersion(), Partition: part,
@@ -321,4 +319,14 @@ func consistency(ro readOptions) gridpb.Consistency {
 // checksum is the CRC32C the nodes store with every value.
 func checksum(value []byte) uint32 {
 	return crc32.Checksum(value, crc32.MakeTable(crc32.Castagnoli))
+}
+
+// verifyValue checks a value a node sent against the CRC32C sent with it:
+// a mismatch is ErrChecksum, never a wrong value.
+func verifyValue(mapName string, key, value []byte, crc uint32, addr string) error {
+	if got := checksum(value); got != crc {
+		return fmt.Errorf("%w: %q in map %q from %s: value crc %08x, stored crc %08x",
+			grid.ErrChecksum, key, mapName, addr, got, crc)
+	}
+	return nil
 }

@@ -363,8 +363,10 @@ func (w *Watcher) stream(ctx context.Context, t target, req *gridpb.WatchRequest
 			}
 			out := &Change{Partition: int(req.Partition), Version: ch.GetVersion()}
 			for _, e := range ch.GetEvents() {
-				if e.GetType() == gridpb.WatchEvent_PUT && checksum(e.GetValue()) != e.GetCrc() {
-					return got, fmt.Errorf("%w: watch event for %q from %s", grid.ErrChecksum, e.GetKey(), t.addr)
+				if e.GetType() == gridpb.WatchEvent_PUT {
+					if err := verifyValue(e.GetMap(), e.GetKey(), e.GetValue(), e.GetCrc(), t.addr); err != nil {
+						return got, err
+					}
 				}
 				out.Events = append(out.Events, Event{
 					Type: EventType(e.GetType()), Key: e.GetKey(), Value: e.GetValue(), Expiry: expiryTime(e.GetExpiry()),
