@@ -165,25 +165,16 @@ func (c *computeService) planJob(ctx context.Context, spec *gridpb.JobSpec) ([]p
 	if !errors.Is(err, grid.ErrNoEligibleNodes) || c.s.n.meta.IsLeader() {
 		return plan, err
 	}
-	var recs []grid.NodeRecord
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	ferr := c.s.toMetaLeader(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
-		r, err := gridpb.NewClusterClient(conn).Nodes(ctx, &gridpb.NodesRequest{})
-		if err != nil {
-			return err
-		}
-		var views []NodeView
-		if err := json.Unmarshal(r.GetNodesJson(), &views); err != nil {
-			return fmt.Errorf("%w: node list: %v", grid.ErrBadRequest, err)
-		}
-		for _, v := range views {
-			recs = append(recs, v.NodeRecord)
-		}
-		return nil
-	})
-	if ferr != nil {
+	resp, ferr := (&clusterService{s: c.s}).Nodes(ctx, &gridpb.NodesRequest{})
+	var views []NodeView
+	if ferr != nil || json.Unmarshal(resp.GetNodesJson(), &views) != nil {
 		return nil, err // the local answer stands
+	}
+	recs := make([]grid.NodeRecord, 0, len(views))
+	for _, v := range views {
+		recs = append(recs, v.NodeRecord)
 	}
 	return c.plan(spec, recs)
 }
