@@ -55,7 +55,9 @@ func (g *Group) Dump(ctx context.Context, linearizable bool, fn func(mapName str
 func (a *kvApplier) applyRestore(tx *txn, index uint64, now int64, r *gridpb.RestoreOp) (*gridpb.Result, error) {
 	for _, e := range r.Entries {
 		if Checksum(e.Value) != e.Crc {
-			return &gridpb.Result{Error: "CHECKSUM"}, nil
+			// The node checked every CRC before proposing: the entry
+			// changed since (a damaged log here), as for any write.
+			return a.checksumMismatch(index, e.Key)
 		}
 	}
 	for _, e := range r.Entries {

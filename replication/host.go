@@ -177,8 +177,10 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
 	})
 	if err != nil {
-		if kind == KindData && !errors.Is(err, bbolt.ErrTimeout) {
+		if kind == KindData && (errors.Is(err, bbolt.ErrInvalid) || errors.Is(err, bbolt.ErrChecksum) || errors.Is(err, bbolt.ErrVersionMismatch)) {
 			// A damaged log file: this replica cannot take part safely.
+			// Other errors (a lock timeout, too many open files, a
+			// permission) are not the file's fault and are returned.
 			return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("raft log %s cannot be opened: %v", filepath.Join(dir, "raft.db"), err))
 		}
 		return nil, fmt.Errorf("replication: %s: open raft log: %w", id, err)
