@@ -402,7 +402,7 @@ func (w *restoreWriter) add(ctx context.Context, e *gridpb.BackupEntry) error {
 		b = &restoreBatch{}
 		w.batches[p] = b
 	}
-	cost := grid.RestoreEntryCost(e.Map, e.Key, e.Value)
+	cost := grid.RestoreEntryCost(e.Map, e.Key, e.Value, e.Expiry)
 	if len(b.entries) > 0 && b.cost+cost > w.budget {
 		if err := w.flush(ctx, p, b); err != nil {
 			return err

@@ -104,7 +104,7 @@ func (b *backupService) restore(ctx context.Context, req *gridpb.RestoreRequest)
 		if p := grid.PartitionOf(e.Map, e.Key, parts); p != int(req.Partition) {
 			return nil, fmt.Errorf("%w: map %q key %q belongs to partition %d, not %d", grid.ErrBadRequest, e.Map, e.Key, p, req.Partition)
 		}
-		cost += grid.RestoreEntryCost(e.Map, e.Key, e.Value)
+		cost += grid.RestoreEntryCost(e.Map, e.Key, e.Value, e.Expiry)
 	}
 	if limit := limits.MaxRestoreBatch(); cost > limit {
 		return nil, fmt.Errorf("%w: restore batch of %d entries costs %d bytes, limit %d", grid.ErrValueTooLarge, len(req.Entries), cost, limit)

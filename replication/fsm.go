@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/zerogrid/zerogrid/grid"
 )
 
 // applier turns one committed command into reads and writes on a txn and
@@ -47,6 +49,8 @@ type stateMachine struct {
 	logger  *slog.Logger
 	fatal   func(error)
 	applied atomic.Uint64
+	// stopped holds the first failure to write applied entries (see stop).
+	stopped atomic.Pointer[error]
 
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced after each applied batch
@@ -105,53 +109,99 @@ func (s *stateMachine) Apply(l *raft.Log) any { return s.ApplyBatch([]*raft.Log{
 
 func (s *stateMachine) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
+	if err := s.stopped.Load(); err != nil {
+		// A write failed before: nothing more is applied or answered as
+		// applied here (the replica waits to be restarted, then replays).
+		for i := range out {
+			out[i] = applyResult{err: fmt.Errorf("%w: %w", grid.ErrAmbiguous, *err)}
+		}
+		return out
+	}
 	tx := newTxn(s.eng)
 	last := s.applied.Load()
 	pending := uint64(0) // highest index applied into tx but not yet written
+	from := 0            // first entry of logs not yet written
 	limit := s.eng.MaxBatchBytes()
+	fail := func(err error) []any {
+		s.stop(err)
+		// The entries not written are answered as unknown: they are
+		// committed, and a restart applies them from the log.
+		for j := from; j < len(out); j++ {
+			out[j] = applyResult{err: fmt.Errorf("%w: %w", grid.ErrAmbiguous, err)}
+		}
+		return out
+	}
+	var failed error
+	cur := 0 // the entry being applied
 	// A CheckOp needs the engine to hold every entry before it.
 	tx.flushPending = func() {
-		if pending != 0 {
-			s.flush(tx, pending)
-			pending = 0
+		if pending != 0 && failed == nil {
+			if failed = s.flush(tx, pending); failed == nil {
+				pending, from = 0, cur
+			}
 		}
 	}
 	for i, l := range logs {
+		cur = i
 		if l.Index <= last {
 			continue // replay of an entry the engine already holds
 		}
 		if pending != 0 && tx.batch.Size()+len(l.Data)+4096 > limit/2 {
-			s.flush(tx, pending)
+			if err := s.flush(tx, pending); err != nil {
+				return fail(err)
+			}
+			pending, from = 0, i
 		}
 		if l.Type == raft.LogCommand {
 			out[i] = s.app.apply(tx, l.Index, l.Data)
 		}
+		if failed != nil {
+			return fail(failed)
+		}
 		pending = l.Index
 	}
 	if pending != 0 {
-		s.flush(tx, pending)
+		if err := s.flush(tx, pending); err != nil {
+			return fail(err)
+		}
 	}
 	return out
 }
 
-// flush writes tx with the applied index in the same batch. A failed write
-// would leave this replica behind its own log: that is fatal for the group.
-func (s *stateMachine) flush(tx *txn, index uint64) {
+// stop records the first failure to write applied entries: from then on
+// this state machine applies nothing, answers nothing as applied and takes
+// no snapshot (a snapshot would claim entries the engine lacks), and the
+// host is told, which restarts the replica from its engine and log.
+func (s *stateMachine) stop(err error) {
+	err = fmt.Errorf("replication: %s: stopped applying: %w", s.group, err)
+	if s.stopped.CompareAndSwap(nil, &err) {
+		s.logger.Error("replica stopped applying", "group", s.group.String(), "err", err)
+		s.fatal(err)
+	}
+}
+
+// flush writes tx with the applied index in the same batch. A batch larger
+// than the engine takes in one write is committed in parts through an
+// intent (see commitLarge), so flush never fails for size alone.
+func (s *stateMachine) flush(tx *txn, index uint64) error {
 	if h, ok := s.app.(flushHook); ok {
 		h.beforeFlush(tx)
 	}
 	if err := s.writeEarly(tx); err != nil {
-		s.fatal(fmt.Errorf("replication: %s: write applied entries up to %d: %w", s.group, index, err))
-		return
+		return fmt.Errorf("write applied entries up to %d: %w", index, err)
 	}
 	tx.batch.Set(appliedKey(s.group), binary.BigEndian.AppendUint64(nil, index))
-	if err := s.eng.Write(context.Background(), &tx.batch); err != nil {
-		s.fatal(fmt.Errorf("replication: %s: write applied entries up to %d: %w", s.group, index, err))
-		return
+	if tx.batch.Size() > s.eng.MaxBatchBytes() {
+		if err := commitLarge(s.eng, s.group, index, &tx.batch); err != nil {
+			return fmt.Errorf("write applied entries up to %d in parts: %w", index, err)
+		}
+	} else if err := s.eng.Write(context.Background(), &tx.batch); err != nil {
+		return fmt.Errorf("write applied entries up to %d: %w", index, err)
 	}
 	s.applied.Store(index)
 	tx.reset()
 	s.wake()
+	return nil
 }
 
 // writeEarly puts tx's early ops into its batch when they fit, and
@@ -178,17 +228,7 @@ func (s *stateMachine) writeEarly(tx *txn) error {
 		tx.batch, tx.early = b, Batch{}
 		return nil
 	}
-	var b Batch
-	for _, op := range tx.early.Ops {
-		if b.Len() > 0 && b.Size()+len(op.Key)+len(op.Value)+opOverhead > limit {
-			if err := s.eng.Write(context.Background(), &b); err != nil {
-				return err
-			}
-			b = Batch{}
-		}
-		b.Set(op.Key, op.Value)
-	}
-	return s.eng.Write(context.Background(), &b)
+	return chunked(context.Background(), s.eng, tx.early.Ops, nil)
 }
 
 // changed returns the channel the next applied batch closes.
@@ -207,6 +247,9 @@ func (s *stateMachine) wake() {
 
 // Snapshot captures a read view; raft persists it on another goroutine.
 func (s *stateMachine) Snapshot() (raft.FSMSnapshot, error) {
+	if err := s.stopped.Load(); err != nil {
+		return nil, *err
+	}
 	v, err := s.eng.NewView()
 	if err != nil {
 		return nil, fmt.Errorf("replication: %s: open snapshot view: %w", s.group, err)

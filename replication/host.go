@@ -192,6 +192,12 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
 	}
 	corrupt := &corruption{notify: func(reason string) { h.cfg.OnCorrupt(id, reason) }}
+	// A batch a crash interrupted while it was committed in parts is
+	// finished (or discarded) before anything reads the group's state.
+	if err := openIntent(ctx, h.cfg.Engine, id); err != nil {
+		logs.Close()
+		return nil, err
+	}
 	var app applier
 	var meta *MetaState
 	switch kind {
@@ -298,6 +304,9 @@ func (h *Host) RemoveGroup(ctx context.Context, id GroupID) error {
 	}
 	if err := h.cfg.Engine.DropPrefix(ctx, groupPrefix(id)); err != nil {
 		return fmt.Errorf("replication: %s: drop state: %w", id, err)
+	}
+	if err := dropIntent(ctx, h.cfg.Engine, id); err != nil {
+		return err
 	}
 	if err := h.cfg.Engine.Sync(); err != nil {
 		return fmt.Errorf("replication: %s: sync after drop: %w", id, err)

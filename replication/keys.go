@@ -20,6 +20,7 @@ import (
 //	'p' group(u32) 'w' index(u64)              change log record (WatchLogRecord) of one entry
 //	'p' group(u32) 'e' expiry(i64) len(map)(u8) map key   expiry index: version(u64)
 //	'x' group(u32)                             restore in progress (outside the prefix)
+//	'i' group(u32) ...                         a batch being committed in parts (intent.go; outside the prefix)
 const (
 	keyGroup     = 'p'
 	keyRestoring = 'x'

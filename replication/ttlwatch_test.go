@@ -436,18 +436,7 @@ func TestDedupPruneByTime(t *testing.T) {
 	h.index = dedupPruneEvery*(h.index/dedupPruneEvery+1) - 1 // the next entry prunes
 	h.apply(putCmd(h.at(), "other", "v", 0))
 
-	count := func(prefix []byte) int {
-		v, err := h.eng.NewView()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer v.Close()
-		n := 0
-		if err := v.Iterate(prefix, nil, func(_, _ []byte) (bool, error) { n++; return true, nil }); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	count := func(prefix []byte) int { return countPrefixEngine(t, h.eng, string(prefix)) }
 	if r, tr := count(dedupPrefix(testGroup)), count(dedupTimePrefix(testGroup)); r != 1 || tr != 1 {
 		t.Fatalf("after the prune: %d dedup records and %d time-index entries, want 1 and 1", r, tr)
 	}
