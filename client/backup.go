@@ -183,7 +183,7 @@ func (c *Client) Backup(ctx context.Context, w io.Writer, progress func(BackupPr
 func (c *Client) backupPartition(ctx context.Context, p int, spool *os.File, maps map[string]bool, prog *BackupProgress, progress func(BackupProgress)) (BackupPart, error) {
 	var part BackupPart
 	base := *prog
-	err := c.run(ctx, "backup", c.newPicker(p, true), false, func(ctx context.Context, cc *grpc.ClientConn, t target, opts ...grpc.CallOption) error {
+	err := c.run(ctx, "backup", c.newPicker(p, true).stream(), false, func(ctx context.Context, cc *grpc.ClientConn, t target, opts ...grpc.CallOption) error {
 		// The stream ends at its trailer or on the first bad entry,
 		// without reading to EOF: cancelling releases it.
 		ctx, cancel := context.WithCancel(ctx)

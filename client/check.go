@@ -75,7 +75,7 @@ func (c *Client) Check(ctx context.Context, opts ...CheckOption) (CheckReport, e
 		o(req)
 	}
 	var rep CheckReport
-	err := c.run(ctx, "check", c.anyNode(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	err := c.run(ctx, "check", c.anyNode().stream(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		r, err := gridpb.NewIntegrityClient(cc).Check(ctx, req, opts...)
 		if err != nil {
 			return err

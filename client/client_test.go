@@ -665,3 +665,36 @@ func TestCloseReleasesEverything(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Under the default policy a request rides out an election longer than any
+// attempt count would (it retries until its deadline), and a request whose
+// deadline passes says so and names the last cause.
+func TestDefaultRetryRidesOutAnElection(t *testing.T) {
+	f := startFake(t)
+	c := dial(t, f, client.WithRetry(client.DefaultRetryPolicy()))
+	m := c.Map(testMap)
+	key := keyIn(f, 4)
+	f.SetLeader(4, -1)
+	elected := make(chan struct{})
+	go func() {
+		defer close(elected)
+		time.Sleep(3500 * time.Millisecond)
+		f.SetLeader(4, 1)
+	}()
+	t.Cleanup(func() { <-elected })
+	start := time.Now()
+	if _, err := m.Put(context.Background(), key, []byte("v")); err != nil {
+		t.Fatalf("put issued during a 3.5 s election: %v", err)
+	}
+	if d := time.Since(start); d < 3*time.Second {
+		t.Fatalf("put succeeded after %v, before the partition had a leader", d)
+	}
+
+	f.SetLeader(4, -1)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := m.Put(ctx, key, []byte("w"))
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, client.ErrNoLeader) || errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("put past its deadline = %v, want DeadlineExceeded naming ErrNoLeader, not ambiguous", err)
+	}
+}

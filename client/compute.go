@@ -142,7 +142,7 @@ func (c *Client) Submit(ctx context.Context, job Job) (*JobRun, error) {
 }
 
 func (r *JobRun) open() error {
-	return r.c.run(r.ctx, "submit job", r.c.anyNode(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
+	return r.c.run(r.ctx, "submit job", r.c.anyNode().stream(), false, func(ctx context.Context, cc *grpc.ClientConn, _ target, opts ...grpc.CallOption) error {
 		// The stream lives as long as the caller's context, not the attempt's.
 		s, err := gridpb.NewComputeClient(cc).Submit(r.ctx, r.req, append(opts, grpc.MaxCallRecvMsgSize(96<<20))...)
 		if err != nil {

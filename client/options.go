@@ -12,10 +12,18 @@ import (
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 )
 
-// RetryPolicy bounds how hard the client tries one request. The context's
-// deadline bounds it too; whichever ends first wins.
+// RetryPolicy bounds how hard the client tries one request. A request is
+// retried until it succeeds, fails for good, or its deadline passes: the
+// caller's context deadline, or OpTimeout when the context has none. Each
+// attempt picks its node afresh (the leader a node named, another replica,
+// or a refetched partition table).
 type RetryPolicy struct {
-	// MaxAttempts counts every attempt of one request, the first included.
+	// OpTimeout is the deadline of one request whose context has none.
+	// Long streams (backup, check, jobs) are bounded only by the context.
+	// Zero: no default deadline.
+	OpTimeout time.Duration
+	// MaxAttempts, if not zero, also caps the attempts of one request, the
+	// first included.
 	MaxAttempts int
 	// BaseBackoff is the first pause between attempts; it doubles up to
 	// MaxBackoff. Each pause is jittered to between half and all of it.
@@ -27,10 +35,15 @@ type RetryPolicy struct {
 	AttemptTimeout time.Duration
 }
 
-// DefaultRetryPolicy tries 12 times with pauses from 10 ms up to 500 ms: about
-// three seconds of retrying, enough to ride out a leader election.
+// DefaultOpTimeout is the default deadline of one request: several leader
+// elections' worth (one takes 1–3 s under the default profile).
+const DefaultOpTimeout = 15 * time.Second
+
+// DefaultRetryPolicy retries until the request's deadline (DefaultOpTimeout
+// unless the context sets one), with jittered pauses from 10 ms up to 200 ms,
+// so that a request issued during an election lands soon after it ends.
 func DefaultRetryPolicy() RetryPolicy {
-	return RetryPolicy{MaxAttempts: 12, BaseBackoff: 10 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
+	return RetryPolicy{OpTimeout: DefaultOpTimeout, BaseBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 }
 
 // DefaultScanPageSize is how many entries Scan asks for per page.
@@ -102,8 +115,14 @@ func WithScanPageSize(n int) Option { return func(o *options) { o.scanPageSize =
 func (o *options) validate() error {
 	errs := []error{o.limits.Validate()}
 	r := o.retry
-	if r.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("%w: retry max attempts %d must be at least 1", grid.ErrBadConfig, r.MaxAttempts))
+	if r.MaxAttempts < 0 {
+		errs = append(errs, fmt.Errorf("%w: retry max attempts %d is negative", grid.ErrBadConfig, r.MaxAttempts))
+	}
+	if r.OpTimeout < 0 {
+		errs = append(errs, fmt.Errorf("%w: retry op timeout %v is negative", grid.ErrBadConfig, r.OpTimeout))
+	}
+	if r.MaxAttempts == 0 && r.OpTimeout == 0 {
+		errs = append(errs, fmt.Errorf("%w: a retry policy needs an op timeout or max attempts", grid.ErrBadConfig))
 	}
 	if r.BaseBackoff <= 0 {
 		errs = append(errs, fmt.Errorf("%w: retry base backoff %v must be positive", grid.ErrBadConfig, r.BaseBackoff))

@@ -28,11 +28,18 @@ type picker struct {
 	leader bool // the request must reach the partition leader
 	start  int  // where a stale read starts among the replicas
 	prefer target
+	long   bool            // a stream: no default deadline (see RetryPolicy.OpTimeout)
 	avoid  map[string]bool // failed in this round
 	tried  map[string]bool // attempted at all by this request
 }
 
 func (c *Client) anyNode() *picker { return c.newPicker(-1, false) }
+
+// stream marks pk's request as a long stream, bounded only by its context.
+func (pk *picker) stream() *picker {
+	pk.long = true
+	return pk
+}
 
 func (c *Client) newPicker(part int, leader bool) *picker {
 	pk := &picker{c: c, part: part, leader: leader, avoid: map[string]bool{}, tried: map[string]bool{}}
@@ -168,6 +175,11 @@ func (c *Client) runCluster(ctx context.Context, op string, write bool, fn attem
 // *AmbiguousError.
 func (c *Client) run(ctx context.Context, op string, pk *picker, write bool, fn attemptFunc) error {
 	pol := c.opts.retry
+	if _, ok := ctx.Deadline(); !ok && pol.OpTimeout > 0 && !pk.long {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, pol.OpTimeout)
+		defer cancel()
+	}
 	pause := pol.BaseBackoff
 	var (
 		lastErr   error
@@ -223,7 +235,7 @@ func (c *Client) run(ctx context.Context, op string, pk *picker, write bool, fn 
 		if v == giveUp {
 			break
 		}
-		if attempts >= pol.MaxAttempts {
+		if pol.MaxAttempts > 0 && attempts >= pol.MaxAttempts {
 			exhausted = true
 			break
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,11 +132,14 @@ func TestCommissioning(t *testing.T) {
 	}
 	checkKeys(ctx, t, data, keys)
 
-	// 2. Drain n2 to zero replicas, then retire it.
-	if err := c.DrainNode(ctx, "n2"); err != nil {
-		t.Fatal(err)
-	}
+	// 2. Drain n2 to zero replicas with the CLI, which waits until the
+	// drain is done (not the 10 s request timeout), then retire it.
 	start = time.Now()
+	out := runCLI(t, ctx, "node", "drain", "n2", "--addr", lc.Addr("n1"))
+	if !strings.Contains(out, "n2 holds no replicas") {
+		t.Fatalf("zerogrid node drain returned before the drain was done:\n%s", out)
+	}
+	t.Logf("zerogrid node drain returned after %v", time.Since(start).Round(time.Millisecond))
 	waitSettled(ctx, t, c, func(tbl *grid.Table, _ []client.NodeInfo) error {
 		if n := len(tbl.Hosts("n2")); n > 0 {
 			return fmt.Errorf("n2 still holds %d replicas", n)

@@ -121,6 +121,9 @@ func runNodeOp(ctx context.Context, op string, args []string, stdout, stderr io.
 		func(fs *flag.FlagSet) {
 			if op == "drain" {
 				fs.BoolVar(&noWait, "no-wait", false, "return once the drain is recorded, without waiting for the replicas to move")
+				// A drain takes minutes: wait for it, not for the shared
+				// request timeout (Ctrl-C stops watching; the drain goes on).
+				longTimeout(fs, 24*time.Hour, "stop watching the drain after this long (it goes on)")
 			}
 		},
 		func(ctx context.Context, cl *client.Client, pos []string) error {
@@ -150,6 +153,10 @@ func waitDrained(ctx context.Context, cl *client.Client, id string, w io.Writer)
 	start := -1
 	for {
 		t, err := cl.Table(ctx)
+		if err != nil && ctx.Err() != nil {
+			fmt.Fprintln(w)
+			return fmt.Errorf("stopped watching %s (the drain goes on; run the command again to watch): %w", id, ctx.Err())
+		}
 		if err != nil {
 			return err
 		}
@@ -165,7 +172,7 @@ func waitDrained(ctx context.Context, cl *client.Client, id string, w io.Writer)
 		select {
 		case <-ctx.Done():
 			fmt.Fprintln(w)
-			return fmt.Errorf("%s still holds %d replicas (the drain goes on; run the command again to watch): %w", id, left, ctx.Err())
+			return fmt.Errorf("stopped watching: %s still holds %d replicas (the drain goes on; run the command again to watch): %w", id, left, ctx.Err())
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
