@@ -152,9 +152,11 @@ func (c *Client) WatchFrom(ctx context.Context, mapName string, prefix []byte, f
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{c: c, cancel: cancel, items: make(chan watchItem, 64), cursor: Cursor{}}
+	for _, p := range parts {
+		w.cursor[p] = from[p] // before any stream starts: they write it under w.mu
+	}
 	var starting []chan struct{}
 	for _, p := range parts {
-		w.cursor[p] = from[p]
 		ch := make(chan struct{})
 		starting = append(starting, ch)
 		var once sync.Once
