@@ -93,6 +93,7 @@ type HostConfig struct {
 // Host runs every Raft group of one node over a shared engine and transport.
 type Host struct {
 	cfg    HostConfig
+	logs   *logDB // every group's Raft log and stable state
 	checks *checks
 	mu     sync.Mutex
 	groups map[GroupID]*Group
@@ -129,8 +130,21 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if cfg.OnCorrupt == nil {
 		cfg.OnCorrupt = func(GroupID, string) {}
 	}
-	return &Host{cfg: cfg, checks: newChecks(), groups: map[GroupID]*Group{}}, nil
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("replication: host directory: %w", err)
+	}
+	logs, err := openLogDB(filepath.Join(cfg.Dir, logDBFile))
+	if err != nil {
+		return nil, err
+	}
+	return &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}}, nil
 }
+
+// logDBFile is the node's one Raft log store, in HostConfig.Dir.
+const logDBFile = "raft-log.db"
+
+// LogStats reports the shared Raft log store's commit counters.
+func (h *Host) LogStats() LogStats { return h.logs.stats() }
 
 // GroupKind selects a group's state machine.
 type GroupKind int
@@ -172,30 +186,29 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("replication: %s: %w", id, err)
 	}
-	logs, err := raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(dir, "raft.db"),
-		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-	})
-	if err != nil {
-		if kind == KindData && (errors.Is(err, bbolt.ErrInvalid) || errors.Is(err, bbolt.ErrChecksum) || errors.Is(err, bbolt.ErrVersionMismatch)) {
-			// A damaged log file: this replica cannot take part safely.
-			// Other errors (a lock timeout, too many open files, a
-			// permission) are not the file's fault and are returned.
-			return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("raft log %s cannot be opened: %v", filepath.Join(dir, "raft.db"), err))
-		}
-		return nil, fmt.Errorf("replication: %s: open raft log: %w", id, err)
+	corrupt := &corruption{notify: func(reason string) { h.cfg.OnCorrupt(id, reason) }}
+	if err := h.migrateLog(ctx, id, kind, dir); err != nil {
+		return nil, err
 	}
+	bad, err := h.logs.verifyGroup(id)
+	if err != nil {
+		return nil, fmt.Errorf("replication: %s: verify raft log: %w", id, err)
+	}
+	if bad != "" {
+		if kind != KindData {
+			return nil, fmt.Errorf("%w: %s: %s", ErrCorrupt, id, bad)
+		}
+		return nil, h.quarantineClosed(ctx, id, bad)
+	}
+	logs := h.logs.group(id, corrupt.mark)
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft-" + id.String(), Level: hclog.Warn, Output: slogWriter{h.cfg.Logger}})
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog)
 	if err != nil {
-		logs.Close()
 		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
 	}
-	corrupt := &corruption{notify: func(reason string) { h.cfg.OnCorrupt(id, reason) }}
 	// A batch a crash interrupted while it was committed in parts is
 	// finished (or discarded) before anything reads the group's state.
 	if err := openIntent(ctx, h.cfg.Engine, id); err != nil {
-		logs.Close()
 		return nil, err
 	}
 	var app applier
@@ -204,20 +217,17 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	case KindMeta:
 		meta, err = newMetaState(id, h.cfg.Engine)
 		if err != nil {
-			logs.Close()
 			return nil, err
 		}
 		app = meta
 	default:
 		app, err = newKVApplier(id, h.cfg.Engine, h.cfg.WatchRetention, h.checks, corrupt)
 		if err != nil {
-			logs.Close()
 			return nil, err
 		}
 	}
 	sm, err := newStateMachine(id, h.cfg.Engine, app, h.cfg.Logger, h.cfg.Fatal)
 	if err != nil {
-		logs.Close()
 		return nil, err
 	}
 	var snapIndex uint64
@@ -226,7 +236,6 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	}
 	restore, err := needsRestore(h.cfg.Engine, id, snapIndex)
 	if err != nil {
-		logs.Close()
 		return nil, err
 	}
 
@@ -244,24 +253,20 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	trans := h.cfg.Transports.Transport(id)
 	has, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
-		logs.Close()
 		return nil, fmt.Errorf("replication: %s: inspect raft state: %w", id, err)
 	}
 	if !has && len(bootstrap) == 0 && kind == KindData && sm.Applied() > 0 {
 		// State without a log (the log was lost): as a voter with an empty
 		// log this replica could elect a leader missing committed entries.
-		logs.Close()
 		return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("state at index %d but no raft log", sm.Applied()))
 	}
 	if !has && len(bootstrap) > 0 {
 		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: bootstrap}); err != nil {
-			logs.Close()
 			return nil, fmt.Errorf("replication: %s: bootstrap: %w", id, err)
 		}
 	}
 	r, err := raft.NewRaft(rc, sm, logs, logs, snaps, trans)
 	if err != nil {
-		logs.Close()
 		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
 	}
 	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, opened: time.Now(), corrupt: corrupt, clock: h.cfg.Clock}
@@ -311,9 +316,47 @@ func (h *Host) RemoveGroup(ctx context.Context, id GroupID) error {
 	if err := h.cfg.Engine.Sync(); err != nil {
 		return fmt.Errorf("replication: %s: sync after drop: %w", id, err)
 	}
-	if err := os.RemoveAll(filepath.Join(h.cfg.Dir, id.String())); err != nil {
+	if err := h.logs.dropGroup(id); err != nil {
 		return fmt.Errorf("replication: %s: delete raft log: %w", id, err)
 	}
+	if err := os.RemoveAll(filepath.Join(h.cfg.Dir, id.String())); err != nil {
+		return fmt.Errorf("replication: %s: delete snapshots: %w", id, err)
+	}
+	return nil
+}
+
+// migrateLog moves a group's Raft log from the per-group raft-boltdb file
+// of earlier versions (dir/raft.db) into the shared store, then deletes the
+// file. A crash midway leaves the file, and the next start copies it again.
+func (h *Host) migrateLog(ctx context.Context, id GroupID, kind GroupKind, dir string) error {
+	path := filepath.Join(dir, "raft.db")
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	old, err := raftboltdb.New(raftboltdb.Options{
+		Path:        path,
+		BoltOptions: &bbolt.Options{Timeout: time.Second, ReadOnly: true, FreelistType: bbolt.FreelistMapType},
+	})
+	if err != nil {
+		if kind == KindData && (errors.Is(err, bbolt.ErrInvalid) || errors.Is(err, bbolt.ErrChecksum) || errors.Is(err, bbolt.ErrVersionMismatch)) {
+			// A damaged log file: this replica cannot take part safely.
+			// Other errors (a lock timeout, too many open files, a
+			// permission) are not the file's fault and are returned.
+			return h.quarantineClosed(ctx, id, fmt.Sprintf("raft log %s cannot be opened: %v", path, err))
+		}
+		return fmt.Errorf("replication: %s: open raft log to migrate: %w", id, err)
+	}
+	err = h.logs.importGroup(ctx, id, old)
+	if cerr := old.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("replication: %s: migrate raft log into the shared store: %w", id, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("replication: %s: remove migrated raft log: %w", id, err)
+	}
+	h.cfg.Logger.Info("raft log migrated into the shared store", "group", id.String())
 	return nil
 }
 
@@ -391,7 +434,7 @@ func (h *Host) Close(ctx context.Context) error {
 	}
 	h.checks.close()
 	close(errs)
-	var all []error
+	all := []error{h.logs.Close()}
 	for err := range errs {
 		all = append(all, err)
 	}

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
@@ -90,45 +88,18 @@ func TestRestoreAtLimitWithTTLsWhilePutting(t *testing.T) {
 	}
 
 	m := c.Map("r")
-	var mu sync.Mutex
-	acked := map[string]string{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				k, v := fmt.Sprintf("put-%d-%d", w, i), fmt.Sprint(rand.Int64())
-				pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := m.Put(pctx, []byte(k), []byte(v))
-				pcancel()
-				if err == nil {
-					mu.Lock()
-					acked[k] = v
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	stopWriters := startWriters(ctx, m, 4, 10*time.Second)
 	var restored [][]*gridpb.BackupEntry
 	for i := range 3 {
 		b := batch(fmt.Sprintf("b%d", i), limits.MaxRestoreBatch())
 		if err := restore(uint64(10+i), b); err != nil {
-			close(stop)
-			wg.Wait()
+			stopWriters()
 			t.Fatalf("restore batch %d (%d entries): %v", i, len(b), err)
 		}
 		restored = append(restored, b)
 	}
 	time.Sleep(500 * time.Millisecond) // puts keep running after the last batch
-	close(stop)
-	wg.Wait()
+	acked := stopWriters()
 
 	for _, id := range lc.IDs() {
 		if !lc.Running(id) {

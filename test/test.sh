@@ -23,8 +23,8 @@ for target in arm:6 arm64: amd64:; do
   echo "   built linux/$arch${arm:+ (GOARM=$arm)}"
 done
 
-echo "== 32-bit ARM under qemu: engine contract + replication, lock, TTL and change-log unit tests"
-bash test/qemu-arm.sh '^(TestEngine|TestCluster|TestLock|TestTTL|TestBadTTL|TestExpireOp|TestChangeLog|TestChanged|TestLargeValues|TestEarlyRecords|TestCASKeepExpiry|TestDedupPrune|TestApply)'
+echo "== 32-bit ARM under qemu: engine contract, shared Raft log store + replication, lock, TTL, change-log and apply unit tests"
+bash test/qemu-arm.sh '^(TestEngine|TestCluster|TestLock|TestTTL|TestBadTTL|TestExpireOp|TestChangeLog|TestChanged|TestLargeValues|TestEarlyRecords|TestCASKeepExpiry|TestDedupPrune|TestApply|TestLog)'
 echo "== 32-bit ARM under qemu: the same Starlark jobs give the same results as on amd64"
 PKG=query bash test/qemu-arm.sh '^TestCrossArchGolden$'
 
