@@ -406,6 +406,10 @@ func (r *readGate) loop() {
 			return
 		}
 		r.mu.Unlock()
+		if u, ok := r.g.trans.(urgentHeartbeater); ok {
+			// VerifyLeader is answered by heartbeats: send them now.
+			u.urgentHeartbeats(r.g.timing.HeartbeatTimeout / 5)
+		}
 		err := r.g.raft.VerifyLeader().Error()
 		for _, ch := range batch {
 			ch <- err
@@ -414,3 +418,9 @@ func (r *readGate) loop() {
 }
 
 func (r *readGate) wait() { r.wg.Wait() }
+
+// urgentHeartbeater is a transport that batches heartbeats and can be told
+// that a group's next ones must not wait.
+type urgentHeartbeater interface {
+	urgentHeartbeats(d time.Duration)
+}

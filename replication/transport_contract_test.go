@@ -99,6 +99,38 @@ func TestTransportGRPC(t *testing.T) {
 		}
 	})
 
+	// Heartbeats of many groups to a peer share messages, and every
+	// follower of every group still hears its leader's.
+	t.Run("HeartbeatsCoalesce", func(t *testing.T) {
+		var groups []GroupID
+		for g := range 12 {
+			groups = append(groups, GroupID(100+g))
+		}
+		c := newRaftCluster(t, newGRPCContractNode, groups)
+		nodes := c.startNodes(true, "h1", "h2", "h3")
+		for _, g := range groups {
+			c.leaderNode(g)
+		}
+		time.Sleep(1500 * time.Millisecond) // idle: only heartbeats (and commit-index updates) flow
+		var sent, batches uint64
+		for _, nd := range nodes {
+			tr := nd.trans.(*grpcContractNode).GRPCTransport
+			sent, batches = sent+tr.hbSent.Load(), batches+tr.hbBatches.Load()
+		}
+		if sent == 0 || batches*2 > sent {
+			t.Fatalf("%d heartbeats in %d messages: not coalesced", sent, batches)
+		}
+		for _, g := range groups {
+			leader := c.leaderNode(g)
+			for _, nd := range nodes {
+				if nd != leader && nd.heartbeats[g].Load() == 0 {
+					t.Errorf("group %s: follower %s heard no heartbeat", g, nd.id)
+				}
+			}
+		}
+		t.Logf("%d heartbeats of %d groups in %d messages", sent, len(groups), batches)
+	})
+
 	t.Run("ConfigValidate", func(t *testing.T) {
 		_, err := NewGRPCTransport(GRPCTransportConfig{Timeout: -1})
 		if err == nil {

@@ -87,6 +87,10 @@ type GRPCTransportConfig struct {
 	// 256 KiB of snapshot (at least Timeout), as raft's NetworkTransport
 	// does. The pipeline stream has no deadline; keepalive guards it.
 	Timeout time.Duration
+	// HeartbeatWindow is how long heartbeats to a peer are gathered into
+	// one message (see transport_heartbeat.go). Zero: the default (20 ms);
+	// negative: every heartbeat is sent at once, alone.
+	HeartbeatWindow time.Duration
 }
 
 // DefaultGRPCTransportConfig returns a config with the default timeout;
@@ -134,6 +138,10 @@ type GRPCTransport struct {
 	closed bool
 	groups map[GroupID]*grpcGroup
 	conns  map[raft.ServerAddress]*grpc.ClientConn
+	// heartbeats holds one heartbeat batcher per peer (transport_heartbeat.go).
+	heartbeats map[raft.ServerAddress]*hbPeer
+	// hbSent counts heartbeats sent, hbBatches the messages carrying them.
+	hbSent, hbBatches atomic.Uint64
 }
 
 var _ TransportFactory = (*GRPCTransport)(nil)
@@ -143,6 +151,9 @@ var _ TransportFactory = (*GRPCTransport)(nil)
 func NewGRPCTransport(cfg GRPCTransportConfig) (*GRPCTransport, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.HeartbeatWindow == 0 {
+		cfg.HeartbeatWindow = defaultHeartbeatWindow
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = defaultGRPCTimeout
@@ -178,13 +189,14 @@ func NewGRPCTransport(cfg GRPCTransportConfig) (*GRPCTransport, error) {
 	dialOpts = append(dialOpts, cfg.DialOptions...)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &GRPCTransport{
-		cfg:      cfg,
-		logger:   logger,
-		dialOpts: dialOpts,
-		ctx:      ctx,
-		cancel:   cancel,
-		groups:   make(map[GroupID]*grpcGroup),
-		conns:    make(map[raft.ServerAddress]*grpc.ClientConn),
+		cfg:        cfg,
+		logger:     logger,
+		dialOpts:   dialOpts,
+		ctx:        ctx,
+		cancel:     cancel,
+		groups:     make(map[GroupID]*grpcGroup),
+		conns:      make(map[raft.ServerAddress]*grpc.ClientConn),
+		heartbeats: make(map[raft.ServerAddress]*hbPeer),
 	}, nil
 }
 
@@ -323,12 +335,22 @@ type grpcGroup struct {
 	consumer chan raft.RPC
 	// heartbeat is raft's fast-path handler (nil until raft sets it).
 	heartbeat atomic.Pointer[func(raft.RPC)]
+	// urgentUntil (unix ns): until then the group's heartbeats skip the
+	// batching window (a leadership confirmation for reads is waiting).
+	urgentUntil atomic.Int64
 	// done is closed when the view is closed.
 	done      chan struct{}
 	closeOnce sync.Once
 
 	mu        sync.Mutex // guards pipelines
 	pipelines map[*grpcPipeline]struct{}
+}
+
+// urgentHeartbeats makes the group's heartbeats of the next interval go
+// out at once instead of waiting for the batching window.
+func (g *grpcGroup) urgentHeartbeats(d time.Duration) {
+	g.urgentUntil.Store(time.Now().Add(d).UnixNano())
+	g.t.flushHeartbeats() // one of the group's may be waiting in a window
 }
 
 var (
@@ -431,6 +453,22 @@ func (g *grpcGroup) callError(method string, target raft.ServerAddress, err erro
 // AppendEntries implements raft.Transport.
 func (g *grpcGroup) AppendEntries(_ raft.ServerID, target raft.ServerAddress,
 	args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	if isHeartbeat(args) {
+		if g.isClosed() {
+			return raft.ErrTransportShutdown
+		}
+		p, err := g.t.heartbeatPeer(target)
+		if err != nil {
+			return err
+		}
+		urgent := time.Now().UnixNano() < g.urgentUntil.Load()
+		out, err := p.heartbeat(appendEntriesRequestToPB(g.id, args), urgent, g.t.cfg.Timeout)
+		if err != nil {
+			return g.callError("AppendEntries", target, err)
+		}
+		*resp = appendEntriesResponseFromPB(out)
+		return nil
+	}
 	return g.call(target, g.t.cfg.Timeout, "AppendEntries", func(ctx context.Context, c gridpb.RaftClient) error {
 		out, err := c.AppendEntries(ctx, appendEntriesRequestToPB(g.id, args))
 		if err != nil {

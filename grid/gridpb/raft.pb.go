@@ -80,6 +80,150 @@ func (RaftLogType) EnumDescriptor() ([]byte, []int) {
 	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{0}
 }
 
+// RaftHeartbeatBatch is the heartbeats (AppendEntries without entries)
+// of several groups.
+type RaftHeartbeatBatch struct {
+	state         protoimpl.MessageState      `protogen:"open.v1"`
+	Requests      []*RaftAppendEntriesRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftHeartbeatBatch) Reset() {
+	*x = RaftHeartbeatBatch{}
+	mi := &file_grid_gridpb_raft_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftHeartbeatBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftHeartbeatBatch) ProtoMessage() {}
+
+func (x *RaftHeartbeatBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_raft_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftHeartbeatBatch.ProtoReflect.Descriptor instead.
+func (*RaftHeartbeatBatch) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RaftHeartbeatBatch) GetRequests() []*RaftAppendEntriesRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// RaftHeartbeatResult answers one heartbeat: raft's response, or why the
+// peer could not hand it to the group (the group is not open there).
+type RaftHeartbeatResult struct {
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	Response      *RaftAppendEntriesResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	Error         string                     `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftHeartbeatResult) Reset() {
+	*x = RaftHeartbeatResult{}
+	mi := &file_grid_gridpb_raft_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftHeartbeatResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftHeartbeatResult) ProtoMessage() {}
+
+func (x *RaftHeartbeatResult) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_raft_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftHeartbeatResult.ProtoReflect.Descriptor instead.
+func (*RaftHeartbeatResult) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RaftHeartbeatResult) GetResponse() *RaftAppendEntriesResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *RaftHeartbeatResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type RaftHeartbeatBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*RaftHeartbeatResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftHeartbeatBatchResponse) Reset() {
+	*x = RaftHeartbeatBatchResponse{}
+	mi := &file_grid_gridpb_raft_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftHeartbeatBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftHeartbeatBatchResponse) ProtoMessage() {}
+
+func (x *RaftHeartbeatBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_raft_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftHeartbeatBatchResponse.ProtoReflect.Descriptor instead.
+func (*RaftHeartbeatBatchResponse) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RaftHeartbeatBatchResponse) GetResults() []*RaftHeartbeatResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // RaftHeader is raft.RPCHeader.
 type RaftHeader struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -92,7 +236,7 @@ type RaftHeader struct {
 
 func (x *RaftHeader) Reset() {
 	*x = RaftHeader{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[0]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -104,7 +248,7 @@ func (x *RaftHeader) String() string {
 func (*RaftHeader) ProtoMessage() {}
 
 func (x *RaftHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[0]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -117,7 +261,7 @@ func (x *RaftHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftHeader.ProtoReflect.Descriptor instead.
 func (*RaftHeader) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{0}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RaftHeader) GetProtocolVersion() int64 {
@@ -157,7 +301,7 @@ type RaftLog struct {
 
 func (x *RaftLog) Reset() {
 	*x = RaftLog{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[1]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -169,7 +313,7 @@ func (x *RaftLog) String() string {
 func (*RaftLog) ProtoMessage() {}
 
 func (x *RaftLog) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[1]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -182,7 +326,7 @@ func (x *RaftLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftLog.ProtoReflect.Descriptor instead.
 func (*RaftLog) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{1}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RaftLog) GetIndex() uint64 {
@@ -243,7 +387,7 @@ type RaftAppendEntriesRequest struct {
 
 func (x *RaftAppendEntriesRequest) Reset() {
 	*x = RaftAppendEntriesRequest{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[2]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +399,7 @@ func (x *RaftAppendEntriesRequest) String() string {
 func (*RaftAppendEntriesRequest) ProtoMessage() {}
 
 func (x *RaftAppendEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[2]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +412,7 @@ func (x *RaftAppendEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAppendEntriesRequest.ProtoReflect.Descriptor instead.
 func (*RaftAppendEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{2}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RaftAppendEntriesRequest) GetGroup() uint32 {
@@ -340,7 +484,7 @@ type RaftAppendEntriesResponse struct {
 
 func (x *RaftAppendEntriesResponse) Reset() {
 	*x = RaftAppendEntriesResponse{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[3]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +496,7 @@ func (x *RaftAppendEntriesResponse) String() string {
 func (*RaftAppendEntriesResponse) ProtoMessage() {}
 
 func (x *RaftAppendEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[3]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +509,7 @@ func (x *RaftAppendEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAppendEntriesResponse.ProtoReflect.Descriptor instead.
 func (*RaftAppendEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{3}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RaftAppendEntriesResponse) GetHeader() *RaftHeader {
@@ -418,7 +562,7 @@ type RaftRequestVoteRequest struct {
 
 func (x *RaftRequestVoteRequest) Reset() {
 	*x = RaftRequestVoteRequest{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[4]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +574,7 @@ func (x *RaftRequestVoteRequest) String() string {
 func (*RaftRequestVoteRequest) ProtoMessage() {}
 
 func (x *RaftRequestVoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[4]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +587,7 @@ func (x *RaftRequestVoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestVoteRequest.ProtoReflect.Descriptor instead.
 func (*RaftRequestVoteRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{4}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RaftRequestVoteRequest) GetGroup() uint32 {
@@ -507,7 +651,7 @@ type RaftRequestVoteResponse struct {
 
 func (x *RaftRequestVoteResponse) Reset() {
 	*x = RaftRequestVoteResponse{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[5]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +663,7 @@ func (x *RaftRequestVoteResponse) String() string {
 func (*RaftRequestVoteResponse) ProtoMessage() {}
 
 func (x *RaftRequestVoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[5]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +676,7 @@ func (x *RaftRequestVoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestVoteResponse.ProtoReflect.Descriptor instead.
 func (*RaftRequestVoteResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{5}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RaftRequestVoteResponse) GetHeader() *RaftHeader {
@@ -576,7 +720,7 @@ type RaftRequestPreVoteRequest struct {
 
 func (x *RaftRequestPreVoteRequest) Reset() {
 	*x = RaftRequestPreVoteRequest{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[6]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +732,7 @@ func (x *RaftRequestPreVoteRequest) String() string {
 func (*RaftRequestPreVoteRequest) ProtoMessage() {}
 
 func (x *RaftRequestPreVoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[6]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +745,7 @@ func (x *RaftRequestPreVoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestPreVoteRequest.ProtoReflect.Descriptor instead.
 func (*RaftRequestPreVoteRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{6}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RaftRequestPreVoteRequest) GetGroup() uint32 {
@@ -650,7 +794,7 @@ type RaftRequestPreVoteResponse struct {
 
 func (x *RaftRequestPreVoteResponse) Reset() {
 	*x = RaftRequestPreVoteResponse{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[7]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +806,7 @@ func (x *RaftRequestPreVoteResponse) String() string {
 func (*RaftRequestPreVoteResponse) ProtoMessage() {}
 
 func (x *RaftRequestPreVoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[7]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +819,7 @@ func (x *RaftRequestPreVoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftRequestPreVoteResponse.ProtoReflect.Descriptor instead.
 func (*RaftRequestPreVoteResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{7}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RaftRequestPreVoteResponse) GetHeader() *RaftHeader {
@@ -709,7 +853,7 @@ type RaftTimeoutNowRequest struct {
 
 func (x *RaftTimeoutNowRequest) Reset() {
 	*x = RaftTimeoutNowRequest{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[8]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +865,7 @@ func (x *RaftTimeoutNowRequest) String() string {
 func (*RaftTimeoutNowRequest) ProtoMessage() {}
 
 func (x *RaftTimeoutNowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[8]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +878,7 @@ func (x *RaftTimeoutNowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftTimeoutNowRequest.ProtoReflect.Descriptor instead.
 func (*RaftTimeoutNowRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{8}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RaftTimeoutNowRequest) GetGroup() uint32 {
@@ -760,7 +904,7 @@ type RaftTimeoutNowResponse struct {
 
 func (x *RaftTimeoutNowResponse) Reset() {
 	*x = RaftTimeoutNowResponse{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[9]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +916,7 @@ func (x *RaftTimeoutNowResponse) String() string {
 func (*RaftTimeoutNowResponse) ProtoMessage() {}
 
 func (x *RaftTimeoutNowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[9]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +929,7 @@ func (x *RaftTimeoutNowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftTimeoutNowResponse.ProtoReflect.Descriptor instead.
 func (*RaftTimeoutNowResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{9}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RaftTimeoutNowResponse) GetHeader() *RaftHeader {
@@ -815,7 +959,7 @@ type RaftInstallSnapshotRequest struct {
 
 func (x *RaftInstallSnapshotRequest) Reset() {
 	*x = RaftInstallSnapshotRequest{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[10]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +971,7 @@ func (x *RaftInstallSnapshotRequest) String() string {
 func (*RaftInstallSnapshotRequest) ProtoMessage() {}
 
 func (x *RaftInstallSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[10]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +984,7 @@ func (x *RaftInstallSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftInstallSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*RaftInstallSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{10}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RaftInstallSnapshotRequest) GetGroup() uint32 {
@@ -934,7 +1078,7 @@ type RaftInstallSnapshotMessage struct {
 
 func (x *RaftInstallSnapshotMessage) Reset() {
 	*x = RaftInstallSnapshotMessage{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[11]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1090,7 @@ func (x *RaftInstallSnapshotMessage) String() string {
 func (*RaftInstallSnapshotMessage) ProtoMessage() {}
 
 func (x *RaftInstallSnapshotMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[11]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1103,7 @@ func (x *RaftInstallSnapshotMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftInstallSnapshotMessage.ProtoReflect.Descriptor instead.
 func (*RaftInstallSnapshotMessage) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{11}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RaftInstallSnapshotMessage) GetMsg() isRaftInstallSnapshotMessage_Msg {
@@ -1016,7 +1160,7 @@ type RaftInstallSnapshotResponse struct {
 
 func (x *RaftInstallSnapshotResponse) Reset() {
 	*x = RaftInstallSnapshotResponse{}
-	mi := &file_grid_gridpb_raft_proto_msgTypes[12]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1172,7 @@ func (x *RaftInstallSnapshotResponse) String() string {
 func (*RaftInstallSnapshotResponse) ProtoMessage() {}
 
 func (x *RaftInstallSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_raft_proto_msgTypes[12]
+	mi := &file_grid_gridpb_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1185,7 @@ func (x *RaftInstallSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftInstallSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*RaftInstallSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{12}
+	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RaftInstallSnapshotResponse) GetHeader() *RaftHeader {
@@ -1069,7 +1213,14 @@ var File_grid_gridpb_raft_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"[\n" +
+	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"W\n" +
+	"\x12RaftHeartbeatBatch\x12A\n" +
+	"\brequests\x18\x01 \x03(\v2%.zerogrid.v1.RaftAppendEntriesRequestR\brequests\"o\n" +
+	"\x13RaftHeartbeatResult\x12B\n" +
+	"\bresponse\x18\x01 \x01(\v2&.zerogrid.v1.RaftAppendEntriesResponseR\bresponse\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"X\n" +
+	"\x1aRaftHeartbeatBatchResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .zerogrid.v1.RaftHeartbeatResultR\aresults\"[\n" +
 	"\n" +
 	"RaftHeader\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\x03R\x0fprotocolVersion\x12\x0e\n" +
@@ -1154,7 +1305,7 @@ const file_grid_gridpb_raft_proto_rawDesc = "" +
 	"\x1cRAFT_LOG_ADD_PEER_DEPRECATED\x10\x02\x12#\n" +
 	"\x1fRAFT_LOG_REMOVE_PEER_DEPRECATED\x10\x03\x12\x14\n" +
 	"\x10RAFT_LOG_BARRIER\x10\x04\x12\x1a\n" +
-	"\x16RAFT_LOG_CONFIGURATION\x10\x052\xce\x04\n" +
+	"\x16RAFT_LOG_CONFIGURATION\x10\x052\xaa\x05\n" +
 	"\x04Raft\x12^\n" +
 	"\rAppendEntries\x12%.zerogrid.v1.RaftAppendEntriesRequest\x1a&.zerogrid.v1.RaftAppendEntriesResponse\x12j\n" +
 	"\x15AppendEntriesPipeline\x12%.zerogrid.v1.RaftAppendEntriesRequest\x1a&.zerogrid.v1.RaftAppendEntriesResponse(\x010\x01\x12X\n" +
@@ -1162,7 +1313,9 @@ const file_grid_gridpb_raft_proto_rawDesc = "" +
 	"\x0eRequestPreVote\x12&.zerogrid.v1.RaftRequestPreVoteRequest\x1a'.zerogrid.v1.RaftRequestPreVoteResponse\x12U\n" +
 	"\n" +
 	"TimeoutNow\x12\".zerogrid.v1.RaftTimeoutNowRequest\x1a#.zerogrid.v1.RaftTimeoutNowResponse\x12f\n" +
-	"\x0fInstallSnapshot\x12'.zerogrid.v1.RaftInstallSnapshotMessage\x1a(.zerogrid.v1.RaftInstallSnapshotResponse(\x01B*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
+	"\x0fInstallSnapshot\x12'.zerogrid.v1.RaftInstallSnapshotMessage\x1a(.zerogrid.v1.RaftInstallSnapshotResponse(\x01\x12Z\n" +
+	"\n" +
+	"Heartbeats\x12\x1f.zerogrid.v1.RaftHeartbeatBatch\x1a'.zerogrid.v1.RaftHeartbeatBatchResponse(\x010\x01B*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
 	file_grid_gridpb_raft_proto_rawDescOnce sync.Once
@@ -1177,54 +1330,62 @@ func file_grid_gridpb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_grid_gridpb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_grid_gridpb_raft_proto_goTypes = []any{
 	(RaftLogType)(0),                    // 0: zerogrid.v1.RaftLogType
-	(*RaftHeader)(nil),                  // 1: zerogrid.v1.RaftHeader
-	(*RaftLog)(nil),                     // 2: zerogrid.v1.RaftLog
-	(*RaftAppendEntriesRequest)(nil),    // 3: zerogrid.v1.RaftAppendEntriesRequest
-	(*RaftAppendEntriesResponse)(nil),   // 4: zerogrid.v1.RaftAppendEntriesResponse
-	(*RaftRequestVoteRequest)(nil),      // 5: zerogrid.v1.RaftRequestVoteRequest
-	(*RaftRequestVoteResponse)(nil),     // 6: zerogrid.v1.RaftRequestVoteResponse
-	(*RaftRequestPreVoteRequest)(nil),   // 7: zerogrid.v1.RaftRequestPreVoteRequest
-	(*RaftRequestPreVoteResponse)(nil),  // 8: zerogrid.v1.RaftRequestPreVoteResponse
-	(*RaftTimeoutNowRequest)(nil),       // 9: zerogrid.v1.RaftTimeoutNowRequest
-	(*RaftTimeoutNowResponse)(nil),      // 10: zerogrid.v1.RaftTimeoutNowResponse
-	(*RaftInstallSnapshotRequest)(nil),  // 11: zerogrid.v1.RaftInstallSnapshotRequest
-	(*RaftInstallSnapshotMessage)(nil),  // 12: zerogrid.v1.RaftInstallSnapshotMessage
-	(*RaftInstallSnapshotResponse)(nil), // 13: zerogrid.v1.RaftInstallSnapshotResponse
+	(*RaftHeartbeatBatch)(nil),          // 1: zerogrid.v1.RaftHeartbeatBatch
+	(*RaftHeartbeatResult)(nil),         // 2: zerogrid.v1.RaftHeartbeatResult
+	(*RaftHeartbeatBatchResponse)(nil),  // 3: zerogrid.v1.RaftHeartbeatBatchResponse
+	(*RaftHeader)(nil),                  // 4: zerogrid.v1.RaftHeader
+	(*RaftLog)(nil),                     // 5: zerogrid.v1.RaftLog
+	(*RaftAppendEntriesRequest)(nil),    // 6: zerogrid.v1.RaftAppendEntriesRequest
+	(*RaftAppendEntriesResponse)(nil),   // 7: zerogrid.v1.RaftAppendEntriesResponse
+	(*RaftRequestVoteRequest)(nil),      // 8: zerogrid.v1.RaftRequestVoteRequest
+	(*RaftRequestVoteResponse)(nil),     // 9: zerogrid.v1.RaftRequestVoteResponse
+	(*RaftRequestPreVoteRequest)(nil),   // 10: zerogrid.v1.RaftRequestPreVoteRequest
+	(*RaftRequestPreVoteResponse)(nil),  // 11: zerogrid.v1.RaftRequestPreVoteResponse
+	(*RaftTimeoutNowRequest)(nil),       // 12: zerogrid.v1.RaftTimeoutNowRequest
+	(*RaftTimeoutNowResponse)(nil),      // 13: zerogrid.v1.RaftTimeoutNowResponse
+	(*RaftInstallSnapshotRequest)(nil),  // 14: zerogrid.v1.RaftInstallSnapshotRequest
+	(*RaftInstallSnapshotMessage)(nil),  // 15: zerogrid.v1.RaftInstallSnapshotMessage
+	(*RaftInstallSnapshotResponse)(nil), // 16: zerogrid.v1.RaftInstallSnapshotResponse
 }
 var file_grid_gridpb_raft_proto_depIdxs = []int32{
-	0,  // 0: zerogrid.v1.RaftLog.type:type_name -> zerogrid.v1.RaftLogType
-	1,  // 1: zerogrid.v1.RaftAppendEntriesRequest.header:type_name -> zerogrid.v1.RaftHeader
-	2,  // 2: zerogrid.v1.RaftAppendEntriesRequest.entries:type_name -> zerogrid.v1.RaftLog
-	1,  // 3: zerogrid.v1.RaftAppendEntriesResponse.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 4: zerogrid.v1.RaftRequestVoteRequest.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 5: zerogrid.v1.RaftRequestVoteResponse.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 6: zerogrid.v1.RaftRequestPreVoteRequest.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 7: zerogrid.v1.RaftRequestPreVoteResponse.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 8: zerogrid.v1.RaftTimeoutNowRequest.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 9: zerogrid.v1.RaftTimeoutNowResponse.header:type_name -> zerogrid.v1.RaftHeader
-	1,  // 10: zerogrid.v1.RaftInstallSnapshotRequest.header:type_name -> zerogrid.v1.RaftHeader
-	11, // 11: zerogrid.v1.RaftInstallSnapshotMessage.request:type_name -> zerogrid.v1.RaftInstallSnapshotRequest
-	1,  // 12: zerogrid.v1.RaftInstallSnapshotResponse.header:type_name -> zerogrid.v1.RaftHeader
-	3,  // 13: zerogrid.v1.Raft.AppendEntries:input_type -> zerogrid.v1.RaftAppendEntriesRequest
-	3,  // 14: zerogrid.v1.Raft.AppendEntriesPipeline:input_type -> zerogrid.v1.RaftAppendEntriesRequest
-	5,  // 15: zerogrid.v1.Raft.RequestVote:input_type -> zerogrid.v1.RaftRequestVoteRequest
-	7,  // 16: zerogrid.v1.Raft.RequestPreVote:input_type -> zerogrid.v1.RaftRequestPreVoteRequest
-	9,  // 17: zerogrid.v1.Raft.TimeoutNow:input_type -> zerogrid.v1.RaftTimeoutNowRequest
-	12, // 18: zerogrid.v1.Raft.InstallSnapshot:input_type -> zerogrid.v1.RaftInstallSnapshotMessage
-	4,  // 19: zerogrid.v1.Raft.AppendEntries:output_type -> zerogrid.v1.RaftAppendEntriesResponse
-	4,  // 20: zerogrid.v1.Raft.AppendEntriesPipeline:output_type -> zerogrid.v1.RaftAppendEntriesResponse
-	6,  // 21: zerogrid.v1.Raft.RequestVote:output_type -> zerogrid.v1.RaftRequestVoteResponse
-	8,  // 22: zerogrid.v1.Raft.RequestPreVote:output_type -> zerogrid.v1.RaftRequestPreVoteResponse
-	10, // 23: zerogrid.v1.Raft.TimeoutNow:output_type -> zerogrid.v1.RaftTimeoutNowResponse
-	13, // 24: zerogrid.v1.Raft.InstallSnapshot:output_type -> zerogrid.v1.RaftInstallSnapshotResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	6,  // 0: zerogrid.v1.RaftHeartbeatBatch.requests:type_name -> zerogrid.v1.RaftAppendEntriesRequest
+	7,  // 1: zerogrid.v1.RaftHeartbeatResult.response:type_name -> zerogrid.v1.RaftAppendEntriesResponse
+	2,  // 2: zerogrid.v1.RaftHeartbeatBatchResponse.results:type_name -> zerogrid.v1.RaftHeartbeatResult
+	0,  // 3: zerogrid.v1.RaftLog.type:type_name -> zerogrid.v1.RaftLogType
+	4,  // 4: zerogrid.v1.RaftAppendEntriesRequest.header:type_name -> zerogrid.v1.RaftHeader
+	5,  // 5: zerogrid.v1.RaftAppendEntriesRequest.entries:type_name -> zerogrid.v1.RaftLog
+	4,  // 6: zerogrid.v1.RaftAppendEntriesResponse.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 7: zerogrid.v1.RaftRequestVoteRequest.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 8: zerogrid.v1.RaftRequestVoteResponse.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 9: zerogrid.v1.RaftRequestPreVoteRequest.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 10: zerogrid.v1.RaftRequestPreVoteResponse.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 11: zerogrid.v1.RaftTimeoutNowRequest.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 12: zerogrid.v1.RaftTimeoutNowResponse.header:type_name -> zerogrid.v1.RaftHeader
+	4,  // 13: zerogrid.v1.RaftInstallSnapshotRequest.header:type_name -> zerogrid.v1.RaftHeader
+	14, // 14: zerogrid.v1.RaftInstallSnapshotMessage.request:type_name -> zerogrid.v1.RaftInstallSnapshotRequest
+	4,  // 15: zerogrid.v1.RaftInstallSnapshotResponse.header:type_name -> zerogrid.v1.RaftHeader
+	6,  // 16: zerogrid.v1.Raft.AppendEntries:input_type -> zerogrid.v1.RaftAppendEntriesRequest
+	6,  // 17: zerogrid.v1.Raft.AppendEntriesPipeline:input_type -> zerogrid.v1.RaftAppendEntriesRequest
+	8,  // 18: zerogrid.v1.Raft.RequestVote:input_type -> zerogrid.v1.RaftRequestVoteRequest
+	10, // 19: zerogrid.v1.Raft.RequestPreVote:input_type -> zerogrid.v1.RaftRequestPreVoteRequest
+	12, // 20: zerogrid.v1.Raft.TimeoutNow:input_type -> zerogrid.v1.RaftTimeoutNowRequest
+	15, // 21: zerogrid.v1.Raft.InstallSnapshot:input_type -> zerogrid.v1.RaftInstallSnapshotMessage
+	1,  // 22: zerogrid.v1.Raft.Heartbeats:input_type -> zerogrid.v1.RaftHeartbeatBatch
+	7,  // 23: zerogrid.v1.Raft.AppendEntries:output_type -> zerogrid.v1.RaftAppendEntriesResponse
+	7,  // 24: zerogrid.v1.Raft.AppendEntriesPipeline:output_type -> zerogrid.v1.RaftAppendEntriesResponse
+	9,  // 25: zerogrid.v1.Raft.RequestVote:output_type -> zerogrid.v1.RaftRequestVoteResponse
+	11, // 26: zerogrid.v1.Raft.RequestPreVote:output_type -> zerogrid.v1.RaftRequestPreVoteResponse
+	13, // 27: zerogrid.v1.Raft.TimeoutNow:output_type -> zerogrid.v1.RaftTimeoutNowResponse
+	16, // 28: zerogrid.v1.Raft.InstallSnapshot:output_type -> zerogrid.v1.RaftInstallSnapshotResponse
+	3,  // 29: zerogrid.v1.Raft.Heartbeats:output_type -> zerogrid.v1.RaftHeartbeatBatchResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_raft_proto_init() }
@@ -1232,7 +1393,7 @@ func file_grid_gridpb_raft_proto_init() {
 	if File_grid_gridpb_raft_proto != nil {
 		return
 	}
-	file_grid_gridpb_raft_proto_msgTypes[11].OneofWrappers = []any{
+	file_grid_gridpb_raft_proto_msgTypes[14].OneofWrappers = []any{
 		(*RaftInstallSnapshotMessage_Request)(nil),
 		(*RaftInstallSnapshotMessage_Chunk)(nil),
 	}
@@ -1242,7 +1403,7 @@ func file_grid_gridpb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_raft_proto_rawDesc), len(file_grid_gridpb_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	Raft_RequestPreVote_FullMethodName        = "/zerogrid.v1.Raft/RequestPreVote"
 	Raft_TimeoutNow_FullMethodName            = "/zerogrid.v1.Raft/TimeoutNow"
 	Raft_InstallSnapshot_FullMethodName       = "/zerogrid.v1.Raft/InstallSnapshot"
+	Raft_Heartbeats_FullMethodName            = "/zerogrid.v1.Raft/Heartbeats"
 )
 
 // RaftClient is the client API for Raft service.
@@ -46,6 +47,10 @@ type RaftClient interface {
 	// InstallSnapshot streams a snapshot: the first message holds the request,
 	// every later one a chunk of the data, so no message nears the size limit.
 	InstallSnapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse], error)
+	// Heartbeats carries the heartbeats of every group to one peer: each
+	// message holds those gathered in a short window, and the server answers
+	// each message with one message, in order, results in request order.
+	Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RaftHeartbeatBatch, RaftHeartbeatBatchResponse], error)
 }
 
 type raftClient struct {
@@ -122,6 +127,19 @@ func (c *raftClient) InstallSnapshot(ctx context.Context, opts ...grpc.CallOptio
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_InstallSnapshotClient = grpc.ClientStreamingClient[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse]
 
+func (c *raftClient) Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RaftHeartbeatBatch, RaftHeartbeatBatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Raft_ServiceDesc.Streams[2], Raft_Heartbeats_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Raft_HeartbeatsClient = grpc.BidiStreamingClient[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]
+
 // RaftServer is the server API for Raft service.
 // All implementations must embed UnimplementedRaftServer
 // for forward compatibility.
@@ -141,6 +159,10 @@ type RaftServer interface {
 	// InstallSnapshot streams a snapshot: the first message holds the request,
 	// every later one a chunk of the data, so no message nears the size limit.
 	InstallSnapshot(grpc.ClientStreamingServer[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse]) error
+	// Heartbeats carries the heartbeats of every group to one peer: each
+	// message holds those gathered in a short window, and the server answers
+	// each message with one message, in order, results in request order.
+	Heartbeats(grpc.BidiStreamingServer[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]) error
 	mustEmbedUnimplementedRaftServer()
 }
 
@@ -168,6 +190,9 @@ func (UnimplementedRaftServer) TimeoutNow(context.Context, *RaftTimeoutNowReques
 }
 func (UnimplementedRaftServer) InstallSnapshot(grpc.ClientStreamingServer[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method InstallSnapshot not implemented")
+}
+func (UnimplementedRaftServer) Heartbeats(grpc.BidiStreamingServer[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Heartbeats not implemented")
 }
 func (UnimplementedRaftServer) mustEmbedUnimplementedRaftServer() {}
 func (UnimplementedRaftServer) testEmbeddedByValue()              {}
@@ -276,6 +301,13 @@ func _Raft_InstallSnapshot_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Raft_InstallSnapshotServer = grpc.ClientStreamingServer[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse]
 
+func _Raft_Heartbeats_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RaftServer).Heartbeats(&grpc.GenericServerStream[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Raft_HeartbeatsServer = grpc.BidiStreamingServer[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]
+
 // Raft_ServiceDesc is the grpc.ServiceDesc for Raft service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -310,6 +342,12 @@ var Raft_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "InstallSnapshot",
 			Handler:       _Raft_InstallSnapshot_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Heartbeats",
+			Handler:       _Raft_Heartbeats_Handler,
+			ServerStreams: true,
 			ClientStreams: true,
 		},
 	},
