@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Idle CPU of 3 zerogrid node processes on loopback (default profile): 15 s
+# to settle, then CPU time from /proc/PID/stat over SECONDS, summed, in cores.
+#
+# Usage: test/bench/idle-loopback.sh BINARY [PARTITIONS] [SECONDS]
+set -euo pipefail
+bin=$1; parts=${2:-32}; secs=${3:-20}
+d=$(mktemp -d); base=$((7300 + RANDOM % 500))
+peers="n1=127.0.0.1:$base,n2=127.0.0.1:$((base+1)),n3=127.0.0.1:$((base+2))"
+pids=()
+cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$d"; }
+trap cleanup EXIT
+for i in 1 2 3; do
+  "$bin" node --id n$i --listen 127.0.0.1:$((base+i-1)) --data-dir "$d/n$i" --peers "$peers" \
+    --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
+  pids+=($!)
+done
+sleep 15
+tick=$(getconf CLK_TCK)
+sum() { local s=0 f; for p in "${pids[@]}"; do read -r -a f < "/proc/$p/stat"; s=$((s + f[13] + f[14])); done; echo "$s"; }
+a=$(sum); sleep "$secs"; b=$(sum)
+awk -v a="$a" -v b="$b" -v t="$tick" -v s="$secs" -v p="$parts" 'BEGIN{printf "%d partitions: %.3f cores for 3 idle nodes\n", p, (b-a)/t/s}'
