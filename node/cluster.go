@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -134,25 +133,19 @@ func (c *clusterService) membership(ctx context.Context, req *gridpb.MembershipR
 		id, addr := g.Leader()
 		return nil, &grid.NotLeaderError{Partition: int(req.Partition), LeaderID: id, LeaderAddr: addr}
 	}
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	r := g.Raft()
-	cfgFuture := r.GetConfiguration()
-	if err := cfgFuture.Error(); err != nil {
+	current, err := g.Members()
+	if err != nil {
 		return nil, fmt.Errorf("%w: %s: read configuration: %w", grid.ErrAmbiguous, g.ID(), err)
 	}
-	current := cfgFuture.Configuration().Servers
-	find := func(id string) (raft.Server, bool) {
+	find := func(id string) (replication.Member, bool) {
 		for _, s := range current {
-			if string(s.ID) == id {
+			if s.ID == id {
 				return s, true
 			}
 		}
-		return raft.Server{}, false
+		return replication.Member{}, false
 	}
-	var f raft.Future
+	var change func() error
 	switch req.Op {
 	case "get":
 	case "add_learner":
@@ -160,48 +153,48 @@ func (c *clusterService) membership(ctx context.Context, req *gridpb.MembershipR
 			return nil, fmt.Errorf("%w: add_learner needs a node id and an address", grid.ErrBadRequest)
 		}
 		if _, ok := find(req.NodeId); !ok {
-			f = r.AddNonvoter(raft.ServerID(req.NodeId), raft.ServerAddress(req.Addr), 0, timeout)
+			change = func() error { return g.AddLearner(ctx, req.NodeId, req.Addr) }
 		}
 	case "promote":
 		s, ok := find(req.NodeId)
 		if !ok {
 			return nil, fmt.Errorf("%w: %s is not in partition %d's configuration", grid.ErrBadRequest, req.NodeId, req.Partition)
 		}
-		if s.Suffrage != raft.Voter {
-			f = r.AddVoter(s.ID, s.Address, 0, timeout)
+		if !s.Voter {
+			change = func() error { return g.Promote(ctx, s.ID, s.Addr) }
 		}
 	case "remove":
 		if req.NodeId == c.s.n.cfg.ID {
 			return nil, fmt.Errorf("%w: the leader of partition %d cannot remove itself; transfer leadership first", grid.ErrBadRequest, req.Partition)
 		}
 		if _, ok := find(req.NodeId); ok {
-			f = r.RemoveServer(raft.ServerID(req.NodeId), 0, timeout)
+			change = func() error { return g.RemoveMember(ctx, req.NodeId) }
 		}
 	case "transfer":
+		var to replication.Member
 		if req.NodeId != "" {
 			s, ok := find(req.NodeId)
-			if !ok || s.Suffrage != raft.Voter {
+			if !ok || !s.Voter {
 				return nil, fmt.Errorf("%w: %s is not a voter of partition %d", grid.ErrBadRequest, req.NodeId, req.Partition)
 			}
-			f = r.LeadershipTransferToServer(s.ID, s.Address)
-		} else {
-			f = r.LeadershipTransfer()
+			to = s
 		}
+		change = func() error { return g.TransferLeadership(to.ID, to.Addr) }
 	default:
 		return nil, fmt.Errorf("%w: unknown membership operation %q", grid.ErrBadRequest, req.Op)
 	}
-	if f != nil {
-		if err := f.Error(); err != nil {
+	if change != nil {
+		if err := change(); err != nil {
 			return nil, fmt.Errorf("%w: partition %d %s %s: %w", grid.ErrAmbiguous, req.Partition, req.Op, req.NodeId, err)
 		}
-		if cfgFuture = r.GetConfiguration(); cfgFuture.Error() == nil {
-			current = cfgFuture.Configuration().Servers
+		if now, err := g.Members(); err == nil {
+			current = now
 		}
 	}
 	lid, _ := g.Leader()
 	resp := &gridpb.MembershipResponse{Leader: lid, Applied: g.Applied()}
 	for _, s := range current {
-		resp.Members = append(resp.Members, &gridpb.Member{Id: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+		resp.Members = append(resp.Members, &gridpb.Member{Id: s.ID, Addr: s.Addr, Voter: s.Voter})
 	}
 	return resp, nil
 }
@@ -404,11 +397,8 @@ func (n *Node) load() grid.Load {
 		if g.IsLeader() {
 			l.Leaders++
 		}
-		// Entries committed but not yet applied here (raft's own counters,
-		// which both include no-op entries).
-		if r := g.Raft(); r.CommitIndex() > r.AppliedIndex() {
-			l.MaxAppliedLag = max(l.MaxAppliedLag, r.CommitIndex()-r.AppliedIndex())
-		}
+		// Entries committed but not yet applied here.
+		l.MaxAppliedLag = max(l.MaxAppliedLag, g.ApplyLag())
 	}
 	return l
 }

@@ -11,11 +11,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/replication"
 )
 
 // catchUpSlack is how far (in applied entries) a learner may trail its
@@ -84,8 +84,11 @@ func (m *manager) tick(ctx context.Context) {
 	}
 	// A new leader first applies everything earlier leaders committed, and
 	// gives every node a fresh grace period: it has heard from none yet.
-	if term := meta.Raft().CurrentTerm(); term != m.term {
-		if err := meta.Raft().Barrier(5 * time.Second).Error(); err != nil {
+	if term := meta.Term(); term != m.term {
+		bctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := meta.Barrier(bctx)
+		cancel()
+		if err != nil {
 			return
 		}
 		m.seenMu.Lock()
@@ -260,7 +263,7 @@ func (m *manager) admit(ctx context.Context, req *gridpb.JoinRequest) (*gridpb.J
 
 func (m *manager) admitted(ctx context.Context, rec grid.NodeRecord) (*gridpb.JoinResponse, error) {
 	m.markSeen(rec.ID, grid.Load{})
-	if err := m.n.meta.Raft().AddNonvoter(raft.ServerID(rec.ID), raft.ServerAddress(rec.Addr), 0, timeoutOf(ctx)).Error(); err != nil {
+	if err := m.n.meta.AddLearner(ctx, rec.ID, rec.Addr); err != nil {
 		return nil, fmt.Errorf("%w: add %s to the metadata group: %w", grid.ErrAmbiguous, rec.ID, err)
 	}
 	m.n.log.Info("node admitted", "id", rec.ID, "addr", rec.Addr, "arch", rec.Caps.Arch, "labels", rec.Caps.Labels)
@@ -269,13 +272,6 @@ func (m *manager) admitted(ctx context.Context, rec grid.NodeRecord) (*gridpb.Jo
 		resp.TableEpoch = t.Epoch
 	}
 	return resp, nil
-}
-
-func timeoutOf(ctx context.Context) time.Duration {
-	if dl, ok := ctx.Deadline(); ok {
-		return max(time.Until(dl), time.Millisecond)
-	}
-	return 10 * time.Second
 }
 
 func (m *manager) markSeen(id string, l grid.Load) {
@@ -427,15 +423,14 @@ func metaVoterTarget(healthy int) int {
 // the voters are the most capable healthy nodes, changed only to replace
 // an unhealthy voter or to grow with the fleet.
 func (m *manager) metaMembers(ctx context.Context) error {
-	r := m.n.meta.Raft()
-	f := r.GetConfiguration()
-	if err := f.Error(); err != nil {
+	meta := m.n.meta
+	servers, err := meta.Members()
+	if err != nil {
 		return err
 	}
-	servers := f.Configuration().Servers
-	in := map[string]raft.Server{}
+	in := map[string]replication.Member{}
 	for _, s := range servers {
-		in[string(s.ID)] = s
+		in[s.ID] = s
 	}
 	recs := m.n.meta.Meta().Nodes()
 	byID := map[string]grid.NodeRecord{}
@@ -446,11 +441,10 @@ func (m *manager) metaMembers(ctx context.Context) error {
 			healthy = append(healthy, rec)
 		}
 	}
-	timeout := timeoutOf(ctx)
 	// Followers: live nodes missing from the configuration.
 	for _, rec := range recs {
 		if _, ok := in[rec.ID]; !ok && rec.State != grid.StateRemoved && rec.State != grid.StateDead {
-			return r.AddNonvoter(raft.ServerID(rec.ID), raft.ServerAddress(rec.Addr), 0, timeout).Error()
+			return meta.AddLearner(ctx, rec.ID, rec.Addr)
 		}
 	}
 	// Voters: keep healthy ones, fill with the most capable healthy nodes.
@@ -460,16 +454,16 @@ func (m *manager) metaMembers(ctx context.Context) error {
 		// A draining voter is on its way out: it keeps voting until a
 		// replacement votes, then steps down, so that stopping it after
 		// its removal never costs the group its quorum.
-		if rec, ok := byID[string(s.ID)]; ok && s.Suffrage == raft.Voter && (rec.State == grid.StateActive || rec.State == grid.StateSuspect) {
+		if rec, ok := byID[s.ID]; ok && s.Voter && (rec.State == grid.StateActive || rec.State == grid.StateSuspect) {
 			voters = append(voters, rec.ID)
 		}
 	}
 	sort.SliceStable(healthy, func(i, j int) bool { return moreCapable(healthy[i], healthy[j]) })
 	if len(voters) < target {
 		for _, rec := range healthy {
-			if s, ok := in[rec.ID]; ok && s.Suffrage != raft.Voter && rec.State == grid.StateActive {
+			if s, ok := in[rec.ID]; ok && !s.Voter && rec.State == grid.StateActive {
 				m.n.log.Info("metadata voter added", "id", rec.ID)
-				return r.AddVoter(s.ID, s.Address, 0, timeout).Error()
+				return meta.Promote(ctx, s.ID, s.Addr)
 			}
 		}
 	}
@@ -482,20 +476,20 @@ func (m *manager) metaMembers(ctx context.Context) error {
 	}
 	self := m.n.cfg.ID
 	for _, s := range servers {
-		rec, known := byID[string(s.ID)]
-		id := string(s.ID)
+		rec, known := byID[s.ID]
+		id := s.ID
 		switch {
 		case !known || rec.State == grid.StateRemoved:
 			if id == self {
-				return r.LeadershipTransfer().Error()
+				return meta.TransferLeadership("", "")
 			}
 			return m.leaveMeta(ctx, id)
-		case s.Suffrage == raft.Voter && (rec.State == grid.StateDead || rec.State == grid.StateDraining) && healthyVoters >= min(target, 3):
+		case s.Voter && (rec.State == grid.StateDead || rec.State == grid.StateDraining) && healthyVoters >= min(target, 3):
 			if id == self {
-				return r.LeadershipTransfer().Error()
+				return meta.TransferLeadership("", "")
 			}
 			m.n.log.Info("metadata voter demoted", "id", id, "state", rec.State)
-			return r.DemoteVoter(s.ID, 0, timeout).Error()
+			return meta.Demote(ctx, id)
 		}
 	}
 	return nil
@@ -506,24 +500,23 @@ func (m *manager) metaMembers(ctx context.Context) error {
 // group would otherwise fall below its voter target, so stopping the node
 // right after never costs the group its quorum.
 func (m *manager) leaveMeta(ctx context.Context, id string) error {
-	r := m.n.meta.Raft()
-	f := r.GetConfiguration()
-	if err := f.Error(); err != nil {
+	meta := m.n.meta
+	members, err := meta.Members()
+	if err != nil {
 		return fmt.Errorf("%w: metadata configuration: %w", grid.ErrNoLeader, err)
 	}
-	timeout := timeoutOf(ctx)
-	var member *raft.Server
+	var member *replication.Member
 	var candidates []grid.NodeRecord
 	otherVoters := 0
-	for _, s := range f.Configuration().Servers {
-		if string(s.ID) == id {
+	for _, s := range members {
+		if s.ID == id {
 			member = &s
 			continue
 		}
-		if s.Suffrage == raft.Voter {
+		if s.Voter {
 			otherVoters++
 		}
-		if rec, ok := m.n.meta.Meta().Node(string(s.ID)); ok && s.Suffrage != raft.Voter && rec.State == grid.StateActive {
+		if rec, ok := meta.Meta().Node(s.ID); ok && !s.Voter && rec.State == grid.StateActive {
 			candidates = append(candidates, rec)
 		}
 	}
@@ -536,15 +529,15 @@ func (m *manager) leaveMeta(ctx context.Context, id string) error {
 			healthy++
 		}
 	}
-	if member.Suffrage == raft.Voter && otherVoters < metaVoterTarget(healthy) && len(candidates) > 0 {
+	if member.Voter && otherVoters < metaVoterTarget(healthy) && len(candidates) > 0 {
 		sort.SliceStable(candidates, func(i, j int) bool { return moreCapable(candidates[i], candidates[j]) })
 		c := candidates[0]
 		m.n.log.Info("metadata voter added", "id", c.ID, "replacing", id)
-		if err := r.AddVoter(raft.ServerID(c.ID), raft.ServerAddress(c.Addr), 0, timeout).Error(); err != nil {
+		if err := meta.Promote(ctx, c.ID, c.Addr); err != nil {
 			return fmt.Errorf("%w: add metadata voter %s in place of %s: %w", grid.ErrNoLeader, c.ID, id, err)
 		}
 	}
-	if err := r.RemoveServer(raft.ServerID(id), 0, timeout).Error(); err != nil {
+	if err := meta.RemoveMember(ctx, id); err != nil {
 		return fmt.Errorf("%w: remove %s from the metadata group: %w", grid.ErrNoLeader, id, err)
 	}
 	m.n.log.Info("metadata member removed", "id", id)
@@ -925,7 +918,7 @@ func (m *manager) nodeOp(ctx context.Context, id, op string) (*gridpb.NodeOpResp
 		}
 		if id == m.n.cfg.ID {
 			// Hand the metadata group over first; the new leader removes it.
-			if err := m.n.meta.Raft().LeadershipTransfer().Error(); err != nil {
+			if err := m.n.meta.TransferLeadership("", ""); err != nil {
 				return nil, fmt.Errorf("%w: hand over metadata leadership before removing %s: %w", grid.ErrNoLeader, id, err)
 			}
 			return nil, fmt.Errorf("%w: metadata leadership moved off %s; retry the removal", grid.ErrNoLeader, id)

@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -126,7 +125,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: open engine: %w", err)
 	}
-	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: raft.ServerID(cfg.ID), LocalAddr: raft.ServerAddress(n.addr), Logger: n.log})
+	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log})
 	if err != nil {
 		return fmt.Errorf("node: raft transport: %w", err)
 	}
@@ -174,10 +173,10 @@ func (n *Node) start(ctx context.Context) error {
 		// A founding node of a new cluster: every founder bootstraps each of
 		// its partitions with the same voters, from the same static table.
 		for _, p := range n.static.PartitionsOf(cfg.ID) {
-			var servers []raft.Server
+			var servers []replication.Member
 			for _, id := range n.static.Partitions[p].Replicas {
 				nd, _ := n.static.Node(id)
-				servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(nd.Addr)})
+				servers = append(servers, replication.Member{ID: id, Addr: nd.Addr, Voter: true})
 			}
 			if _, err := n.host.OpenGroup(ctx, replication.GroupID(p), replication.KindData, servers); err != nil && !errors.Is(err, replication.ErrQuarantined) {
 				return fmt.Errorf("node: partition %d: %w", p, err)
@@ -242,7 +241,7 @@ func engineProfile(string) string { return "small" }
 
 // metaServers: up to 5 (an odd number of) voters chosen by id; the rest
 // follow as non-voters, so every node has the metadata locally.
-func metaServers(nodes []grid.Node) []raft.Server {
+func metaServers(nodes []grid.Node) []replication.Member {
 	voters := len(nodes)
 	switch {
 	case voters >= 5:
@@ -250,13 +249,9 @@ func metaServers(nodes []grid.Node) []raft.Server {
 	case voters >= 3:
 		voters = 3
 	}
-	out := make([]raft.Server, 0, len(nodes))
+	out := make([]replication.Member, 0, len(nodes))
 	for i, nd := range nodes {
-		s := raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(nd.ID), Address: raft.ServerAddress(nd.Addr)}
-		if i >= voters {
-			s.Suffrage = raft.Nonvoter
-		}
-		out = append(out, s)
+		out = append(out, replication.Member{ID: nd.ID, Addr: nd.Addr, Voter: i < voters})
 	}
 	return out
 }

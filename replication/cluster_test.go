@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 )
@@ -45,10 +43,10 @@ func newTestCluster(t *testing.T, nodes, groups int) *testCluster {
 	return c
 }
 
-func (c *testCluster) servers() []raft.Server {
-	var out []raft.Server
+func (c *testCluster) servers() []Member {
+	var out []Member
 	for _, id := range c.ids {
-		out = append(out, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
+		out = append(out, Member{ID: id, Addr: id, Voter: true})
 	}
 	return out
 }
@@ -243,7 +241,7 @@ func TestClusterSnapshotCatchUp(t *testing.T) {
 		last = c.putRetry(0, fmt.Sprintf("k%04d", i), fmt.Sprintf("v%d", i), 5, uint64(i+1)).Version
 	}
 	ldr := c.leader(0)
-	if err := ldr.Raft().Snapshot().Error(); err != nil {
+	if err := ldr.raft.Snapshot().Error(); err != nil {
 		t.Fatalf("snapshot: %v", err)
 	}
 	c.start(victim)

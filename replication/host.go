@@ -159,7 +159,7 @@ const (
 // OpenGroup starts group id. If the group has no Raft state on disk and
 // bootstrap is not empty, the group is bootstrapped with those voters (every
 // initial member bootstraps with the same list).
-func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []raft.Server) (*Group, error) {
+func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []Member) (*Group, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -176,7 +176,7 @@ func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	return g, nil
 }
 
-func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []raft.Server) (*Group, error) {
+func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []Member) (*Group, error) {
 	if kind == KindData {
 		if reason, bad := h.quarantineMark(id); bad {
 			return nil, fmt.Errorf("%w: %s: %s", ErrQuarantined, id, reason)
@@ -261,7 +261,7 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("state at index %d but no raft log", sm.Applied()))
 	}
 	if !has && len(bootstrap) > 0 {
-		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: bootstrap}); err != nil {
+		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: servers(bootstrap)}); err != nil {
 			return nil, fmt.Errorf("replication: %s: bootstrap: %w", id, err)
 		}
 	}

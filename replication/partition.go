@@ -43,9 +43,6 @@ func (g *Group) ID() GroupID { return g.id }
 // Meta is the metadata state (nil for data groups).
 func (g *Group) Meta() *MetaState { return g.meta }
 
-// Raft exposes the raft instance for membership changes and status.
-func (g *Group) Raft() *raft.Raft { return g.raft }
-
 // Applied is the index of the last entry the state machine holds. It may
 // trail the commit index by no-op and barrier entries, which raft never
 // hands to the state machine; raft's own AppliedIndex is no substitute: it

@@ -162,7 +162,7 @@ func newGRPCContractNode(t *testing.T, id string) contractNode {
 	}
 	addr := raft.ServerAddress(lis.Addr().String())
 	cfg := DefaultGRPCTransportConfig()
-	cfg.LocalID, cfg.LocalAddr, cfg.Timeout = raft.ServerID(id), addr, 2*time.Second
+	cfg.LocalID, cfg.LocalAddr, cfg.Timeout = id, string(addr), 2*time.Second
 	tr, err := NewGRPCTransport(cfg)
 	if err != nil {
 		t.Fatal(err)

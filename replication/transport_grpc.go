@@ -73,10 +73,10 @@ func ServerOptions() []grpc.ServerOption {
 // GRPCTransportConfig configures a node's Raft transport.
 type GRPCTransportConfig struct {
 	// LocalID is this node's id: its Raft ServerID in every group.
-	LocalID raft.ServerID
+	LocalID string
 	// LocalAddr is this node's gRPC address, shared by all its groups: its
 	// Raft ServerAddress.
-	LocalAddr raft.ServerAddress
+	LocalAddr string
 	// Logger receives transport events; nil discards them.
 	Logger *slog.Logger
 	// DialOptions are appended to the transport's own (insecure transport
@@ -374,7 +374,7 @@ func (g *grpcGroup) Consumer() <-chan raft.RPC { return g.consumer }
 
 // LocalAddr implements raft.Transport: the node's address, shared by all
 // its groups.
-func (g *grpcGroup) LocalAddr() raft.ServerAddress { return g.t.cfg.LocalAddr }
+func (g *grpcGroup) LocalAddr() raft.ServerAddress { return raft.ServerAddress(g.t.cfg.LocalAddr) }
 
 // SetHeartbeatHandler implements raft.Transport: heartbeats are handed to cb
 // on the RPC's own goroutine instead of queueing on Consumer.
