@@ -165,29 +165,63 @@ func (g *Group) ReadView(ctx context.Context, linearizable bool) (View, uint64, 
 func (g *Group) now() int64 { return g.clock().UnixNano() }
 
 // Get reads one entry of a map through a view (see ReadView). An expired
-// entry is not found.
+// entry is not found. A linearizable read decides expiry in the log's
+// order, as writes do (see expireInLog).
 func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizable bool) (StoredEntry, uint64, error) {
+	for {
+		e, applied, due, err := g.get(ctx, mapName, key, linearizable)
+		if due == nil || err != nil {
+			return e, applied, err
+		}
+		if err := g.expireInLog(ctx, due); err != nil {
+			return StoredEntry{}, 0, err
+		}
+	}
+}
+
+// expireInLog makes the expiry of keys a linearizable read found due (by
+// this leader's clock, but still stored) a step of the log: a command
+// stamped now deletes each one that still has the version read, and the
+// caller reads again after it applied. A write stamped before the expiry
+// but not applied yet when the key was read would otherwise find the key
+// live after a read had reported it gone; now either that write comes
+// first in the log (and the read sees its result) or the key is gone for
+// it too.
+func (g *Group) expireInLog(ctx context.Context, due []*gridpb.ExpiredKey) error {
+	cmd := &gridpb.Command{LeaderTime: g.now(), Op: &gridpb.Command_Expire{Expire: &gridpb.ExpireOp{Keys: due}}}
+	if _, err := g.Propose(ctx, cmd); err != nil {
+		return fmt.Errorf("replication: %s: expire %d keys a read found due: %w", g.id, len(due), err)
+	}
+	return nil
+}
+
+// get is one attempt of Get; due lists the key if a linearizable read
+// found it expired but still stored.
+func (g *Group) get(ctx context.Context, mapName string, key []byte, linearizable bool) (StoredEntry, uint64, []*gridpb.ExpiredKey, error) {
 	v, applied, err := g.ReadView(ctx, linearizable)
 	if err != nil {
-		return StoredEntry{}, 0, err
+		return StoredEntry{}, 0, nil, err
 	}
 	defer v.Close()
 	raw, err := v.Get(dataKey(g.id, mapName, key))
 	if errors.Is(err, ErrEngineNotFound) {
-		return StoredEntry{}, applied, grid.ErrNotFound
+		return StoredEntry{}, applied, nil, grid.ErrNotFound
 	}
 	if err != nil {
-		return StoredEntry{}, applied, fmt.Errorf("replication: %s: read: %w", g.id, err)
+		return StoredEntry{}, applied, nil, fmt.Errorf("replication: %s: read: %w", g.id, err)
 	}
 	e, err := decodeEntry(raw)
 	if err != nil {
-		return StoredEntry{}, applied, g.damaged(key, err)
+		return StoredEntry{}, applied, nil, g.damaged(key, err)
 	}
 	if grid.Expired(e.Expiry, g.now()) {
-		return StoredEntry{}, applied, grid.ErrNotFound
+		if linearizable {
+			return StoredEntry{}, applied, []*gridpb.ExpiredKey{{Map: mapName, Key: key, Version: e.Version, Expiry: e.Expiry}}, nil
+		}
+		return StoredEntry{}, applied, nil, grid.ErrNotFound
 	}
 	e.Value = append([]byte(nil), e.Value...)
-	return e, applied, nil
+	return e, applied, nil, nil
 }
 
 // damaged reports a stored entry failing its checksum: the read fails with
@@ -207,9 +241,23 @@ type ScanEntry struct {
 // whose keys start with prefix and are strictly after `after`, in key order,
 // and whether more remain. Expired entries are skipped.
 func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, limit, maxBytes int, linearizable bool) ([]ScanEntry, bool, uint64, error) {
+	for {
+		out, more, applied, due, err := g.scan(ctx, mapName, prefix, after, limit, maxBytes, linearizable)
+		if len(due) == 0 || err != nil {
+			return out, more, applied, err
+		}
+		if err := g.expireInLog(ctx, due); err != nil {
+			return nil, false, 0, err
+		}
+	}
+}
+
+// scan is one attempt of Scan; due lists the keys a linearizable scan
+// found expired but still stored (it then returns nothing else).
+func (g *Group) scan(ctx context.Context, mapName string, prefix, after []byte, limit, maxBytes int, linearizable bool) ([]ScanEntry, bool, uint64, []*gridpb.ExpiredKey, error) {
 	v, applied, err := g.ReadView(ctx, linearizable)
 	if err != nil {
-		return nil, false, 0, err
+		return nil, false, 0, nil, err
 	}
 	defer v.Close()
 	mp := mapPrefix(g.id, mapName)
@@ -219,6 +267,7 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 		from = append(append([]byte(nil), mp...), after...)
 	}
 	var out []ScanEntry
+	var due []*gridpb.ExpiredKey
 	more := false
 	size := 0
 	now := g.now()
@@ -232,6 +281,9 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 			return false, g.damaged(k[len(mp):], err)
 		}
 		if grid.Expired(e.Expiry, now) {
+			if linearizable && len(due) < maxExpireInRead {
+				due = append(due, &gridpb.ExpiredKey{Map: mapName, Key: append([]byte(nil), k[len(mp):]...), Version: e.Version, Expiry: e.Expiry})
+			}
 			return true, nil
 		}
 		e.Value = append([]byte(nil), e.Value...)
@@ -240,10 +292,17 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 		return true, ctx.Err()
 	})
 	if err != nil {
-		return nil, false, 0, err
+		return nil, false, 0, nil, err
 	}
-	return out, more, applied, nil
+	if len(due) > 0 {
+		return nil, false, applied, due, nil
+	}
+	return out, more, applied, nil, nil
 }
+
+// maxExpireInRead bounds the keys one read expires through the log at
+// once; a read that finds more expires them over several rounds.
+const maxExpireInRead = 256
 
 // Each calls fn for every entry of a map whose key starts with prefix, in key
 // order, from one consistent view (see ReadView), after verifying each
