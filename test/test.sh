@@ -28,5 +28,16 @@ bash test/qemu-arm.sh '^(TestEngine|TestCluster|TestLock|TestTTL|TestBadTTL|Test
 echo "== 32-bit ARM under qemu: the same Starlark jobs give the same results as on amd64"
 PKG=query bash test/qemu-arm.sh '^TestCrossArchGolden$'
 
+echo "== short fuzz runs (every decoder of outside bytes; go test -fuzz FuzzX ./PKG explores longer)"
+for target in replication:FuzzDecodeLog replication:FuzzDecodeIntentOp replication:FuzzDecodeEntry \
+  replication:FuzzApplyCommand replication:FuzzRestoreSnapshot \
+  query:FuzzParseJSON query:FuzzCompileFilter query:FuzzCompileScript; do
+  pkg=${target%%:*}; fn=${target#*:}
+  if ! out=$(go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime 3s 2>&1); then
+    echo "fuzz $fn failed (the failing input is in $pkg/testdata/fuzz/$fn):"; echo "$out"; exit 1
+  fi
+  echo "   $fn: 3s, no failure"
+done
+
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
