@@ -223,3 +223,74 @@ func TestApplyFailureStopsWithoutSkipping(t *testing.T) {
 		t.Fatalf("after replay: %d keys, applied %d", n, sm2.Applied())
 	}
 }
+
+// Dedup records are pruned alike on replicas that cut their apply batches
+// differently, also when the leader's clock jumps ahead (so that the prune
+// reaches records written in the same batch).
+func TestDedupPruneSameOnEveryBatchCut(t *testing.T) {
+	t0 := time.Now().UnixNano()
+	var logs []*raft.Log
+	for i := uint64(1); i <= 600; i++ {
+		at := t0 + int64(i)*int64(time.Millisecond)
+		if i >= 500 {
+			at = t0 + int64(20*time.Minute) // the clock jumps: records before 500 are past retention
+		}
+		c := putCmd(at, fmt.Sprintf("k%d", i%50), "v", 0)
+		c.ClientId, c.Seq = 1, i
+		data, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = append(logs, &raft.Log{Index: i, Type: raft.LogCommand, Data: data})
+	}
+	dump := func(oneBatch bool) map[string]string {
+		eng, err := OpenEngine(EngineConfig{Dir: t.TempDir(), Profile: "small"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer eng.Close()
+		sm := newTestSM(t, eng, func(err error) { t.Errorf("fatal: %v", err) })
+		if oneBatch {
+			sm.ApplyBatch(logs)
+		} else {
+			for _, l := range logs {
+				sm.ApplyBatch([]*raft.Log{l})
+			}
+		}
+		v, err := eng.NewView()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer v.Close()
+		out := map[string]string{}
+		if err := v.Iterate(groupPrefix(3), nil, func(k, val []byte) (bool, error) {
+			out[string(k)] = string(val)
+			return true, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	a, b := dump(true), dump(false)
+	if len(a) != len(b) {
+		t.Fatalf("one batch left %d keys, one entry per batch %d", len(a), len(b))
+	}
+	for k, v := range a {
+		if b[k] != v {
+			t.Fatalf("key %x differs between the two batch cuts", k)
+		}
+	}
+	if n := countPrefixIn(a, dedupPrefix(3)); n >= 500 {
+		t.Fatalf("%d dedup records left: the prune did not run", n)
+	}
+}
+
+func countPrefixIn(m map[string]string, prefix []byte) int {
+	n := 0
+	for k := range m {
+		if len(k) >= len(prefix) && k[:len(prefix)] == string(prefix) {
+			n++
+		}
+	}
+	return n
+}

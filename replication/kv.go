@@ -76,6 +76,11 @@ func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 		tx.flushPending()
 		a.checks.start(tx.eng, a.group, c.CheckId, index)
 	}
+	if index%dedupPruneEvery == 0 {
+		// The prune reads the engine: it must hold every entry before this
+		// one on every replica alike, however each cut its batches.
+		tx.flushPending()
+	}
 	a.log.prune(tx, index)
 	if index%dedupPruneEvery == 0 {
 		a.pruneDedup(tx, cmd.LeaderTime)
