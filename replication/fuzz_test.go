@@ -149,4 +149,3 @@ func mustMarshal(f *testing.F, m proto.Message) []byte {
 	}
 	return b
 }
-
