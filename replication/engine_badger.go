@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 var (
@@ -52,6 +53,17 @@ func badgerOptions(cfg EngineConfig) (badger.Options, int) {
 		opt.IndexCacheSize = 4 << 20
 		opt.ValueLogFileSize = 64 << 20
 		opt.ValueThreshold = 64 << 10
+		// Table builders (memtable flushes and compactions) preallocate
+		// twice their table size, levels' tables grow by
+		// TableSizeMultiplier, and badger pools up to 8 builder buffers:
+		// at 1M keys those buffers were ~230 MB of each node's heap. Small
+		// tables of one size and no block compression (which also runs
+		// 2×NumCPU goroutines with buffers of their own per builder) keep
+		// them to a few MB; values here are small or already in the value
+		// log, and the disk cost is measured in BENCHMARKS.md.
+		opt.BaseTableSize = 1 << 20
+		opt.TableSizeMultiplier = 1
+		opt.Compression = options.None
 		// Transaction cap: 15% of MemTableSize = 1.2 MB. A 1 MiB value (the
 		// grid's default limit), a 4 KiB key and the applied index fit.
 		maxBatch = 1152 << 10
