@@ -209,7 +209,7 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	}
 	logs := h.logs.group(id, corrupt.mark)
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft-" + id.String(), Level: hclog.Warn, Output: slogWriter{h.cfg.Logger}})
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hlog)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 1, hlog) // one kept: the engine, not the snapshot, is the state
 	if err != nil {
 		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
 	}
