@@ -26,18 +26,21 @@ const Version = "0.1.0-dev"
 
 // Node is one running zerogrid node.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	lis    net.Listener
-	addr   string
-	eng    replication.Engine
-	trans  *replication.GRPCTransport
-	host   *replication.Host
-	srv    *grpc.Server
-	meta   *replication.Group
-	static *grid.Table // the table computed from the static peer list (empty when joining)
-	caps   grid.Capabilities
-	mgr    *manager
+	cfg   Config
+	log   *slog.Logger
+	lis   net.Listener
+	addr  string
+	eng   replication.Engine
+	trans *replication.GRPCTransport
+	host  *replication.Host
+	// suspects is host, for the transport's peer-down callback (which may
+	// run before start has set host).
+	suspects atomic.Pointer[replication.Host]
+	srv      *grpc.Server
+	meta     *replication.Group
+	static   *grid.Table // the table computed from the static peer list (empty when joining)
+	caps     grid.Capabilities
+	mgr      *manager
 	// integrity scrubs and quarantines corrupt replicas.
 	integrity *integrity
 	cpu       cpuMeter
@@ -125,7 +128,15 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: open engine: %w", err)
 	}
-	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log})
+	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log,
+		// A peer whose connection breaks is suspected at once: the local
+		// followers of the groups it led campaign after one lease instead
+		// of a full heartbeat timeout (see replication.Host.SuspectPeer).
+		OnPeerDown: func(addr string) {
+			if h := n.suspects.Load(); h != nil {
+				h.SuspectPeer(addr)
+			}
+		}})
 	if err != nil {
 		return fmt.Errorf("node: raft transport: %w", err)
 	}
@@ -152,6 +163,7 @@ func (n *Node) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("node: raft host: %w", err)
 	}
+	n.suspects.Store(n.host)
 
 	n.meta, err = n.host.OpenGroup(ctx, replication.MetaGroup, replication.KindMeta, metaServers(n.static.Nodes))
 	if err != nil {

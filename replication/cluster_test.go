@@ -171,13 +171,7 @@ func TestClusterWritesLeaderKillCatchUp(t *testing.T) {
 		}
 	}
 	// Kill the leader of group 0; the others elect a new one and keep going.
-	old := c.leader(0)
-	var victim string
-	for id, h := range c.hosts {
-		if grp, _ := h.Group(0); grp == old {
-			victim = id
-		}
-	}
+	old, victim := c.leaderNode(0)
 	c.stop(victim)
 	newLeader := c.leader(0)
 	if newLeader == old {
@@ -357,4 +351,17 @@ func TestClusterCutOffReplica(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// leaderNode waits for a leader of group g and returns it with its node's id.
+func (c *testCluster) leaderNode(g GroupID) (*Group, string) {
+	c.t.Helper()
+	ldr := c.leader(g)
+	for id, h := range c.hosts {
+		if grp, _ := h.Group(g); grp == ldr {
+			return ldr, id
+		}
+	}
+	c.t.Fatalf("leader of %s on no running host", g)
+	return nil, ""
 }

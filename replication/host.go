@@ -102,6 +102,9 @@ type Host struct {
 	cfg    HostConfig
 	logs   *logDB // every group's Raft log and stable state
 	checks *checks
+	// stop ends, and wg counts, the host's own goroutines (SuspectPeer).
+	stop   chan struct{}
+	wg     sync.WaitGroup
 	mu     sync.Mutex
 	groups map[GroupID]*Group
 	closed bool
@@ -144,7 +147,7 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}}, nil
+	return &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}, stop: make(chan struct{})}, nil
 }
 
 // logDBFile is the node's one Raft log store, in HostConfig.Dir.
@@ -420,6 +423,7 @@ func (h *Host) Close(ctx context.Context) error {
 		return nil
 	}
 	h.closed = true
+	close(h.stop)
 	groups := h.groups
 	h.groups = map[GroupID]*Group{}
 	h.mu.Unlock()
@@ -439,6 +443,7 @@ func (h *Host) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("replication: host close: %w", ctx.Err())
 	}
+	h.wg.Wait()
 	h.checks.close()
 	close(errs)
 	all := []error{h.logs.Close()}

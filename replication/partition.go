@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -29,6 +30,9 @@ type Group struct {
 	reads   *readGate
 	corrupt *corruption
 	clock   func() time.Time
+	// suspected is set while the group waits for a new leader after its
+	// leader's node was suspected (see Host.SuspectPeer).
+	suspected atomic.Bool
 }
 
 // logStore is the group's Raft log (raft-boltdb), which the scrub reads too.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -87,6 +88,10 @@ type GRPCTransportConfig struct {
 	// 256 KiB of snapshot (at least Timeout), as raft's NetworkTransport
 	// does. The pipeline stream has no deadline; keepalive guards it.
 	Timeout time.Duration
+	// OnPeerDown, if set, is called (on a goroutine of the transport's) when
+	// the connection to a peer that was up breaks: the peer's process died
+	// or closed the connection. Nodes pass it to Host.SuspectPeer.
+	OnPeerDown func(addr string)
 	// HeartbeatWindow is how long heartbeats to a peer are gathered into
 	// one message (see transport_heartbeat.go). Zero: the default (20 ms);
 	// negative: every heartbeat is sent at once, alone.
@@ -301,8 +306,28 @@ func (t *GRPCTransport) client(target raft.ServerAddress) (gridpb.RaftClient, er
 		}
 		t.conns[target] = cc
 		t.logger.Debug("raft connection opened", "peer", string(target))
+		if t.cfg.OnPeerDown != nil {
+			t.wg.Add(1) // t.mu is held and t.closed is false: Close waits for it
+			go func() {
+				defer t.wg.Done()
+				t.watchPeer(cc, string(target))
+			}()
+		}
 	}
 	return gridpb.NewRaftClient(cc), nil
+}
+
+// watchPeer reports each break of an established connection to addr.
+func (t *GRPCTransport) watchPeer(cc *grpc.ClientConn, addr string) {
+	state := cc.GetState()
+	for cc.WaitForStateChange(t.ctx, state) {
+		next := cc.GetState()
+		if state == connectivity.Ready && next != connectivity.Ready && next != connectivity.Shutdown && t.ctx.Err() == nil {
+			t.logger.Info("raft peer connection broke; suspecting its node", "peer", addr, "state", next.String())
+			t.cfg.OnPeerDown(addr)
+		}
+		state = next
+	}
 }
 
 // lookup returns the view of group g for an incoming RPC, or a gRPC

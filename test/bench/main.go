@@ -50,6 +50,7 @@ type config struct {
 	clients                          []int
 	ops                              []string
 	skipEtcd                         bool
+	failover                         int
 	keyspace                         uint64
 	valueSize                        int
 	loadClients                      int
@@ -81,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	clients := fs.String("clients", "1,16,64,256", "concurrent clients (goroutines sharing one client), comma-separated")
 	ops := fs.String("ops", "put,get,stale-get", "operations, comma-separated: put, get (linearizable), stale-get")
 	fs.BoolVar(&c.skipEtcd, "skip-etcd", false, "run zerogrid only")
+	fs.IntVar(&c.failover, "failover", 0, "instead: SIGKILL a partition leader this many times and report how long puts and linearizable gets were unavailable (zerogrid only)")
 	fs.Uint64Var(&c.keyspace, "keyspace", 100_000, "keys the workload picks from uniformly; all are written before the cells run")
 	fs.IntVar(&c.valueSize, "value-size", 256, "value size in bytes")
 	fs.IntVar(&c.loadClients, "load-clients", 256, "concurrent writers for the preload and the RSS load")
@@ -172,6 +174,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.compute.enabled {
 		return runCompute(ctx, cfg, args, stdout, stderr, logf)
+	}
+	if cfg.failover > 0 {
+		return runFailover(ctx, cfg, stdout, logf)
 	}
 	if cfg.commission.enabled {
 		cfg.skipEtcd = true

@@ -1,0 +1,100 @@
+package replication
+
+import (
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+)
+
+// A suspected leader's followers shorten their heartbeat timeout to the
+// lease, elect a new leader, and go back to their normal timing; a group
+// whose leader is elsewhere is left alone.
+func TestSuspectPeerShortensThenRestores(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	old, victim := c.leaderNode(0)
+	c.stop(victim)
+	timing := TestTiming()
+	shortened := 0
+	for id, h := range c.hosts {
+		h.SuspectPeer("not-a-member") // nobody's leader: changes nothing
+		g, _ := h.Group(0)
+		if got := g.raft.ReloadableConfig().HeartbeatTimeout; got != timing.HeartbeatTimeout {
+			t.Fatalf("%s: heartbeat timeout %v after suspecting a stranger", id, got)
+		}
+		h.SuspectPeer(victim)
+		if g.raft.ReloadableConfig().HeartbeatTimeout == timing.LeaderLeaseTimeout {
+			shortened++
+		}
+	}
+	if shortened == 0 {
+		t.Fatal("no follower of the suspected leader shortened its heartbeat timeout")
+	}
+	if c.leader(0) == old {
+		t.Fatal("no new leader")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, h := range c.hosts {
+		g, _ := h.Group(0)
+		for g.raft.ReloadableConfig().HeartbeatTimeout != timing.HeartbeatTimeout || g.suspected.Load() {
+			if time.Now().After(deadline) {
+				t.Fatalf("heartbeat timeout still %v after a new leader", g.raft.ReloadableConfig().HeartbeatTimeout)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// The gRPC transport reports a peer whose established connection breaks.
+func TestTransportGRPCReportsPeerDown(t *testing.T) {
+	var down atomic.Value
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bAddr := lis.Addr().String()
+	bCfg := DefaultGRPCTransportConfig()
+	bCfg.LocalID, bCfg.LocalAddr = "b", bAddr
+	b, err := NewGRPCTransport(bCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(ServerOptions()...)
+	b.Register(srv)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(lis) }()
+	b.Transport(1).(*grpcGroup).SetHeartbeatHandler(func(rpc raft.RPC) { rpc.Respond(&raft.AppendEntriesResponse{Success: true}, nil) })
+
+	aCfg := DefaultGRPCTransportConfig()
+	aCfg.LocalID, aCfg.LocalAddr = "a", "127.0.0.1:1"
+	aCfg.OnPeerDown = func(addr string) { down.Store(addr) }
+	a, err := NewGRPCTransport(aCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeNode(t, a)
+	var resp raft.AppendEntriesResponse
+	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("127.0.0.1:1")}, Term: 1}
+	if err := a.Transport(1).AppendEntries("b", raft.ServerAddress(bAddr), hb, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if down.Load() != nil {
+		t.Fatal("peer reported down while it answers")
+	}
+	srv.Stop() // b's process "dies": its connections close
+	<-served
+	closeNode(t, b)
+	deadline := time.Now().Add(10 * time.Second)
+	for down.Load() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a broken connection to the peer was not reported")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := down.Load().(string); got != bAddr {
+		t.Fatalf("reported %q, want %q", got, bAddr)
+	}
+}
