@@ -172,7 +172,7 @@ func (g *Group) now() int64 { return g.clock().UnixNano() }
 // entry is not found. A linearizable read decides expiry in the log's
 // order, as writes do (see expireInLog).
 func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizable bool) (StoredEntry, uint64, error) {
-	for {
+	for range maxExpireRounds {
 		e, applied, due, err := g.get(ctx, mapName, key, linearizable)
 		if due == nil || err != nil {
 			return e, applied, err
@@ -181,6 +181,16 @@ func (g *Group) Get(ctx context.Context, mapName string, key []byte, linearizabl
 			return StoredEntry{}, 0, err
 		}
 	}
+	return StoredEntry{}, 0, g.unsettled()
+}
+
+// maxExpireRounds bounds the expire-then-read rounds of one read: a round
+// ends a key unless this node's clock stepped back between the read and
+// the proposal.
+const maxExpireRounds = 8
+
+func (g *Group) unsettled() error {
+	return fmt.Errorf("%w: %s: expiry of the keys read did not settle (clock stepping back?)", grid.ErrNoLeader, g.id)
 }
 
 // expireInLog makes the expiry of keys a linearizable read found due (by
@@ -245,7 +255,9 @@ type ScanEntry struct {
 // whose keys start with prefix and are strictly after `after`, in key order,
 // and whether more remain. Expired entries are skipped.
 func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, limit, maxBytes int, linearizable bool) ([]ScanEntry, bool, uint64, error) {
-	for {
+	// Each round expires up to maxExpireInRead keys: a page behind many
+	// expired keys not yet swept takes several.
+	for range 8 * maxExpireRounds {
 		out, more, applied, due, err := g.scan(ctx, mapName, prefix, after, limit, maxBytes, linearizable)
 		if len(due) == 0 || err != nil {
 			return out, more, applied, err
@@ -254,6 +266,7 @@ func (g *Group) Scan(ctx context.Context, mapName string, prefix, after []byte, 
 			return nil, false, 0, err
 		}
 	}
+	return nil, false, 0, g.unsettled()
 }
 
 // scan is one attempt of Scan; due lists the keys a linearizable scan
