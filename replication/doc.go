@@ -5,7 +5,7 @@
 // and one connection per peer; InmemNetwork does the same in memory for
 // tests). Every group's Raft log and stable state live in one bbolt file per
 // node (logDB): a single committer puts the appends of all groups waiting
-// at that moment into one transaction and one sync (group commit), and each
+// at that moment into one bbolt transaction (group commit), and each
 // record carries a CRC32C, so a damaged record quarantines only its group.
 // Per-group raft-boltdb files of earlier versions are migrated at open.
 //

@@ -228,7 +228,7 @@ func (s *stateMachine) writeEarly(tx *txn) error {
 		tx.batch, tx.early = b, Batch{}
 		return nil
 	}
-	return chunked(context.Background(), s.eng, tx.early.Ops, nil)
+	return chunked(context.Background(), s.eng, tx.early.Ops)
 }
 
 // changed returns the channel the next applied batch closes.

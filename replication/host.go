@@ -153,9 +153,6 @@ func NewHost(cfg HostConfig) (*Host, error) {
 // logDBFile is the node's one Raft log store, in HostConfig.Dir.
 const logDBFile = "raft-log.db"
 
-// LogStats reports the shared Raft log store's commit counters.
-func (h *Host) LogStats() LogStats { return h.logs.stats() }
-
 // GroupKind selects a group's state machine.
 type GroupKind int
 
@@ -200,7 +197,19 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	if err := h.migrateLog(ctx, id, kind, dir); err != nil {
 		return nil, err
 	}
-	bad, err := h.logs.verifyGroup(id)
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft-" + id.String(), Level: hclog.Warn, Output: slogWriter{h.cfg.Logger}})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 1, hlog) // one kept: the engine, not the snapshot, is the state
+	if err != nil {
+		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
+	}
+	var snapIndex uint64
+	if list, err := snaps.List(); err == nil && len(list) > 0 {
+		snapIndex = list[0].Index
+	}
+	// raft reads every entry after its snapshot while it starts, and panics
+	// on one it cannot read: those are checked first. Older entries are
+	// checked when read (GetLog) and by the scrub.
+	bad, err := h.logs.verifyGroup(id, snapIndex+1)
 	if err != nil {
 		return nil, fmt.Errorf("replication: %s: verify raft log: %w", id, err)
 	}
@@ -211,11 +220,6 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		return nil, h.quarantineClosed(ctx, id, bad)
 	}
 	logs := h.logs.group(id, corrupt.mark)
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft-" + id.String(), Level: hclog.Warn, Output: slogWriter{h.cfg.Logger}})
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 1, hlog) // one kept: the engine, not the snapshot, is the state
-	if err != nil {
-		return nil, fmt.Errorf("replication: %s: open snapshot store: %w", id, err)
-	}
 	// A batch a crash interrupted while it was committed in parts is
 	// finished (or discarded) before anything reads the group's state.
 	if err := openIntent(ctx, h.cfg.Engine, id); err != nil {
@@ -239,10 +243,6 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	sm, err := newStateMachine(id, h.cfg.Engine, app, h.cfg.Logger, h.cfg.Fatal)
 	if err != nil {
 		return nil, err
-	}
-	var snapIndex uint64
-	if list, err := snaps.List(); err == nil && len(list) > 0 {
-		snapIndex = list[0].Index
 	}
 	restore, err := needsRestore(h.cfg.Engine, id, snapIndex)
 	if err != nil {

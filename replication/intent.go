@@ -69,12 +69,11 @@ func decodeIntentOp(b []byte) (Op, error) {
 	return Op{Key: key, Value: append([]byte(nil), b[5+n:]...)}, nil
 }
 
-// chunked writes ops in batches of at most limit bytes, in order. tail is
-// added to the last batch.
-func chunked(ctx context.Context, eng Engine, ops []Op, tail []Op) error {
+// chunked writes ops in order, in batches of at most the engine's limit.
+func chunked(ctx context.Context, eng Engine, ops []Op) error {
 	limit := eng.MaxBatchBytes()
 	var b Batch
-	add := func(op Op) error {
+	for _, op := range ops {
 		n := len(op.Key) + opOverhead
 		if !op.Delete {
 			n += len(op.Value)
@@ -90,17 +89,6 @@ func chunked(ctx context.Context, eng Engine, ops []Op, tail []Op) error {
 		} else {
 			b.Set(op.Key, op.Value)
 		}
-		return nil
-	}
-	for _, op := range ops {
-		if err := add(op); err != nil {
-			return err
-		}
-	}
-	for _, op := range tail {
-		if err := add(op); err != nil {
-			return err
-		}
 	}
 	return eng.Write(ctx, &b)
 }
@@ -112,7 +100,7 @@ func commitLarge(eng Engine, g GroupID, index uint64, b *Batch) error {
 	for i, op := range b.Ops {
 		recs[i] = Op{Key: intentOpKey(g, uint32(i)), Value: encodeIntentOp(op)}
 	}
-	if err := chunked(ctx, eng, recs, nil); err != nil {
+	if err := chunked(ctx, eng, recs); err != nil {
 		return fmt.Errorf("write intent: %w", err)
 	}
 	commit := binary.BigEndian.AppendUint64(nil, index)
@@ -127,14 +115,15 @@ func commitLarge(eng Engine, g GroupID, index uint64, b *Batch) error {
 
 // finishIntent applies a decided intent's ops and removes the intent.
 func finishIntent(ctx context.Context, eng Engine, g GroupID, ops []Op) error {
-	if err := chunked(ctx, eng, ops, []Op{{Key: intentCommitKey(g), Delete: true}}); err != nil {
+	// The commit record goes with the last ops (and the applied index).
+	if err := chunked(ctx, eng, append(ops[:len(ops):len(ops)], Op{Key: intentCommitKey(g), Delete: true})); err != nil {
 		return fmt.Errorf("apply intent: %w", err)
 	}
 	dels := make([]Op, len(ops))
 	for i := range ops {
 		dels[i] = Op{Key: intentOpKey(g, uint32(i)), Delete: true}
 	}
-	if err := chunked(ctx, eng, dels, nil); err != nil {
+	if err := chunked(ctx, eng, dels); err != nil {
 		return fmt.Errorf("delete intent: %w", err)
 	}
 	return nil
@@ -157,13 +146,12 @@ func openIntent(ctx context.Context, eng Engine, g GroupID) error {
 		v.Close()
 		return fmt.Errorf("%w: %s: intent commit record of %d bytes", ErrCorrupt, g, len(commit))
 	}
-	var ops, stray []Op
-	prefix := append(intentPrefix(g), 'o')
-	err = v.Iterate(prefix, nil, func(k, val []byte) (bool, error) {
-		if !decided {
-			stray = append(stray, Op{Key: append([]byte(nil), k...), Delete: true})
-			return true, nil
-		}
+	if !decided {
+		v.Close()
+		return dropIntent(ctx, eng, g) // an unfinished step 1: the log applies the entries again
+	}
+	var ops []Op
+	err = v.Iterate(append(intentPrefix(g), 'o'), nil, func(_, val []byte) (bool, error) {
 		op, err := decodeIntentOp(val)
 		if err != nil {
 			return false, err
@@ -175,12 +163,6 @@ func openIntent(ctx context.Context, eng Engine, g GroupID) error {
 	if err != nil {
 		return fmt.Errorf("replication: %s: read intent: %w", g, err)
 	}
-	if !decided {
-		if len(stray) == 0 {
-			return nil
-		}
-		return chunked(ctx, eng, stray, nil)
-	}
 	if want := binary.BigEndian.Uint32(commit[8:]); uint32(len(ops)) != want {
 		return fmt.Errorf("%w: %s: intent has %d of its %d records", ErrCorrupt, g, len(ops), want)
 	}
@@ -190,8 +172,8 @@ func openIntent(ctx context.Context, eng Engine, g GroupID) error {
 	return nil
 }
 
-// dropIntent deletes whatever intent group g has, decided or not (its
-// replica is being removed).
+// dropIntent deletes whatever intent records group g has (an undecided
+// intent at open, or any when its replica is removed).
 func dropIntent(ctx context.Context, eng Engine, g GroupID) error {
 	v, err := eng.NewView()
 	if err != nil {
@@ -209,7 +191,7 @@ func dropIntent(ctx context.Context, eng Engine, g GroupID) error {
 	if len(dels) == 0 {
 		return nil
 	}
-	if err := chunked(ctx, eng, dels, nil); err != nil {
+	if err := chunked(ctx, eng, dels); err != nil {
 		return fmt.Errorf("replication: %s: drop intent: %w", g, err)
 	}
 	return nil

@@ -18,8 +18,9 @@ import (
 // group's log entries and stable state (term, vote) live in buckets of their
 // own in one bbolt file, and every write goes through one committer that
 // puts the appends of all groups waiting at that moment — leaders' own
-// appends and followers' AppendEntries alike — into one transaction, hence
-// one write and one sync. A write is acknowledged only after its sync.
+// appends and followers' AppendEntries alike — into one transaction: one
+// write of the changed pages and bbolt's two syncs (data pages, then the
+// meta page). A write is acknowledged only after its transaction commits.
 // Compacting a group deletes keys of its bucket and dropping a group
 // deletes its buckets; the other groups' pages are not rewritten.
 //
@@ -35,7 +36,7 @@ type logDB struct {
 	stop chan struct{}
 	done chan struct{}
 
-	commits atomic.Uint64 // transactions committed (each one sync)
+	commits atomic.Uint64 // transactions committed
 	writes  atomic.Uint64 // writes those transactions carried
 }
 
@@ -140,29 +141,16 @@ func (s *logDB) Close() error {
 	return s.db.Close()
 }
 
-// LogStats are the store's counters.
-type LogStats struct {
-	// Commits is the number of transactions (one sync each); Writes the
-	// number of writes (appends, deletes, stable-state sets) they carried.
-	Commits, Writes uint64
-}
+// logStats are the store's counters: transactions committed, and the
+// writes (appends, deletes, stable-state sets) they carried.
+type logStats struct{ Commits, Writes uint64 }
 
-func (s *logDB) stats() LogStats {
-	return LogStats{Commits: s.commits.Load(), Writes: s.writes.Load()}
+func (s *logDB) stats() logStats {
+	return logStats{Commits: s.commits.Load(), Writes: s.writes.Load()}
 }
 
 func logBucket(g GroupID) []byte    { return binary.BigEndian.AppendUint32([]byte{'l'}, uint32(g)) }
 func stableBucket(g GroupID) []byte { return binary.BigEndian.AppendUint32([]byte{'s'}, uint32(g)) }
-
-// hasGroup reports whether the store holds anything of group g.
-func (s *logDB) hasGroup(g GroupID) bool {
-	has := false
-	_ = s.db.View(func(tx *bbolt.Tx) error {
-		has = tx.Bucket(logBucket(g)) != nil || tx.Bucket(stableBucket(g)) != nil
-		return nil
-	})
-	return has
-}
 
 // dropGroup deletes everything of group g.
 func (s *logDB) dropGroup(g GroupID) error {
@@ -176,30 +164,32 @@ func (s *logDB) dropGroup(g GroupID) error {
 	})
 }
 
-// verifyGroup checks the CRC32C of every record of group g and describes
-// the first that fails ("" when all pass). hashicorp/raft panics on a log
-// entry it cannot read while it starts, so a group is verified before.
-func (s *logDB) verifyGroup(g GroupID) (string, error) {
+// verifyGroup checks the CRC32C of group g's stable state and of its log
+// entries from index from on, and describes the first that fails ("" when
+// all pass).
+func (s *logDB) verifyGroup(g GroupID, from uint64) (string, error) {
 	bad := ""
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{logBucket(g), stableBucket(g)} {
-			b := tx.Bucket(name)
-			if b == nil {
-				continue
-			}
-			err := b.ForEach(func(k, v []byte) error {
+		if b := tx.Bucket(stableBucket(g)); b != nil {
+			if err := b.ForEach(func(k, v []byte) error {
 				if _, err := openRecord(v); err != nil {
-					if name[0] == 'l' && len(k) == 8 {
-						bad = fmt.Sprintf("raft log entry %d: %v", binary.BigEndian.Uint64(k), err)
-					} else {
-						bad = fmt.Sprintf("raft state %q: %v", k, err)
-					}
+					bad = fmt.Sprintf("raft state %q: %v", k, err)
 					return errStopScan
 				}
 				return nil
-			})
-			if err != nil {
+			}); err != nil {
 				return err
+			}
+		}
+		b := tx.Bucket(logBucket(g))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Seek(binary.BigEndian.AppendUint64(nil, from)); k != nil; k, v = c.Next() {
+			if _, err := openRecord(v); err != nil {
+				bad = fmt.Sprintf("raft log entry %d: %v", binary.BigEndian.Uint64(k), err)
+				return errStopScan
 			}
 		}
 		return nil

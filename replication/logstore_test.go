@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 )
 
 func openTestLogDB(t *testing.T, path string) *logDB {
@@ -135,8 +136,13 @@ func TestLogStoreMatchesRaftInmemStore(t *testing.T) {
 	if err := s.dropGroup(2); err != nil {
 		t.Fatal(err)
 	}
-	if s.hasGroup(2) {
-		t.Fatal("group 2 still there after drop")
+	if err := s.db.View(func(tx *bbolt.Tx) error {
+		if tx.Bucket(logBucket(2)) != nil || tx.Bucket(stableBucket(2)) != nil {
+			return errors.New("group 2 still there after drop")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	check(s, 2)
 }
@@ -219,6 +225,16 @@ func TestLogStoreDamagedRecordBlamesItsGroup(t *testing.T) {
 	}
 	if len(blamed) != 1 || blamed[7] == "" {
 		t.Fatalf("blamed %v, want group 7 alone", blamed)
+	}
+	// At open, entries from the given index on are checked.
+	for g := GroupID(5); g <= 8; g++ {
+		bad, err := s.verifyGroup(g, 1)
+		if err != nil || (g == 7) != (bad != "") {
+			t.Fatalf("verify group %d from 1: %q, %v", g, bad, err)
+		}
+	}
+	if bad, err := s.verifyGroup(7, 2); bad != "" || err != nil {
+		t.Fatalf("verify group 7 from 2 (past the damaged entry): %q, %v", bad, err)
 	}
 }
 

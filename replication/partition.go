@@ -35,7 +35,8 @@ type Group struct {
 	suspected atomic.Bool
 }
 
-// logStore is the group's Raft log (raft-boltdb), which the scrub reads too.
+// logStore is the group's Raft log (its part of the node's shared store),
+// which the scrub reads too.
 type logStore interface {
 	raft.LogStore
 	Close() error

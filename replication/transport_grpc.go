@@ -875,6 +875,11 @@ func (s *raftService) dispatch(ctx context.Context, group uint32, cmd any) (any,
 	if err != nil {
 		return nil, err
 	}
+	return s.dispatchTo(ctx, gt, cmd)
+}
+
+// dispatchTo is dispatch to a group already looked up.
+func (s *raftService) dispatchTo(ctx context.Context, gt *grpcGroup, cmd any) (any, error) {
 	respCh, err := s.enqueue(ctx, gt, cmd, nil)
 	if err != nil {
 		return nil, err

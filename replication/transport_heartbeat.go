@@ -253,9 +253,5 @@ func (s *raftService) heartbeat(ctx context.Context, req *gridpb.RaftAppendEntri
 	if gt.heartbeat.Load() == nil {
 		return nil, fmt.Errorf("replication: raft group %s on node %s takes no heartbeats yet", gt.id, s.t.cfg.LocalID)
 	}
-	respCh, err := s.enqueue(ctx, gt, appendEntriesRequestFromPB(req), nil)
-	if err != nil {
-		return nil, err
-	}
-	return s.wait(ctx, gt, respCh)
+	return s.dispatchTo(ctx, gt, appendEntriesRequestFromPB(req))
 }
