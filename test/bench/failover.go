@@ -38,11 +38,11 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 	}
 	defer z.Close()
 	key := []byte("failover-key")
-	parts := len(z.cluster.IDs())
-	if t, err := z.client.Table(ctx); err == nil {
-		parts = len(t.Partitions)
+	table, err := z.client.Table(ctx)
+	if err != nil {
+		return err
 	}
-	part := grid.PartitionOf(benchMap, key, parts)
+	part := grid.PartitionOf(benchMap, key, len(table.Partitions))
 	var puts, gets []time.Duration
 	failed := 0
 	for round := range cfg.failover {
