@@ -107,6 +107,8 @@ type Host struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	groups map[GroupID]*Group
+	// busy holds groups being recovered (RecoverGroup): not opened meanwhile.
+	busy   map[GroupID]bool
 	closed bool
 }
 
@@ -147,7 +149,7 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}, stop: make(chan struct{})}, nil
+	return &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}, busy: map[GroupID]bool{}, stop: make(chan struct{})}, nil
 }
 
 // logDBFile is the node's one Raft log store, in HostConfig.Dir.
@@ -172,10 +174,10 @@ func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	if h.closed {
 		return nil, ErrHostClosed
 	}
-	if _, ok := h.groups[id]; ok {
+	if _, ok := h.groups[id]; ok || h.busy[id] {
 		return nil, fmt.Errorf("%w: %s", ErrGroupExists, id)
 	}
-	g, err := h.openGroup(ctx, id, kind, bootstrap)
+	g, err := h.openGroup(ctx, id, kind, bootstrap, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +185,9 @@ func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	return g, nil
 }
 
-func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []Member) (*Group, error) {
+// openGroup opens group id. With alone set, the group's Raft configuration
+// is first rewritten to that one voter (RecoverGroup).
+func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootstrap []Member, alone *Member) (*Group, error) {
 	if kind == KindData {
 		if reason, bad := h.quarantineMark(id); bad {
 			return nil, fmt.Errorf("%w: %s: %s", ErrQuarantined, id, reason)
@@ -269,6 +273,21 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		// State without a log (the log was lost): as a voter with an empty
 		// log this replica could elect a leader missing committed entries.
 		return nil, h.quarantineClosed(ctx, id, fmt.Sprintf("state at index %d but no raft log", sm.Applied()))
+	}
+	if alone != nil {
+		if !has {
+			return nil, fmt.Errorf("%w: %s has no raft state to recover from", ErrNoGroup, id)
+		}
+		// raft restores the newest snapshot, applies every entry after it
+		// and writes a snapshot carrying the new configuration. The engine
+		// already holds what it holds: only an incomplete state is
+		// restored; entries it has are skipped by index.
+		fsm := &recoverFSM{stateMachine: sm, restore: restore}
+		if err := raft.RecoverCluster(rc, fsm, logs, logs, snaps, trans, raft.Configuration{Servers: servers([]Member{*alone})}); err != nil {
+			return nil, fmt.Errorf("replication: %s: recover as a group of one: %w", id, err)
+		}
+		rc.NoSnapshotRestoreOnStart = true
+		restore = false
 	}
 	if !has && len(bootstrap) > 0 {
 		if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: servers(bootstrap)}); err != nil {

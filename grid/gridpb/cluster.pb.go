@@ -631,11 +631,172 @@ func (x *MembershipResponse) GetApplied() uint64 {
 	return 0
 }
 
+type RecoverRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	// The replica to recover from; empty = the one whose log reaches
+	// furthest.
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	// Only say what would be done.
+	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Recover even though some replicas are unreachable (their nodes must
+	// not come back with their old data; see README).
+	ForgetUnreachable bool `protobuf:"varint,4,opt,name=forget_unreachable,json=forgetUnreachable,proto3" json:"forget_unreachable,omitempty"`
+	// Who asked, for the audit record.
+	Operator      string `protobuf:"bytes,5,opt,name=operator,proto3" json:"operator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverRequest) Reset() {
+	*x = RecoverRequest{}
+	mi := &file_grid_gridpb_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverRequest) ProtoMessage() {}
+
+func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
+func (*RecoverRequest) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RecoverRequest) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *RecoverRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RecoverRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *RecoverRequest) GetForgetUnreachable() bool {
+	if x != nil {
+		return x.ForgetUnreachable
+	}
+	return false
+}
+
+func (x *RecoverRequest) GetOperator() string {
+	if x != nil {
+		return x.Operator
+	}
+	return ""
+}
+
+type RecoverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The replica recovered from, and every replica as found.
+	From     string          `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	Replicas []*ReplicaState `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// What may be lost, in words.
+	PossiblyLost []string `protobuf:"bytes,3,rep,name=possibly_lost,json=possiblyLost,proto3" json:"possibly_lost,omitempty"`
+	// The table epoch that records the recovery (0 on a dry run).
+	Epoch         uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	DryRun        bool   `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverResponse) Reset() {
+	*x = RecoverResponse{}
+	mi := &file_grid_gridpb_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverResponse) ProtoMessage() {}
+
+func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
+func (*RecoverResponse) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RecoverResponse) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RecoverResponse) GetReplicas() []*ReplicaState {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+func (x *RecoverResponse) GetPossiblyLost() []string {
+	if x != nil {
+		return x.PossiblyLost
+	}
+	return nil
+}
+
+func (x *RecoverResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RecoverResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 var File_grid_gridpb_cluster_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x19grid/gridpb/cluster.proto\x12\vzerogrid.v1\"D\n" +
+	"\x19grid/gridpb/cluster.proto\x12\vzerogrid.v1\x1a\x1bgrid/gridpb/integrity.proto\"D\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1f\n" +
 	"\vrecord_json\x18\x02 \x01(\fR\n" +
@@ -677,14 +838,27 @@ const file_grid_gridpb_cluster_proto_rawDesc = "" +
 	"\x12MembershipResponse\x12-\n" +
 	"\amembers\x18\x01 \x03(\v2\x13.zerogrid.v1.MemberR\amembers\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\x12\x18\n" +
-	"\aapplied\x18\x03 \x01(\x04R\aapplied2\xdb\x02\n" +
+	"\aapplied\x18\x03 \x01(\x04R\aapplied\"\xa6\x01\n" +
+	"\x0eRecoverRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12-\n" +
+	"\x12forget_unreachable\x18\x04 \x01(\bR\x11forgetUnreachable\x12\x1a\n" +
+	"\boperator\x18\x05 \x01(\tR\boperator\"\xb0\x01\n" +
+	"\x0fRecoverResponse\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x125\n" +
+	"\breplicas\x18\x02 \x03(\v2\x19.zerogrid.v1.ReplicaStateR\breplicas\x12#\n" +
+	"\rpossibly_lost\x18\x03 \x03(\tR\fpossiblyLost\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun2\xa1\x03\n" +
 	"\aCluster\x12;\n" +
 	"\x04Join\x12\x18.zerogrid.v1.JoinRequest\x1a\x19.zerogrid.v1.JoinResponse\x12A\n" +
 	"\x06Report\x12\x1a.zerogrid.v1.ReportRequest\x1a\x1b.zerogrid.v1.ReportResponse\x12>\n" +
 	"\x05Nodes\x12\x19.zerogrid.v1.NodesRequest\x1a\x1a.zerogrid.v1.NodesResponse\x12A\n" +
 	"\x06NodeOp\x12\x1a.zerogrid.v1.NodeOpRequest\x1a\x1b.zerogrid.v1.NodeOpResponse\x12M\n" +
 	"\n" +
-	"Membership\x12\x1e.zerogrid.v1.MembershipRequest\x1a\x1f.zerogrid.v1.MembershipResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
+	"Membership\x12\x1e.zerogrid.v1.MembershipRequest\x1a\x1f.zerogrid.v1.MembershipResponse\x12D\n" +
+	"\aRecover\x12\x1b.zerogrid.v1.RecoverRequest\x1a\x1c.zerogrid.v1.RecoverResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
 	file_grid_gridpb_cluster_proto_rawDescOnce sync.Once
@@ -698,7 +872,7 @@ func file_grid_gridpb_cluster_proto_rawDescGZIP() []byte {
 	return file_grid_gridpb_cluster_proto_rawDescData
 }
 
-var file_grid_gridpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_grid_gridpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_grid_gridpb_cluster_proto_goTypes = []any{
 	(*JoinRequest)(nil),        // 0: zerogrid.v1.JoinRequest
 	(*JoinResponse)(nil),       // 1: zerogrid.v1.JoinResponse
@@ -711,24 +885,30 @@ var file_grid_gridpb_cluster_proto_goTypes = []any{
 	(*MembershipRequest)(nil),  // 8: zerogrid.v1.MembershipRequest
 	(*Member)(nil),             // 9: zerogrid.v1.Member
 	(*MembershipResponse)(nil), // 10: zerogrid.v1.MembershipResponse
+	(*RecoverRequest)(nil),     // 11: zerogrid.v1.RecoverRequest
+	(*RecoverResponse)(nil),    // 12: zerogrid.v1.RecoverResponse
+	(*ReplicaState)(nil),       // 13: zerogrid.v1.ReplicaState
 }
 var file_grid_gridpb_cluster_proto_depIdxs = []int32{
 	9,  // 0: zerogrid.v1.MembershipResponse.members:type_name -> zerogrid.v1.Member
-	0,  // 1: zerogrid.v1.Cluster.Join:input_type -> zerogrid.v1.JoinRequest
-	2,  // 2: zerogrid.v1.Cluster.Report:input_type -> zerogrid.v1.ReportRequest
-	4,  // 3: zerogrid.v1.Cluster.Nodes:input_type -> zerogrid.v1.NodesRequest
-	6,  // 4: zerogrid.v1.Cluster.NodeOp:input_type -> zerogrid.v1.NodeOpRequest
-	8,  // 5: zerogrid.v1.Cluster.Membership:input_type -> zerogrid.v1.MembershipRequest
-	1,  // 6: zerogrid.v1.Cluster.Join:output_type -> zerogrid.v1.JoinResponse
-	3,  // 7: zerogrid.v1.Cluster.Report:output_type -> zerogrid.v1.ReportResponse
-	5,  // 8: zerogrid.v1.Cluster.Nodes:output_type -> zerogrid.v1.NodesResponse
-	7,  // 9: zerogrid.v1.Cluster.NodeOp:output_type -> zerogrid.v1.NodeOpResponse
-	10, // 10: zerogrid.v1.Cluster.Membership:output_type -> zerogrid.v1.MembershipResponse
-	6,  // [6:11] is the sub-list for method output_type
-	1,  // [1:6] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	13, // 1: zerogrid.v1.RecoverResponse.replicas:type_name -> zerogrid.v1.ReplicaState
+	0,  // 2: zerogrid.v1.Cluster.Join:input_type -> zerogrid.v1.JoinRequest
+	2,  // 3: zerogrid.v1.Cluster.Report:input_type -> zerogrid.v1.ReportRequest
+	4,  // 4: zerogrid.v1.Cluster.Nodes:input_type -> zerogrid.v1.NodesRequest
+	6,  // 5: zerogrid.v1.Cluster.NodeOp:input_type -> zerogrid.v1.NodeOpRequest
+	8,  // 6: zerogrid.v1.Cluster.Membership:input_type -> zerogrid.v1.MembershipRequest
+	11, // 7: zerogrid.v1.Cluster.Recover:input_type -> zerogrid.v1.RecoverRequest
+	1,  // 8: zerogrid.v1.Cluster.Join:output_type -> zerogrid.v1.JoinResponse
+	3,  // 9: zerogrid.v1.Cluster.Report:output_type -> zerogrid.v1.ReportResponse
+	5,  // 10: zerogrid.v1.Cluster.Nodes:output_type -> zerogrid.v1.NodesResponse
+	7,  // 11: zerogrid.v1.Cluster.NodeOp:output_type -> zerogrid.v1.NodeOpResponse
+	10, // 12: zerogrid.v1.Cluster.Membership:output_type -> zerogrid.v1.MembershipResponse
+	12, // 13: zerogrid.v1.Cluster.Recover:output_type -> zerogrid.v1.RecoverResponse
+	8,  // [8:14] is the sub-list for method output_type
+	2,  // [2:8] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_cluster_proto_init() }
@@ -736,13 +916,14 @@ func file_grid_gridpb_cluster_proto_init() {
 	if File_grid_gridpb_cluster_proto != nil {
 		return
 	}
+	file_grid_gridpb_integrity_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_cluster_proto_rawDesc), len(file_grid_gridpb_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	Cluster_Nodes_FullMethodName      = "/zerogrid.v1.Cluster/Nodes"
 	Cluster_NodeOp_FullMethodName     = "/zerogrid.v1.Cluster/NodeOp"
 	Cluster_Membership_FullMethodName = "/zerogrid.v1.Cluster/Membership"
+	Cluster_Recover_FullMethodName    = "/zerogrid.v1.Cluster/Recover"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -45,6 +46,10 @@ type ClusterClient interface {
 	// Membership reads or changes one partition's Raft configuration (at the
 	// partition's leader).
 	Membership(ctx context.Context, in *MembershipRequest, opts ...grpc.CallOption) (*MembershipResponse, error)
+	// Recover rebuilds a partition that has lost its majority from its best
+	// surviving replica (at the metadata leader). Unsafe by nature: writes
+	// only the lost replicas held are gone; the answer says what may be.
+	Recover(ctx context.Context, in *RecoverRequest, opts ...grpc.CallOption) (*RecoverResponse, error)
 }
 
 type clusterClient struct {
@@ -105,6 +110,16 @@ func (c *clusterClient) Membership(ctx context.Context, in *MembershipRequest, o
 	return out, nil
 }
 
+func (c *clusterClient) Recover(ctx context.Context, in *RecoverRequest, opts ...grpc.CallOption) (*RecoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoverResponse)
+	err := c.cc.Invoke(ctx, Cluster_Recover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -124,6 +139,10 @@ type ClusterServer interface {
 	// Membership reads or changes one partition's Raft configuration (at the
 	// partition's leader).
 	Membership(context.Context, *MembershipRequest) (*MembershipResponse, error)
+	// Recover rebuilds a partition that has lost its majority from its best
+	// surviving replica (at the metadata leader). Unsafe by nature: writes
+	// only the lost replicas held are gone; the answer says what may be.
+	Recover(context.Context, *RecoverRequest) (*RecoverResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -148,6 +167,9 @@ func (UnimplementedClusterServer) NodeOp(context.Context, *NodeOpRequest) (*Node
 }
 func (UnimplementedClusterServer) Membership(context.Context, *MembershipRequest) (*MembershipResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Membership not implemented")
+}
+func (UnimplementedClusterServer) Recover(context.Context, *RecoverRequest) (*RecoverResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Recover not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -260,6 +282,24 @@ func _Cluster_Membership_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_Recover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Recover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Recover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Recover(ctx, req.(*RecoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -286,6 +326,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Membership",
 			Handler:    _Cluster_Membership_Handler,
+		},
+		{
+			MethodName: "Recover",
+			Handler:    _Cluster_Recover_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

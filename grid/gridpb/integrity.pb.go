@@ -506,9 +506,13 @@ func (x *DigestResponse) GetDigest() *ReplicaDigest {
 }
 
 type QuarantineRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Reason    string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The evidence: the check whose digests differ, and the index its
+	// marker was committed at.
+	CheckId       uint64 `protobuf:"varint,3,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	Index         uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -555,6 +559,20 @@ func (x *QuarantineRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *QuarantineRequest) GetCheckId() uint64 {
+	if x != nil {
+		return x.CheckId
+	}
+	return 0
+}
+
+func (x *QuarantineRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
 }
 
 type QuarantineResponse struct {
@@ -683,6 +701,304 @@ func (x *IntegrityStats) GetQuarantined() []uint32 {
 	return nil
 }
 
+type ReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaRequest) Reset() {
+	*x = ReplicaRequest{}
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaRequest) ProtoMessage() {}
+
+func (x *ReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaRequest.ProtoReflect.Descriptor instead.
+func (*ReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_integrity_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReplicaRequest) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+type ReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replica       *ReplicaState          `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaResponse) Reset() {
+	*x = ReplicaResponse{}
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaResponse) ProtoMessage() {}
+
+func (x *ReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaResponse.ProtoReflect.Descriptor instead.
+func (*ReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_integrity_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReplicaResponse) GetReplica() *ReplicaState {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
+// ReplicaState is one node's replica of a partition.
+type ReplicaState struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// open, quarantined, absent (nothing on disk), unreachable.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// Why it is quarantined or unreachable.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Raft role (Leader, Follower, Candidate) and the leader it knows.
+	Role    string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	Leader  string `protobuf:"bytes,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	Term    uint64 `protobuf:"varint,6,opt,name=term,proto3" json:"term,omitempty"`
+	Applied uint64 `protobuf:"varint,7,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The last entry in its Raft log.
+	LastIndex     uint64 `protobuf:"varint,8,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	LastTerm      uint64 `protobuf:"varint,9,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaState) Reset() {
+	*x = ReplicaState{}
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaState) ProtoMessage() {}
+
+func (x *ReplicaState) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaState.ProtoReflect.Descriptor instead.
+func (*ReplicaState) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_integrity_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReplicaState) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReplicaState) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ReplicaState) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ReplicaState) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *ReplicaState) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *ReplicaState) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *ReplicaState) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *ReplicaState) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
+func (x *ReplicaState) GetLastTerm() uint64 {
+	if x != nil {
+		return x.LastTerm
+	}
+	return 0
+}
+
+type RecoverReplicaRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	// The table epoch that made this node the partition's only replica.
+	Epoch         uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverReplicaRequest) Reset() {
+	*x = RecoverReplicaRequest{}
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverReplicaRequest) ProtoMessage() {}
+
+func (x *RecoverReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverReplicaRequest.ProtoReflect.Descriptor instead.
+func (*RecoverReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_integrity_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RecoverReplicaRequest) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *RecoverReplicaRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type RecoverReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replica       *ReplicaState          `protobuf:"bytes,1,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverReplicaResponse) Reset() {
+	*x = RecoverReplicaResponse{}
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverReplicaResponse) ProtoMessage() {}
+
+func (x *RecoverReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_integrity_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverReplicaResponse.ProtoReflect.Descriptor instead.
+func (*RecoverReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_integrity_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RecoverReplicaResponse) GetReplica() *ReplicaState {
+	if x != nil {
+		return x.Replica
+	}
+	return nil
+}
+
 var File_grid_gridpb_integrity_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_integrity_proto_rawDesc = "" +
@@ -723,10 +1039,12 @@ const file_grid_gridpb_integrity_proto_rawDesc = "" +
 	"\bcheck_id\x18\x02 \x01(\x04R\acheckId\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\x04R\x05index\"D\n" +
 	"\x0eDigestResponse\x122\n" +
-	"\x06digest\x18\x01 \x01(\v2\x1a.zerogrid.v1.ReplicaDigestR\x06digest\"I\n" +
+	"\x06digest\x18\x01 \x01(\v2\x1a.zerogrid.v1.ReplicaDigestR\x06digest\"z\n" +
 	"\x11QuarantineRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x14\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x19\n" +
+	"\bcheck_id\x18\x03 \x01(\x04R\acheckId\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\x14\n" +
 	"\x12QuarantineResponse\"\xec\x01\n" +
 	"\x0eIntegrityStats\x12!\n" +
 	"\fscrub_passes\x18\x01 \x01(\x04R\vscrubPasses\x12'\n" +
@@ -734,13 +1052,35 @@ const file_grid_gridpb_integrity_proto_rawDesc = "" +
 	"\x13corrupt_log_entries\x18\x03 \x01(\x04R\x11corruptLogEntries\x12 \n" +
 	"\vquarantines\x18\x04 \x01(\x04R\vquarantines\x12\x1a\n" +
 	"\brebuilds\x18\x05 \x01(\x04R\brebuilds\x12 \n" +
-	"\vquarantined\x18\x06 \x03(\rR\vquarantined2\x9a\x02\n" +
+	"\vquarantined\x18\x06 \x03(\rR\vquarantined\".\n" +
+	"\x0eReplicaRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\"F\n" +
+	"\x0fReplicaResponse\x123\n" +
+	"\areplica\x18\x01 \x01(\v2\x19.zerogrid.v1.ReplicaStateR\areplica\"\xe6\x01\n" +
+	"\fReplicaState\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\tR\x06leader\x12\x12\n" +
+	"\x04term\x18\x06 \x01(\x04R\x04term\x12\x18\n" +
+	"\aapplied\x18\a \x01(\x04R\aapplied\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\b \x01(\x04R\tlastIndex\x12\x1b\n" +
+	"\tlast_term\x18\t \x01(\x04R\blastTerm\"K\n" +
+	"\x15RecoverReplicaRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"M\n" +
+	"\x16RecoverReplicaResponse\x123\n" +
+	"\areplica\x18\x01 \x01(\v2\x19.zerogrid.v1.ReplicaStateR\areplica2\xbb\x03\n" +
 	"\tIntegrity\x12>\n" +
 	"\x05Check\x12\x19.zerogrid.v1.CheckRequest\x1a\x1a.zerogrid.v1.CheckResponse\x12;\n" +
 	"\x04Mark\x12\x18.zerogrid.v1.MarkRequest\x1a\x19.zerogrid.v1.MarkResponse\x12A\n" +
 	"\x06Digest\x12\x1a.zerogrid.v1.DigestRequest\x1a\x1b.zerogrid.v1.DigestResponse\x12M\n" +
 	"\n" +
-	"Quarantine\x12\x1e.zerogrid.v1.QuarantineRequest\x1a\x1f.zerogrid.v1.QuarantineResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
+	"Quarantine\x12\x1e.zerogrid.v1.QuarantineRequest\x1a\x1f.zerogrid.v1.QuarantineResponse\x12D\n" +
+	"\aReplica\x12\x1b.zerogrid.v1.ReplicaRequest\x1a\x1c.zerogrid.v1.ReplicaResponse\x12Y\n" +
+	"\x0eRecoverReplica\x12\".zerogrid.v1.RecoverReplicaRequest\x1a#.zerogrid.v1.RecoverReplicaResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
 	file_grid_gridpb_integrity_proto_rawDescOnce sync.Once
@@ -754,37 +1094,48 @@ func file_grid_gridpb_integrity_proto_rawDescGZIP() []byte {
 	return file_grid_gridpb_integrity_proto_rawDescData
 }
 
-var file_grid_gridpb_integrity_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_grid_gridpb_integrity_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_grid_gridpb_integrity_proto_goTypes = []any{
-	(*CheckRequest)(nil),       // 0: zerogrid.v1.CheckRequest
-	(*CheckResponse)(nil),      // 1: zerogrid.v1.CheckResponse
-	(*PartitionCheck)(nil),     // 2: zerogrid.v1.PartitionCheck
-	(*ReplicaDigest)(nil),      // 3: zerogrid.v1.ReplicaDigest
-	(*MarkRequest)(nil),        // 4: zerogrid.v1.MarkRequest
-	(*MarkResponse)(nil),       // 5: zerogrid.v1.MarkResponse
-	(*DigestRequest)(nil),      // 6: zerogrid.v1.DigestRequest
-	(*DigestResponse)(nil),     // 7: zerogrid.v1.DigestResponse
-	(*QuarantineRequest)(nil),  // 8: zerogrid.v1.QuarantineRequest
-	(*QuarantineResponse)(nil), // 9: zerogrid.v1.QuarantineResponse
-	(*IntegrityStats)(nil),     // 10: zerogrid.v1.IntegrityStats
+	(*CheckRequest)(nil),           // 0: zerogrid.v1.CheckRequest
+	(*CheckResponse)(nil),          // 1: zerogrid.v1.CheckResponse
+	(*PartitionCheck)(nil),         // 2: zerogrid.v1.PartitionCheck
+	(*ReplicaDigest)(nil),          // 3: zerogrid.v1.ReplicaDigest
+	(*MarkRequest)(nil),            // 4: zerogrid.v1.MarkRequest
+	(*MarkResponse)(nil),           // 5: zerogrid.v1.MarkResponse
+	(*DigestRequest)(nil),          // 6: zerogrid.v1.DigestRequest
+	(*DigestResponse)(nil),         // 7: zerogrid.v1.DigestResponse
+	(*QuarantineRequest)(nil),      // 8: zerogrid.v1.QuarantineRequest
+	(*QuarantineResponse)(nil),     // 9: zerogrid.v1.QuarantineResponse
+	(*IntegrityStats)(nil),         // 10: zerogrid.v1.IntegrityStats
+	(*ReplicaRequest)(nil),         // 11: zerogrid.v1.ReplicaRequest
+	(*ReplicaResponse)(nil),        // 12: zerogrid.v1.ReplicaResponse
+	(*ReplicaState)(nil),           // 13: zerogrid.v1.ReplicaState
+	(*RecoverReplicaRequest)(nil),  // 14: zerogrid.v1.RecoverReplicaRequest
+	(*RecoverReplicaResponse)(nil), // 15: zerogrid.v1.RecoverReplicaResponse
 }
 var file_grid_gridpb_integrity_proto_depIdxs = []int32{
-	2, // 0: zerogrid.v1.CheckResponse.partitions:type_name -> zerogrid.v1.PartitionCheck
-	3, // 1: zerogrid.v1.PartitionCheck.replicas:type_name -> zerogrid.v1.ReplicaDigest
-	3, // 2: zerogrid.v1.DigestResponse.digest:type_name -> zerogrid.v1.ReplicaDigest
-	0, // 3: zerogrid.v1.Integrity.Check:input_type -> zerogrid.v1.CheckRequest
-	4, // 4: zerogrid.v1.Integrity.Mark:input_type -> zerogrid.v1.MarkRequest
-	6, // 5: zerogrid.v1.Integrity.Digest:input_type -> zerogrid.v1.DigestRequest
-	8, // 6: zerogrid.v1.Integrity.Quarantine:input_type -> zerogrid.v1.QuarantineRequest
-	1, // 7: zerogrid.v1.Integrity.Check:output_type -> zerogrid.v1.CheckResponse
-	5, // 8: zerogrid.v1.Integrity.Mark:output_type -> zerogrid.v1.MarkResponse
-	7, // 9: zerogrid.v1.Integrity.Digest:output_type -> zerogrid.v1.DigestResponse
-	9, // 10: zerogrid.v1.Integrity.Quarantine:output_type -> zerogrid.v1.QuarantineResponse
-	7, // [7:11] is the sub-list for method output_type
-	3, // [3:7] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2,  // 0: zerogrid.v1.CheckResponse.partitions:type_name -> zerogrid.v1.PartitionCheck
+	3,  // 1: zerogrid.v1.PartitionCheck.replicas:type_name -> zerogrid.v1.ReplicaDigest
+	3,  // 2: zerogrid.v1.DigestResponse.digest:type_name -> zerogrid.v1.ReplicaDigest
+	13, // 3: zerogrid.v1.ReplicaResponse.replica:type_name -> zerogrid.v1.ReplicaState
+	13, // 4: zerogrid.v1.RecoverReplicaResponse.replica:type_name -> zerogrid.v1.ReplicaState
+	0,  // 5: zerogrid.v1.Integrity.Check:input_type -> zerogrid.v1.CheckRequest
+	4,  // 6: zerogrid.v1.Integrity.Mark:input_type -> zerogrid.v1.MarkRequest
+	6,  // 7: zerogrid.v1.Integrity.Digest:input_type -> zerogrid.v1.DigestRequest
+	8,  // 8: zerogrid.v1.Integrity.Quarantine:input_type -> zerogrid.v1.QuarantineRequest
+	11, // 9: zerogrid.v1.Integrity.Replica:input_type -> zerogrid.v1.ReplicaRequest
+	14, // 10: zerogrid.v1.Integrity.RecoverReplica:input_type -> zerogrid.v1.RecoverReplicaRequest
+	1,  // 11: zerogrid.v1.Integrity.Check:output_type -> zerogrid.v1.CheckResponse
+	5,  // 12: zerogrid.v1.Integrity.Mark:output_type -> zerogrid.v1.MarkResponse
+	7,  // 13: zerogrid.v1.Integrity.Digest:output_type -> zerogrid.v1.DigestResponse
+	9,  // 14: zerogrid.v1.Integrity.Quarantine:output_type -> zerogrid.v1.QuarantineResponse
+	12, // 15: zerogrid.v1.Integrity.Replica:output_type -> zerogrid.v1.ReplicaResponse
+	15, // 16: zerogrid.v1.Integrity.RecoverReplica:output_type -> zerogrid.v1.RecoverReplicaResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_integrity_proto_init() }
@@ -798,7 +1149,7 @@ func file_grid_gridpb_integrity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_integrity_proto_rawDesc), len(file_grid_gridpb_integrity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

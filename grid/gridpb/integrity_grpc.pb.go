@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Integrity_Check_FullMethodName      = "/zerogrid.v1.Integrity/Check"
-	Integrity_Mark_FullMethodName       = "/zerogrid.v1.Integrity/Mark"
-	Integrity_Digest_FullMethodName     = "/zerogrid.v1.Integrity/Digest"
-	Integrity_Quarantine_FullMethodName = "/zerogrid.v1.Integrity/Quarantine"
+	Integrity_Check_FullMethodName          = "/zerogrid.v1.Integrity/Check"
+	Integrity_Mark_FullMethodName           = "/zerogrid.v1.Integrity/Mark"
+	Integrity_Digest_FullMethodName         = "/zerogrid.v1.Integrity/Digest"
+	Integrity_Quarantine_FullMethodName     = "/zerogrid.v1.Integrity/Quarantine"
+	Integrity_Replica_FullMethodName        = "/zerogrid.v1.Integrity/Replica"
+	Integrity_RecoverReplica_FullMethodName = "/zerogrid.v1.Integrity/RecoverReplica"
 )
 
 // IntegrityClient is the client API for Integrity service.
@@ -40,8 +42,17 @@ type IntegrityClient interface {
 	// Digest returns this replica's digest for one check.
 	Digest(ctx context.Context, in *DigestRequest, opts ...grpc.CallOption) (*DigestResponse, error)
 	// Quarantine marks this node's replica of a partition corrupt: it stops
-	// serving, and is rebuilt from the leader's snapshot.
+	// serving, and is rebuilt from the leader's snapshot. It needs evidence:
+	// the check whose digests show this replica differs; the replica
+	// confirms it with its own digest and its peers' before it obeys.
 	Quarantine(ctx context.Context, in *QuarantineRequest, opts ...grpc.CallOption) (*QuarantineResponse, error)
+	// Replica reports this node's replica of a partition: open or
+	// quarantined, its role, and how far its log and state reach.
+	Replica(ctx context.Context, in *ReplicaRequest, opts ...grpc.CallOption) (*ReplicaResponse, error)
+	// RecoverReplica rewrites this node's replica of a partition into a
+	// group of one voter, itself (see Cluster.Recover: only for a partition
+	// that has lost its majority; committed writes may be lost).
+	RecoverReplica(ctx context.Context, in *RecoverReplicaRequest, opts ...grpc.CallOption) (*RecoverReplicaResponse, error)
 }
 
 type integrityClient struct {
@@ -92,6 +103,26 @@ func (c *integrityClient) Quarantine(ctx context.Context, in *QuarantineRequest,
 	return out, nil
 }
 
+func (c *integrityClient) Replica(ctx context.Context, in *ReplicaRequest, opts ...grpc.CallOption) (*ReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplicaResponse)
+	err := c.cc.Invoke(ctx, Integrity_Replica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *integrityClient) RecoverReplica(ctx context.Context, in *RecoverReplicaRequest, opts ...grpc.CallOption) (*RecoverReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecoverReplicaResponse)
+	err := c.cc.Invoke(ctx, Integrity_RecoverReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IntegrityServer is the server API for Integrity service.
 // All implementations must embed UnimplementedIntegrityServer
 // for forward compatibility.
@@ -107,8 +138,17 @@ type IntegrityServer interface {
 	// Digest returns this replica's digest for one check.
 	Digest(context.Context, *DigestRequest) (*DigestResponse, error)
 	// Quarantine marks this node's replica of a partition corrupt: it stops
-	// serving, and is rebuilt from the leader's snapshot.
+	// serving, and is rebuilt from the leader's snapshot. It needs evidence:
+	// the check whose digests show this replica differs; the replica
+	// confirms it with its own digest and its peers' before it obeys.
 	Quarantine(context.Context, *QuarantineRequest) (*QuarantineResponse, error)
+	// Replica reports this node's replica of a partition: open or
+	// quarantined, its role, and how far its log and state reach.
+	Replica(context.Context, *ReplicaRequest) (*ReplicaResponse, error)
+	// RecoverReplica rewrites this node's replica of a partition into a
+	// group of one voter, itself (see Cluster.Recover: only for a partition
+	// that has lost its majority; committed writes may be lost).
+	RecoverReplica(context.Context, *RecoverReplicaRequest) (*RecoverReplicaResponse, error)
 	mustEmbedUnimplementedIntegrityServer()
 }
 
@@ -130,6 +170,12 @@ func (UnimplementedIntegrityServer) Digest(context.Context, *DigestRequest) (*Di
 }
 func (UnimplementedIntegrityServer) Quarantine(context.Context, *QuarantineRequest) (*QuarantineResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Quarantine not implemented")
+}
+func (UnimplementedIntegrityServer) Replica(context.Context, *ReplicaRequest) (*ReplicaResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Replica not implemented")
+}
+func (UnimplementedIntegrityServer) RecoverReplica(context.Context, *RecoverReplicaRequest) (*RecoverReplicaResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RecoverReplica not implemented")
 }
 func (UnimplementedIntegrityServer) mustEmbedUnimplementedIntegrityServer() {}
 func (UnimplementedIntegrityServer) testEmbeddedByValue()                   {}
@@ -224,6 +270,42 @@ func _Integrity_Quarantine_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Integrity_Replica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntegrityServer).Replica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Integrity_Replica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntegrityServer).Replica(ctx, req.(*ReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Integrity_RecoverReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecoverReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntegrityServer).RecoverReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Integrity_RecoverReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntegrityServer).RecoverReplica(ctx, req.(*RecoverReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Integrity_ServiceDesc is the grpc.ServiceDesc for Integrity service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +328,14 @@ var Integrity_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Quarantine",
 			Handler:    _Integrity_Quarantine_Handler,
+		},
+		{
+			MethodName: "Replica",
+			Handler:    _Integrity_Replica_Handler,
+		},
+		{
+			MethodName: "RecoverReplica",
+			Handler:    _Integrity_RecoverReplica_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
