@@ -300,8 +300,12 @@ func tableFromProto(r *gridpb.TableResponse) (*grid.Table, error) {
 	for _, p := range r.GetPartitions() {
 		t.Partitions = append(t.Partitions, grid.Partition{
 			ID: int(p.GetId()), Replicas: append([]string(nil), p.GetReplicas()...), Leader: p.GetLeader(),
-			Learner: p.GetLearner(), Leaving: p.GetLeaving(),
+			Learner: p.GetLearner(), Leaving: p.GetLeaving(), Repair: p.GetRepair(),
 		})
+	}
+	for _, r := range r.GetRecoveries() {
+		t.Recoveries = append(t.Recoveries, grid.Recovery{Partition: int(r.GetPartition()), From: r.GetFrom(), Lost: r.GetLost(),
+			AtUnixMs: r.GetAtUnixMs(), Epoch: r.GetEpoch(), Operator: r.GetOperator(), PossiblyLost: r.GetPossiblyLost()})
 	}
 	sort.Slice(t.Partitions, func(i, j int) bool { return t.Partitions[i].ID < t.Partitions[j].ID })
 	if len(t.Partitions) == 0 {

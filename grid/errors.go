@@ -47,6 +47,10 @@ var (
 	// ErrCompacted: a watch asked for a version older than the partition's
 	// retained change history (a *CompactedError says which is the oldest).
 	ErrCompacted = errors.New("grid: watch history compacted")
+	// ErrRefused: the cluster's state does not allow the operation now
+	// (a recovery of a partition that still has a leader, a quarantine
+	// without evidence); the message says why.
+	ErrRefused = errors.New("grid: refused")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

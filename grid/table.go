@@ -43,6 +43,28 @@ type Table struct {
 	Replicas   int         `json:"replicas"`
 	Nodes      []Node      `json:"nodes"`
 	Partitions []Partition `json:"partitions"`
+	// Recoveries records, newest last, the partitions rebuilt from one
+	// surviving replica after losing their majority (at most
+	// MaxRecoveries kept): the audit trail of an unsafe operation.
+	Recoveries []Recovery `json:"recoveries,omitempty"`
+}
+
+// MaxRecoveries bounds the recovery records a table keeps.
+const MaxRecoveries = 32
+
+// Recovery is the record of one partition rebuilt from one replica.
+type Recovery struct {
+	Partition int `json:"partition"`
+	// From is the replica kept; Lost the replicas dropped.
+	From string   `json:"from"`
+	Lost []string `json:"lost"`
+	// AtUnixMs is when the metadata leader committed it; Epoch the table
+	// that did.
+	AtUnixMs int64  `json:"at_unix_ms"`
+	Epoch    uint64 `json:"epoch"`
+	// Operator is who asked; PossiblyLost says what may be gone.
+	Operator     string   `json:"operator,omitempty"`
+	PossiblyLost []string `json:"possibly_lost,omitempty"`
 }
 
 // NumPartitions is the fixed partition count of the cluster.
@@ -99,6 +121,10 @@ func (t *Table) Clone() *Table {
 	}
 	for _, p := range t.Partitions {
 		c.Partitions = append(c.Partitions, Partition{ID: p.ID, Replicas: append([]string(nil), p.Replicas...), Leader: p.Leader, Learner: p.Learner, Leaving: p.Leaving, Repair: p.Repair})
+	}
+	for _, r := range t.Recoveries {
+		r.Lost, r.PossiblyLost = slices.Clone(r.Lost), slices.Clone(r.PossiblyLost)
+		c.Recoveries = append(c.Recoveries, r)
 	}
 	return c
 }

@@ -1,12 +1,14 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,10 +82,77 @@ func (c *integrityService) Quarantine(ctx context.Context, req *gridpb.Quarantin
 	if _, err := c.s.group(int(req.Partition)); err != nil {
 		return nil, gridpb.ToStatus(err)
 	}
-	if err := n.integrity.quarantine(ctx, id, "check: "+req.Reason, nil); err != nil {
+	reason, err := c.confirmDiffers(ctx, req)
+	if err != nil {
+		n.log.Warn("quarantine request refused", "partition", req.Partition, "asked_reason", req.Reason, "err", err)
+		return nil, gridpb.ToStatus(err)
+	}
+	if err := n.integrity.quarantine(ctx, id, "check: "+reason, nil); err != nil {
 		return nil, gridpb.ToStatus(err)
 	}
 	return &gridpb.QuarantineResponse{}, nil
+}
+
+// confirmDiffers checks a quarantine request's evidence itself: this
+// replica's own digest for the named check fails its CRC32Cs, or differs
+// from a digest that a majority of the partition's replicas report for the
+// same check. Whoever asks is trusted for nothing but the check id.
+func (c *integrityService) confirmDiffers(ctx context.Context, req *gridpb.QuarantineRequest) (string, error) {
+	n := c.s.n
+	id := replication.GroupID(req.Partition)
+	if req.CheckId == 0 {
+		return "", fmt.Errorf("%w: a quarantine must name the check whose digests show this replica differs", grid.ErrRefused)
+	}
+	mine := c.ownDigest(ctx, id, req.CheckId, req.Index)
+	if !mine.Done || mine.Err != "" {
+		return "", fmt.Errorf("%w: this replica has no digest for check %016x (%s)", grid.ErrRefused, req.CheckId, cmp.Or(mine.Err, "not taken"))
+	}
+	if mine.CRCErrors > 0 {
+		return fmt.Sprintf("%d entries fail their CRC32C at index %d", mine.CRCErrors, req.Index), nil
+	}
+	t := n.table()
+	if int(req.Partition) >= len(t.Partitions) {
+		return "", fmt.Errorf("%w: %d", grid.ErrBadPartition, req.Partition)
+	}
+	p := t.Partitions[req.Partition]
+	count := map[uint64][]string{}
+	for _, other := range p.Replicas {
+		if other == n.cfg.ID {
+			continue
+		}
+		if d := c.replicaDigest(ctx, t, other, p.ID, req.CheckId, req.Index); d.State == "done" && d.CrcErrors == 0 {
+			count[d.Digest] = append(count[d.Digest], other)
+		}
+	}
+	for dg, holders := range count {
+		if dg != mine.Digest && 2*len(holders) > len(p.Replicas) {
+			return fmt.Sprintf("digest %016x at index %d differs from %016x, held by %s of %d replicas",
+				mine.Digest, req.Index, dg, strings.Join(holders, ", "), len(p.Replicas)), nil
+		}
+	}
+	return "", fmt.Errorf("%w: this replica's digest %016x at index %d is not contradicted by a majority of the partition's %d replicas",
+		grid.ErrRefused, mine.Digest, req.Index, len(p.Replicas))
+}
+
+// ownDigest waits (up to digestWait) for this replica's digest of a check
+// whose marker was committed at index; it returns at once if the replica
+// has applied past the marker without taking the digest.
+func (c *integrityService) ownDigest(ctx context.Context, id replication.GroupID, checkID, index uint64) replication.DigestResult {
+	deadline := time.Now().Add(digestWait)
+	for {
+		r, ok := c.s.n.host.Digest(id, checkID)
+		if ok && r.Done || time.Now().After(deadline) {
+			return r
+		}
+		if g, open := c.s.n.host.Group(id); !ok && (!open || g.Applied() >= index) {
+			return r
+		}
+		select {
+		case <-ctx.Done():
+			return r
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (c *integrityService) Check(ctx context.Context, req *gridpb.CheckRequest) (*gridpb.CheckResponse, error) {
@@ -159,7 +228,7 @@ func (c *integrityService) checkPartition(ctx context.Context, t *grid.Table, p 
 			if d.CrcErrors > 0 {
 				reason = fmt.Sprintf("%d entries fail their CRC32C at index %d", d.CrcErrors, pc.Index)
 			}
-			if err := c.askQuarantine(ctx, t, d.Node, p.ID, reason); err != nil {
+			if err := c.askQuarantine(ctx, t, d.Node, p.ID, reason, checkID, pc.Index); err != nil {
 				d.Error = "quarantine: " + err.Error()
 				continue
 			}
@@ -232,13 +301,13 @@ func (c *integrityService) replicaDigest(ctx context.Context, t *grid.Table, id 
 	}
 }
 
-func (c *integrityService) askQuarantine(ctx context.Context, t *grid.Table, id string, p int, reason string) error {
+func (c *integrityService) askQuarantine(ctx context.Context, t *grid.Table, id string, p int, reason string, checkID, index uint64) error {
 	nd, ok := t.Node(id)
 	if !ok {
 		return fmt.Errorf("%w: %s", grid.ErrUnknownNode, id)
 	}
 	return c.s.n.withPeer(ctx, nd.Addr, func(ctx context.Context, cc *grpc.ClientConn) error {
-		_, err := gridpb.NewIntegrityClient(cc).Quarantine(ctx, &gridpb.QuarantineRequest{Partition: uint32(p), Reason: reason})
+		_, err := gridpb.NewIntegrityClient(cc).Quarantine(ctx, &gridpb.QuarantineRequest{Partition: uint32(p), Reason: reason, CheckId: checkID, Index: index})
 		return err
 	})
 }

@@ -468,11 +468,15 @@ func (s *service) GetTable(ctx context.Context, _ *gridpb.GetTableRequest) (*gri
 		resp.Nodes = append(resp.Nodes, &gridpb.NodeInfo{Id: nd.ID, Addr: nd.Addr})
 	}
 	for _, p := range t.Partitions {
-		pi := &gridpb.PartitionInfo{Id: uint32(p.ID), Replicas: p.Replicas, Learner: p.Learner, Leaving: p.Leaving}
+		pi := &gridpb.PartitionInfo{Id: uint32(p.ID), Replicas: p.Replicas, Learner: p.Learner, Leaving: p.Leaving, Repair: p.Repair}
 		if g, ok := s.n.host.Group(replication.GroupID(p.ID)); ok {
 			pi.Leader, _ = g.Leader()
 		}
 		resp.Partitions = append(resp.Partitions, pi)
+	}
+	for _, r := range t.Recoveries {
+		resp.Recoveries = append(resp.Recoveries, &gridpb.RecoveryRecord{Partition: uint32(r.Partition), From: r.From, Lost: r.Lost,
+			AtUnixMs: r.AtUnixMs, Epoch: r.Epoch, Operator: r.Operator, PossiblyLost: r.PossiblyLost})
 	}
 	return resp, nil
 }

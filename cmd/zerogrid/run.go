@@ -33,6 +33,9 @@ Usage:
                                           print every change as it happens, one per line
   zerogrid status           --addr ADDR   nodes, partitions, leaders, applied index, lag
   zerogrid check [--no-repair] --addr ADDR  compare every partition's replicas at one applied index
+  zerogrid recover PARTITION [--from NODE] [--yes] --addr ADDR
+                                          rebuild a partition that lost its majority from its
+                                          best surviving replica (unsafe; dry run without --yes)
   zerogrid job run --map MAP --agg 'sum(v.amount) by v.shop' [--filter 'v.region == "eu"'] [--into MAP]
   zerogrid job run --map MAP --script wordcount.star [--json]
   zerogrid job explain --map MAP --agg count        which node runs each partition's task, and why
@@ -91,6 +94,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRestore(ctx, rest, stdout, stderr)
 	case "check":
 		return runCheck(ctx, rest, stdout, stderr)
+	case "recover":
+		return runRecover(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage

@@ -157,7 +157,54 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 	for _, mv := range moves {
 		fmt.Fprintln(w, mv)
 	}
+	if lost := cs.lostMajority(); len(lost) > 0 {
+		fmt.Fprintf(w, "\nPARTITIONS THAT HAVE LOST THEIR MAJORITY (%d): they take no writes and no linearizable reads until recovered\n", len(lost))
+		for _, l := range lost {
+			fmt.Fprintln(w, "  "+l)
+		}
+		fmt.Fprintln(w, "  bring unreachable nodes back if you can; otherwise `zerogrid recover PARTITION` (a dry run) shows what rebuilding from the best surviving replica would lose")
+	}
+	for _, r := range cs.table.Recoveries {
+		fmt.Fprintf(w, "recovered: partition %d from %s at %s by %s (dropped %s; table epoch %d)\n", r.Partition, r.From,
+			time.UnixMilli(r.AtUnixMs).UTC().Format(time.RFC3339), r.Operator, strings.Join(r.Lost, ","), r.Epoch)
+	}
 	return nil
+}
+
+// lostMajority names the partitions whose healthy replicas (on a reachable
+// node, not quarantined) are no majority, with what became of the others.
+func (cs *clusterStatus) lostMajority() []string {
+	quarantined := map[string]map[uint32]bool{}
+	up := map[string]bool{}
+	for _, nv := range cs.nodes {
+		if nv.err != nil {
+			continue
+		}
+		up[nv.id] = true
+		quarantined[nv.id] = map[uint32]bool{}
+		for _, p := range nv.status.GetIntegrity().GetQuarantined() {
+			quarantined[nv.id][p] = true
+		}
+	}
+	var out []string
+	for _, p := range cs.table.Partitions {
+		healthy := 0
+		var bad []string
+		for _, id := range p.Replicas {
+			switch {
+			case !up[id]:
+				bad = append(bad, id+" unreachable")
+			case quarantined[id][uint32(p.ID)]:
+				bad = append(bad, id+" quarantined")
+			default:
+				healthy++
+			}
+		}
+		if 2*healthy <= len(p.Replicas) {
+			out = append(out, fmt.Sprintf("partition %d: %d of %d replicas healthy (%s)", p.ID, healthy, len(p.Replicas), strings.Join(bad, ", ")))
+		}
+	}
+	return out
 }
 
 func humanBytes(b uint64) string {

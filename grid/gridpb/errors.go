@@ -57,6 +57,7 @@ var errorTable = []struct {
 	{grid.ErrLockNotHeld, codes.FailedPrecondition, "LOCK_NOT_HELD"},
 	{grid.ErrStaleToken, codes.FailedPrecondition, "STALE_TOKEN"},
 	{grid.ErrCompacted, codes.OutOfRange, "COMPACTED"},
+	{grid.ErrRefused, codes.FailedPrecondition, "REFUSED"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A

@@ -1262,8 +1262,10 @@ type PartitionInfo struct {
 	Replicas []string               `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	Leader   string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
 	// A replica move in flight: the node being added and the one leaving.
-	Learner       string `protobuf:"bytes,4,opt,name=learner,proto3" json:"learner,omitempty"`
-	Leaving       string `protobuf:"bytes,5,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	Learner string `protobuf:"bytes,4,opt,name=learner,proto3" json:"learner,omitempty"`
+	Leaving string `protobuf:"bytes,5,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// A corrupt replica being rebuilt.
+	Repair        string `protobuf:"bytes,6,opt,name=repair,proto3" json:"repair,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1333,6 +1335,13 @@ func (x *PartitionInfo) GetLeaving() string {
 	return ""
 }
 
+func (x *PartitionInfo) GetRepair() string {
+	if x != nil {
+		return x.Repair
+	}
+	return ""
+}
+
 type GetTableRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1370,11 +1379,14 @@ func (*GetTableRequest) Descriptor() ([]byte, []int) {
 }
 
 type TableResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Replicas      uint32                 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
-	Nodes         []*NodeInfo            `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Partitions    []*PartitionInfo       `protobuf:"bytes,4,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Epoch      uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Replicas   uint32                 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Nodes      []*NodeInfo            `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Partitions []*PartitionInfo       `protobuf:"bytes,4,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	// Partitions rebuilt from one replica after losing their majority,
+	// newest last (the audit trail of Cluster.Recover).
+	Recoveries    []*RecoveryRecord `protobuf:"bytes,5,rep,name=recoveries,proto3" json:"recoveries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1437,6 +1449,105 @@ func (x *TableResponse) GetPartitions() []*PartitionInfo {
 	return nil
 }
 
+func (x *TableResponse) GetRecoveries() []*RecoveryRecord {
+	if x != nil {
+		return x.Recoveries
+	}
+	return nil
+}
+
+type RecoveryRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	From          string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	Lost          []string               `protobuf:"bytes,3,rep,name=lost,proto3" json:"lost,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,4,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Operator      string                 `protobuf:"bytes,6,opt,name=operator,proto3" json:"operator,omitempty"`
+	PossiblyLost  []string               `protobuf:"bytes,7,rep,name=possibly_lost,json=possiblyLost,proto3" json:"possibly_lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoveryRecord) Reset() {
+	*x = RecoveryRecord{}
+	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoveryRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoveryRecord) ProtoMessage() {}
+
+func (x *RecoveryRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoveryRecord.ProtoReflect.Descriptor instead.
+func (*RecoveryRecord) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RecoveryRecord) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *RecoveryRecord) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RecoveryRecord) GetLost() []string {
+	if x != nil {
+		return x.Lost
+	}
+	return nil
+}
+
+func (x *RecoveryRecord) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
+func (x *RecoveryRecord) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RecoveryRecord) GetOperator() string {
+	if x != nil {
+		return x.Operator
+	}
+	return ""
+}
+
+func (x *RecoveryRecord) GetPossiblyLost() []string {
+	if x != nil {
+		return x.PossiblyLost
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1445,7 +1556,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1568,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[22]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1581,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{22}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{23}
 }
 
 type GroupStatus struct {
@@ -1490,7 +1601,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[23]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1613,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[23]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1626,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{23}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GroupStatus) GetPartition() int32 {
@@ -1591,7 +1702,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_grid_gridpb_kv_proto_msgTypes[24]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1603,7 +1714,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grid_gridpb_kv_proto_msgTypes[24]
+	mi := &file_grid_gridpb_kv_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1616,7 +1727,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{24}
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1766,21 +1877,34 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\x05names\x18\x01 \x03(\tR\x05names\".\n" +
 	"\bNodeInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
-	"\x04addr\x18\x02 \x01(\tR\x04addr\"\x87\x01\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\"\x9f\x01\n" +
 	"\rPartitionInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1a\n" +
 	"\breplicas\x18\x02 \x03(\tR\breplicas\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\tR\x06leader\x12\x18\n" +
 	"\alearner\x18\x04 \x01(\tR\alearner\x12\x18\n" +
-	"\aleaving\x18\x05 \x01(\tR\aleaving\"\x11\n" +
-	"\x0fGetTableRequest\"\xaa\x01\n" +
+	"\aleaving\x18\x05 \x01(\tR\aleaving\x12\x16\n" +
+	"\x06repair\x18\x06 \x01(\tR\x06repair\"\x11\n" +
+	"\x0fGetTableRequest\"\xe7\x01\n" +
 	"\rTableResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\rR\breplicas\x12+\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x15.zerogrid.v1.NodeInfoR\x05nodes\x12:\n" +
 	"\n" +
 	"partitions\x18\x04 \x03(\v2\x1a.zerogrid.v1.PartitionInfoR\n" +
-	"partitions\"\x0f\n" +
+	"partitions\x12;\n" +
+	"\n" +
+	"recoveries\x18\x05 \x03(\v2\x1b.zerogrid.v1.RecoveryRecordR\n" +
+	"recoveries\"\xcb\x01\n" +
+	"\x0eRecoveryRecord\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x12\n" +
+	"\x04lost\x18\x03 \x03(\tR\x04lost\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\x12\x14\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12\x1a\n" +
+	"\boperator\x18\x06 \x01(\tR\boperator\x12#\n" +
+	"\rpossibly_lost\x18\a \x03(\tR\fpossiblyLost\"\x0f\n" +
 	"\rStatusRequest\"\xf3\x01\n" +
 	"\vGroupStatus\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\x05R\tpartition\x12\x14\n" +
@@ -1831,7 +1955,7 @@ func file_grid_gridpb_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_grid_gridpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_grid_gridpb_kv_proto_goTypes = []any{
 	(Consistency)(0),               // 0: zerogrid.v1.Consistency
 	(*WriteHeader)(nil),            // 1: zerogrid.v1.WriteHeader
@@ -1856,58 +1980,60 @@ var file_grid_gridpb_kv_proto_goTypes = []any{
 	(*PartitionInfo)(nil),          // 20: zerogrid.v1.PartitionInfo
 	(*GetTableRequest)(nil),        // 21: zerogrid.v1.GetTableRequest
 	(*TableResponse)(nil),          // 22: zerogrid.v1.TableResponse
-	(*StatusRequest)(nil),          // 23: zerogrid.v1.StatusRequest
-	(*GroupStatus)(nil),            // 24: zerogrid.v1.GroupStatus
-	(*StatusResponse)(nil),         // 25: zerogrid.v1.StatusResponse
-	(*Fence)(nil),                  // 26: zerogrid.v1.Fence
-	(*TxnCompare)(nil),             // 27: zerogrid.v1.TxnCompare
-	(*TxnWrite)(nil),               // 28: zerogrid.v1.TxnWrite
-	(*IntegrityStats)(nil),         // 29: zerogrid.v1.IntegrityStats
+	(*RecoveryRecord)(nil),         // 23: zerogrid.v1.RecoveryRecord
+	(*StatusRequest)(nil),          // 24: zerogrid.v1.StatusRequest
+	(*GroupStatus)(nil),            // 25: zerogrid.v1.GroupStatus
+	(*StatusResponse)(nil),         // 26: zerogrid.v1.StatusResponse
+	(*Fence)(nil),                  // 27: zerogrid.v1.Fence
+	(*TxnCompare)(nil),             // 28: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),               // 29: zerogrid.v1.TxnWrite
+	(*IntegrityStats)(nil),         // 30: zerogrid.v1.IntegrityStats
 }
 var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	1,  // 0: zerogrid.v1.PutRequest.header:type_name -> zerogrid.v1.WriteHeader
-	26, // 1: zerogrid.v1.PutRequest.fence:type_name -> zerogrid.v1.Fence
+	27, // 1: zerogrid.v1.PutRequest.fence:type_name -> zerogrid.v1.Fence
 	0,  // 2: zerogrid.v1.GetRequest.consistency:type_name -> zerogrid.v1.Consistency
 	1,  // 3: zerogrid.v1.DeleteRequest.header:type_name -> zerogrid.v1.WriteHeader
-	26, // 4: zerogrid.v1.DeleteRequest.fence:type_name -> zerogrid.v1.Fence
+	27, // 4: zerogrid.v1.DeleteRequest.fence:type_name -> zerogrid.v1.Fence
 	1,  // 5: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
-	26, // 6: zerogrid.v1.CompareAndSwapRequest.fence:type_name -> zerogrid.v1.Fence
+	27, // 6: zerogrid.v1.CompareAndSwapRequest.fence:type_name -> zerogrid.v1.Fence
 	1,  // 7: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
-	27, // 8: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
-	28, // 9: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
-	28, // 10: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
-	26, // 11: zerogrid.v1.TxnRequest.fence:type_name -> zerogrid.v1.Fence
+	28, // 8: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
+	29, // 9: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
+	29, // 10: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
+	27, // 11: zerogrid.v1.TxnRequest.fence:type_name -> zerogrid.v1.Fence
 	0,  // 12: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
 	12, // 13: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
 	19, // 14: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
 	20, // 15: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
-	24, // 16: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
-	29, // 17: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
-	2,  // 18: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
-	4,  // 19: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
-	6,  // 20: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
-	8,  // 21: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
-	13, // 22: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
-	10, // 23: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
-	15, // 24: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
-	17, // 25: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
-	21, // 26: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
-	23, // 27: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
-	3,  // 28: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
-	5,  // 29: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
-	7,  // 30: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
-	9,  // 31: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
-	14, // 32: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
-	11, // 33: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
-	16, // 34: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
-	18, // 35: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
-	22, // 36: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
-	25, // 37: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
-	28, // [28:38] is the sub-list for method output_type
-	18, // [18:28] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	23, // 16: zerogrid.v1.TableResponse.recoveries:type_name -> zerogrid.v1.RecoveryRecord
+	25, // 17: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
+	30, // 18: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
+	2,  // 19: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
+	4,  // 20: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
+	6,  // 21: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
+	8,  // 22: zerogrid.v1.KV.CompareAndSwap:input_type -> zerogrid.v1.CompareAndSwapRequest
+	13, // 23: zerogrid.v1.KV.Scan:input_type -> zerogrid.v1.ScanRequest
+	10, // 24: zerogrid.v1.KV.Txn:input_type -> zerogrid.v1.TxnRequest
+	15, // 25: zerogrid.v1.Admin.CreateMap:input_type -> zerogrid.v1.CreateMapRequest
+	17, // 26: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
+	21, // 27: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
+	24, // 28: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
+	3,  // 29: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
+	5,  // 30: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
+	7,  // 31: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
+	9,  // 32: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
+	14, // 33: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
+	11, // 34: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
+	16, // 35: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
+	18, // 36: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
+	22, // 37: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
+	26, // 38: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_grid_gridpb_kv_proto_init() }
@@ -1924,7 +2050,7 @@ func file_grid_gridpb_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_kv_proto_rawDesc), len(file_grid_gridpb_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
