@@ -51,6 +51,10 @@ var (
 	// (a recovery of a partition that still has a leader, a quarantine
 	// without evidence); the message says why.
 	ErrRefused = errors.New("grid: refused")
+	// ErrDiskFull: the node leading the partition is short of disk space
+	// (under its reserve) and refuses writes that would grow its data;
+	// nothing was written. Reads, deletes and lock releases go on.
+	ErrDiskFull = errors.New("grid: node disk full")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

@@ -74,6 +74,13 @@ type Config struct {
 	ScrubInterval time.Duration
 	// ScrubBytesPerSec bounds the scrub's reading rate; 0: by profile.
 	ScrubBytesPerSec int64
+	// MinFreeDisk is the space kept free on the data directory's file
+	// system: under it, the node refuses writes that grow its data
+	// (grid.ErrDiskFull) until space returns, so that the Raft log, the
+	// engine and raft's own term and vote records never meet a full disk.
+	// 0: 2% of the file system, at least 64 MiB and at most 1 GiB;
+	// negative: no reserve.
+	MinFreeDisk int64
 	// WatchHistory is how many log indexes of change history each partition
 	// keeps for watches; 0: by profile (10000; 2000 with the small
 	// profile). Every node of a cluster should use the same value.

@@ -43,6 +43,8 @@ type Node struct {
 	mgr      *manager
 	// integrity scrubs and quarantines corrupt replicas.
 	integrity *integrity
+	// disk refuses growing writes when the data disk is nearly full.
+	disk *diskGuard
 	cpu       cpuMeter
 	told      atomic.Pointer[string] // the last thing the metadata leader told this node
 	// retired is set once this node learns it was removed from the
@@ -68,6 +70,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1)}
 	n.integrity = newIntegrity(n)
+	n.disk = newDiskGuard(n)
 	if err := n.start(ctx); err != nil {
 		n.cleanup()
 		return nil, err
@@ -204,6 +207,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.goLoop(func() { n.mgr.loop(loopCtx) })
 	n.goLoop(func() { n.integrity.loop(loopCtx) })
 	n.goLoop(func() { n.integrity.scrubLoop(loopCtx) })
+	n.goLoop(func() { n.disk.loop(loopCtx) })
 	n.goLoop(func() { n.sweepLoop(loopCtx) })
 	if joining {
 		// Wait for the metadata log to reach this node, so the node serves

@@ -149,6 +149,9 @@ func resultErr(res *gridpb.Result) error {
 }
 
 func (s *service) propose(ctx context.Context, g *replication.Group, h *gridpb.WriteHeader, cmd *gridpb.Command) (*gridpb.Result, error) {
+	if err := s.n.disk.refuse(cmd); err != nil {
+		return nil, err
+	}
 	cmd.ClientId, cmd.Seq = h.ClientId, h.Seq
 	cmd.LeaderTime = time.Now().UnixNano()
 	res, err := g.Propose(ctx, cmd)
@@ -495,6 +498,7 @@ func (s *service) Status(ctx context.Context, _ *gridpb.StatusRequest) (*gridpb.
 		})
 	}
 	resp.DiskBytes = diskUsage(s.n.cfg.DataDir)
+	resp.DiskFree, resp.DiskLow = s.n.disk.status()
 	resp.Integrity = s.n.integrity.stats()
 	return resp, nil
 }

@@ -59,7 +59,10 @@ func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cfg.Binary, cfg.Dir, cfg.Profile = binary, t.TempDir(), "test"
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
+	cfg.Binary, cfg.Profile = binary, "test"
 	lc, err := localcluster.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

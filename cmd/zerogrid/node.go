@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/zerogrid/zerogrid/client"
 	"github.com/zerogrid/zerogrid/node"
 )
@@ -37,6 +39,18 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")
 	fs.DurationVar(&cfg.DeadAfter, "dead-after", 0, "declare a node silent this long dead and re-create its replicas (default 1m; 3s with --profile test)")
 	fs.DurationVar(&cfg.ScrubInterval, "scrub-interval", 0, "pause between background scrubs of every local partition (default 6h; 24h with --profile small, 1s with test; negative: off)")
+	fs.Func("min-free-disk", "space to keep free on the data disk: under it, writes are refused until space returns (e.g. 256MiB; default 2% of the disk, 64 MiB-1 GiB; \"off\": none)", func(v string) error {
+		if v == "off" {
+			cfg.MinFreeDisk = -1
+			return nil
+		}
+		b, err := humanize.ParseBytes(v)
+		if err != nil || b == 0 || b > 1<<50 {
+			return fmt.Errorf("want a size such as 256MiB, or off")
+		}
+		cfg.MinFreeDisk = int64(b)
+		return nil
+	})
 	fs.Int64Var(&cfg.ScrubBytesPerSec, "scrub-rate", 0, "scrub read rate in bytes/s (default 4 MiB/s; 512 KiB/s with --profile small)")
 	fs.DurationVar(&cfg.ReportInterval, "report-interval", 0, "how often to report load to the metadata leader (default 2s; 5s small; 200ms test)")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partition count (fixed when the cluster is created)")

@@ -78,7 +78,11 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 				leads++
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\tup\t%d\t%d\t%s\t%s\n", nv.id, nv.addr, len(nv.status.Groups)-1, leads, humanBytes(nv.status.DiskBytes), integritySummary(nv.status.Integrity))
+		disk := fmt.Sprintf("%s (%s free)", humanBytes(nv.status.DiskBytes), humanBytes(nv.status.DiskFree))
+		if nv.status.DiskLow != "" {
+			disk += " FULL: " + nv.status.DiskLow
+		}
+		fmt.Fprintf(tw, "%s\t%s\tup\t%d\t%d\t%s\t%s\n", nv.id, nv.addr, len(nv.status.Groups)-1, leads, disk, integritySummary(nv.status.Integrity))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -58,6 +58,7 @@ var errorTable = []struct {
 	{grid.ErrStaleToken, codes.FailedPrecondition, "STALE_TOKEN"},
 	{grid.ErrCompacted, codes.OutOfRange, "COMPACTED"},
 	{grid.ErrRefused, codes.FailedPrecondition, "REFUSED"},
+	{grid.ErrDiskFull, codes.ResourceExhausted, "DISK_FULL"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A

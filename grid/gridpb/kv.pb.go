@@ -1694,6 +1694,10 @@ type StatusResponse struct {
 	Version    string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
 	Keys       uint64                 `protobuf:"varint,6,opt,name=keys,proto3" json:"keys,omitempty"`
 	DiskBytes  uint64                 `protobuf:"varint,7,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// Free bytes on the data directory's file system, and why writes are
+	// refused for want of space ("" when they are not).
+	DiskFree uint64 `protobuf:"varint,8,opt,name=disk_free,json=diskFree,proto3" json:"disk_free,omitempty"`
+	DiskLow  string `protobuf:"bytes,9,opt,name=disk_low,json=diskLow,proto3" json:"disk_low,omitempty"`
 	// Integrity counters since the node started (fields 20-24).
 	Integrity     *IntegrityStats `protobuf:"bytes,20,opt,name=integrity,proto3" json:"integrity,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1777,6 +1781,20 @@ func (x *StatusResponse) GetDiskBytes() uint64 {
 		return x.DiskBytes
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetDiskFree() uint64 {
+	if x != nil {
+		return x.DiskFree
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetDiskLow() string {
+	if x != nil {
+		return x.DiskLow
+	}
+	return ""
 }
 
 func (x *StatusResponse) GetIntegrity() *IntegrityStats {
@@ -1914,7 +1932,7 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fcommit_index\x18\x06 \x01(\x04R\vcommitIndex\x12$\n" +
 	"\x0elast_log_index\x18\a \x01(\x04R\flastLogIndex\x12\x16\n" +
-	"\x06voters\x18\b \x03(\tR\x06voters\"\x98\x02\n" +
+	"\x06voters\x18\b \x03(\tR\x06voters\"\xd0\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x120\n" +
@@ -1924,7 +1942,9 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12\x12\n" +
 	"\x04keys\x18\x06 \x01(\x04R\x04keys\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18\a \x01(\x04R\tdiskBytes\x129\n" +
+	"disk_bytes\x18\a \x01(\x04R\tdiskBytes\x12\x1b\n" +
+	"\tdisk_free\x18\b \x01(\x04R\bdiskFree\x12\x19\n" +
+	"\bdisk_low\x18\t \x01(\tR\adiskLow\x129\n" +
 	"\tintegrity\x18\x14 \x01(\v2\x1b.zerogrid.v1.IntegrityStatsR\tintegrity**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
