@@ -45,8 +45,8 @@ type Node struct {
 	integrity *integrity
 	// disk refuses growing writes when the data disk is nearly full.
 	disk *diskGuard
-	cpu       cpuMeter
-	told      atomic.Pointer[string] // the last thing the metadata leader told this node
+	cpu  cpuMeter
+	told atomic.Pointer[string] // the last thing the metadata leader told this node
 	// retired is set once this node learns it was removed from the
 	// cluster: it then refuses every request but Raft's.
 	retired atomic.Bool
