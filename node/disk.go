@@ -76,7 +76,7 @@ func (d *diskGuard) check() {
 	low := free < need
 	if was := d.low.Swap(low); was != low {
 		if low {
-			d.n.log.Error("data disk nearly full: refusing writes until space is freed (reads, deletes and lock releases go on)",
+			d.n.log.Error("data disk nearly full: refusing writes until space is freed (reads, deletes, lock renewals and releases go on)",
 				"free", humanize.IBytes(uint64(free)), "reserve", humanize.IBytes(uint64(need)), "dir", d.dir)
 		} else {
 			d.n.log.Info("data disk has room again: writes accepted", "free", humanize.IBytes(uint64(free)))
@@ -91,7 +91,7 @@ func (d *diskGuard) refuse(cmd *gridpb.Command) error {
 		return nil
 	}
 	switch cmd.Op.(type) {
-	case *gridpb.Command_Delete, *gridpb.Command_LockRelease, *gridpb.Command_Check:
+	case *gridpb.Command_Delete, *gridpb.Command_LockRenew, *gridpb.Command_LockRelease, *gridpb.Command_Check:
 		return nil
 	}
 	d.refusals.Add(1)
