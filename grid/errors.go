@@ -53,7 +53,7 @@ var (
 	ErrRefused = errors.New("grid: refused")
 	// ErrDiskFull: the node leading the partition is short of disk space
 	// (under its reserve) and refuses writes that would grow its data;
-	// nothing was written. Reads, deletes and lock releases go on.
+	// nothing was written. Reads, deletes and lock renewals and releases go on.
 	ErrDiskFull = errors.New("grid: node disk full")
 )
 

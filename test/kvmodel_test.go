@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +14,13 @@ import (
 // so a version (which names one write) and the value it wrote identify each
 // other: a CAS on version V is modelled as a CAS on the value written at V
 // (absent, "", for version 0).
+//
+// A put may carry a TTL. The leader stamps the write's time between the
+// put's call and return, so its expiry falls in [call+ttl, return+ttl]
+// (history time, with ttlSlack either side for the clocks): a read whose
+// call is after that window must not see the value, and one that returns
+// before it must not miss it. Expiry is decided once, in the log: a key
+// seen expired stays gone until written again.
 
 type opKind int
 
@@ -24,22 +30,60 @@ const (
 	opCAS
 )
 
+// ttlSlack widens every expiry window: the nodes stamp expiry with the wall
+// clock, the history with the monotonic one.
+const ttlSlack = int64(2 * time.Millisecond)
+
 type kvInput struct {
 	kind     opKind
 	key      string
 	value    string // put/cas: the new value
 	expected string // cas: the value at the expected version ("" = absent)
+	ttl      int64  // put: time to live in ns (0: none)
+	call     int64  // when the operation was called (history time)
 }
 
 type kvOutput struct {
 	value   string // get: "" = absent
 	swapped bool   // cas
 	unknown bool   // the outcome is ambiguous: it may or may not have happened
+	ret     int64  // when the operation returned (history time)
 }
+
+// kvState is one key: its value and, for a value written with a TTL, the
+// window its expiry falls in (expLo = 0: no expiry).
+type kvState struct {
+	value        string
+	expLo, expHi int64
+}
+
+// mayBeExpired: the value may have expired by time t.
+func (s kvState) mayBeExpired(t int64) bool { return s.value != "" && s.expLo > 0 && t >= s.expLo }
+
+// mustBeExpired: the value has expired by time t.
+func (s kvState) mustBeExpired(t int64) bool { return s.value != "" && s.expLo > 0 && t > s.expHi }
+
+// absentAt lists the states in which the key reads as absent at some point
+// of [call, ret]: it is absent, or its value may have expired by then.
+func (s kvState) absentAt(ret int64) bool { return s.value == "" || s.mayBeExpired(ret) }
+
+// liveAs: the key may read as value v at some point of [call, ...].
+func (s kvState) liveAs(v string, call int64) bool { return s.value == v && v != "" && !s.mustBeExpired(call) }
 
 // kvModel is nondeterministic: an ambiguous write leads to two possible
 // states (applied or not), and porcupine keeps both until a read decides.
 func kvModel() porcupine.Model {
+	written := func(in kvInput, out kvOutput) kvState {
+		st := kvState{value: in.value}
+		if in.ttl > 0 {
+			hi := int64(math.MaxInt64)
+			if !out.unknown {
+				hi = out.ret + in.ttl + ttlSlack
+			}
+			st.expLo, st.expHi = in.call+in.ttl-ttlSlack, hi
+		}
+		return st
+	}
 	m := &porcupine.NondeterministicModel{
 		Partition: func(h []porcupine.Operation) [][]porcupine.Operation {
 			byKey := map[string][]porcupine.Operation{}
@@ -58,37 +102,52 @@ func kvModel() porcupine.Model {
 			}
 			return out
 		},
-		Init: func() []any { return []any{""} },
+		Init: func() []any { return []any{kvState{}} },
 		Step: func(state, input, output any) []any {
-			s, in, out := state.(string), input.(kvInput), output.(kvOutput)
+			s, in, out := state.(kvState), input.(kvInput), output.(kvOutput)
+			gone := kvState{}
 			switch in.kind {
 			case opGet:
-				if out.unknown || out.value == s {
+				switch {
+				case out.unknown:
+					return []any{s}
+				case out.value == "" && s.value == "":
+					return []any{s}
+				case out.value == "" && s.mayBeExpired(out.ret):
+					return []any{gone} // expired, for good
+				case out.value != "" && s.liveAs(out.value, in.call):
 					return []any{s}
 				}
 				return nil
 			case opPut:
 				if out.unknown {
-					return []any{s, in.value}
+					return []any{s, written(in, out)}
 				}
-				return []any{in.value}
+				return []any{written(in, out)}
 			case opCAS:
+				ret := out.ret
 				if out.unknown {
-					if s == in.expected {
-						return []any{s, in.value}
+					ret = math.MaxInt64
+				}
+				// Whether the key held the expected value at the swap.
+				matches := s.liveAs(in.expected, in.call)
+				if in.expected == "" {
+					matches = s.absentAt(ret)
+				}
+				differs := s.value != in.expected && !(in.expected == "" && s.mustBeExpired(in.call))
+				var next []any
+				if (out.unknown || out.swapped) && matches {
+					next = append(next, kvState{value: in.value}) // a swap writes no TTL
+				}
+				if out.unknown || !out.swapped {
+					if differs || out.unknown {
+						next = append(next, s)
 					}
-					return []any{s}
-				}
-				if out.swapped {
-					if s == in.expected {
-						return []any{in.value}
+					if in.expected != "" && s.value == in.expected && s.mayBeExpired(ret) {
+						next = append(next, gone) // it expired before the swap
 					}
-					return nil
 				}
-				if s != in.expected {
-					return []any{s}
-				}
-				return nil
+				return next
 			}
 			return nil
 		},
@@ -102,10 +161,14 @@ func kvModel() porcupine.Model {
 			case opGet:
 				return fmt.Sprintf("get(%s) -> %s", in.key, res)
 			case opPut:
-				if out.unknown {
-					return fmt.Sprintf("put(%s, %s) -> ?", in.key, in.value)
+				ttl := ""
+				if in.ttl > 0 {
+					ttl = fmt.Sprintf(" ttl %v", time.Duration(in.ttl))
 				}
-				return fmt.Sprintf("put(%s, %s)", in.key, in.value)
+				if out.unknown {
+					return fmt.Sprintf("put(%s, %s%s) -> ?", in.key, in.value, ttl)
+				}
+				return fmt.Sprintf("put(%s, %s%s)", in.key, in.value, ttl)
 			default:
 				if out.unknown {
 					return fmt.Sprintf("cas(%s, %q→%s) -> ?", in.key, in.expected, in.value)
@@ -113,7 +176,13 @@ func kvModel() porcupine.Model {
 				return fmt.Sprintf("cas(%s, %q→%s) -> %v", in.key, in.expected, in.value, out.swapped)
 			}
 		},
-		DescribeState: func(state any) string { return strings.TrimSpace(fmt.Sprintf("%q", state)) },
+		DescribeState: func(state any) string {
+			s := state.(kvState)
+			if s.expLo > 0 {
+				return fmt.Sprintf("%q (expires in [%v, %v])", s.value, time.Duration(s.expLo), time.Duration(s.expHi))
+			}
+			return fmt.Sprintf("%q", s.value)
+		},
 	}
 	return m.ToModel()
 }
@@ -123,9 +192,12 @@ func kvModel() porcupine.Model {
 // while an ambiguous write may be seen or not.
 func TestKVModelRejectsViolations(t *testing.T) {
 	op := func(c int, in kvInput, call int64, out kvOutput, ret int64) porcupine.Operation {
+		in.call, out.ret = call, ret
 		return porcupine.Operation{ClientId: c, Input: in, Call: call, Output: out, Return: ret}
 	}
 	put := kvInput{kind: opPut, key: "k", value: "v1"}
+	ms := func(n int64) int64 { return n * int64(time.Millisecond) }
+	ttlPut := kvInput{kind: opPut, key: "k", value: "v1", ttl: ms(100)}
 	get := kvInput{kind: opGet, key: "k"}
 	cases := []struct {
 		name string
@@ -151,6 +223,30 @@ func TestKVModelRejectsViolations(t *testing.T) {
 		{"concurrent put and read of either value", []porcupine.Operation{
 			op(0, put, 0, kvOutput{}, 30), op(1, get, 10, kvOutput{value: ""}, 20),
 		}, porcupine.Ok},
+		{"TTL key read as expired before its TTL could pass", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(20), kvOutput{value: ""}, ms(30)),
+		}, porcupine.Illegal},
+		{"TTL key read as live after its TTL surely passed", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(200), kvOutput{value: "v1"}, ms(210)),
+		}, porcupine.Illegal},
+		{"TTL key read as expired inside its expiry window", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(105), kvOutput{value: ""}, ms(106)),
+		}, porcupine.Ok},
+		{"TTL key read as live inside its expiry window", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(105), kvOutput{value: "v1"}, ms(106)),
+		}, porcupine.Ok},
+		{"TTL key seen expired, then swapped as live", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(105), kvOutput{value: ""}, ms(106)),
+			op(2, kvInput{kind: opCAS, key: "k", expected: "v1", value: "x"}, ms(107), kvOutput{swapped: true}, ms(108)),
+		}, porcupine.Illegal},
+		{"TTL key seen expired, then created by a swap from absent", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(105), kvOutput{value: ""}, ms(106)),
+			op(2, kvInput{kind: opCAS, key: "k", expected: "", value: "x"}, ms(107), kvOutput{swapped: true}, ms(108)),
+		}, porcupine.Ok},
+		{"swap from absent refused long after the TTL passed", []porcupine.Operation{
+			op(0, ttlPut, 0, kvOutput{}, ms(10)),
+			op(2, kvInput{kind: opCAS, key: "k", expected: "", value: "x"}, ms(300), kvOutput{swapped: false}, ms(301)),
+		}, porcupine.Illegal},
 	}
 	for _, tc := range cases {
 		res, _ := porcupine.CheckOperationsVerbose(kvModel(), tc.ops, 10*time.Second)

@@ -28,6 +28,7 @@ type history struct {
 func (h *history) now() int64 { return int64(time.Since(h.start)) }
 
 func (h *history) add(client int, in kvInput, call int64, out kvOutput) {
+	in.call, out.ret = call, h.now()
 	h.record(client, in, call, out, out.unknown)
 }
 
@@ -135,7 +136,10 @@ func TestLinearizableUnderKill(t *testing.T) {
 	checkReplicasEqual(ctx, t, lc, 8, "lin", "acks")
 }
 
-func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *history, stop <-chan struct{}) {
+// runWorker issues random puts, gets and get-then-CAS on keys until stop
+// closes, recording each in h. With ttls given, half the puts carry one of
+// them, picked at random.
+func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *history, stop <-chan struct{}, ttls ...time.Duration) {
 	rng := rand.New(rand.NewPCG(uint64(w), 42))
 	for i := 0; ; i++ {
 		select {
@@ -148,9 +152,15 @@ func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *hist
 		opCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		switch r := rng.IntN(10); {
 		case r < 3:
+			var opts []client.WriteOption
+			var ttl time.Duration
+			if len(ttls) > 0 && rng.IntN(2) == 0 {
+				ttl = ttls[rng.IntN(len(ttls))]
+				opts = append(opts, client.WithTTL(ttl))
+			}
 			call := h.now()
-			_, err := m.Put(opCtx, []byte(key), []byte(val))
-			h.add(w, kvInput{kind: opPut, key: key, value: val}, call, kvOutput{unknown: err != nil})
+			_, err := m.Put(opCtx, []byte(key), []byte(val), opts...)
+			h.add(w, kvInput{kind: opPut, key: key, value: val, ttl: int64(ttl)}, call, kvOutput{unknown: err != nil})
 		case r < 7:
 			call := h.now()
 			v, _, err := m.Get(opCtx, []byte(key))

@@ -86,3 +86,47 @@ func TestTTLExpiryInLogOrder(t *testing.T) {
 		t.Errorf("the race was not run: every round needs the swaps to start around the expiry")
 	}
 }
+
+// TestLinearizableWithTTL runs the porcupine-checked workload with half the
+// puts carrying short TTLs (expiring while gets and swaps race them) while
+// nodes are SIGKILLed and restarted: expiry must fall inside its window
+// (after the TTL counted from the put's call, before it counted from its
+// return) and, once a read saw a key expired, stay decided.
+func TestLinearizableWithTTL(t *testing.T) {
+	duration := 8 * time.Second
+	if *long {
+		duration = 60 * time.Second
+	}
+	lc, c := startCluster(t, 4, "ttl")
+	ctx, cancel := context.WithTimeout(context.Background(), duration+3*time.Minute)
+	defer cancel()
+	h := &history{start: time.Now()}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	m := c.Map("ttl")
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runWorker(ctx, w, m, []string{"a", "b", "c", "d", "e"}, h, stop, 20*time.Millisecond, 80*time.Millisecond, 250*time.Millisecond)
+		}()
+	}
+	ids := lc.IDs()
+	nemesis := killLoop(ctx, t, lc, stop, func(i int) string { return ids[i%len(ids)] })
+	time.Sleep(duration)
+	close(stop)
+	kills := <-nemesis
+	wg.Wait()
+	ttlPuts := 0
+	h.mu.Lock()
+	for _, op := range h.ops {
+		if in := op.Input.(kvInput); in.kind == opPut && in.ttl > 0 {
+			ttlPuts++
+		}
+	}
+	h.mu.Unlock()
+	checkLinearizable(t, h, fmt.Sprintf("%d puts with a TTL, %d node kills", ttlPuts, kills))
+	if ttlPuts == 0 {
+		t.Fatal("no put with a TTL was issued")
+	}
+}
