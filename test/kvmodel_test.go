@@ -68,7 +68,9 @@ func (s kvState) mustBeExpired(t int64) bool { return s.value != "" && s.expLo >
 func (s kvState) absentAt(ret int64) bool { return s.value == "" || s.mayBeExpired(ret) }
 
 // liveAs: the key may read as value v at some point of [call, ...].
-func (s kvState) liveAs(v string, call int64) bool { return s.value == v && v != "" && !s.mustBeExpired(call) }
+func (s kvState) liveAs(v string, call int64) bool {
+	return s.value == v && v != "" && !s.mustBeExpired(call)
+}
 
 // kvModel is nondeterministic: an ambiguous write leads to two possible
 // states (applied or not), and porcupine keeps both until a read decides.
