@@ -18,14 +18,14 @@ import (
 // embedded is a cluster of nodes running in this process over real gRPC on
 // loopback: the embedding mode, and a check that nothing is global.
 type embedded struct {
-	t     *testing.T
+	t     testing.TB
 	peers map[string]string
 	dirs  map[string]string
 	nodes map[string]*node.Node
 	tweak func(id string, cfg *node.Config)
 }
 
-func startEmbedded(t *testing.T, n int, tweak ...func(id string, cfg *node.Config)) *embedded {
+func startEmbedded(t testing.TB, n int, tweak ...func(id string, cfg *node.Config)) *embedded {
 	t.Helper()
 	e := &embedded{t: t, peers: map[string]string{}, dirs: map[string]string{}, nodes: map[string]*node.Node{}}
 	if len(tweak) > 0 {

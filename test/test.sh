@@ -31,7 +31,7 @@ PKG=query bash test/qemu-arm.sh '^TestCrossArchGolden$'
 echo "== short fuzz runs (every decoder of outside bytes; go test -fuzz FuzzX ./PKG explores longer)"
 for target in replication:FuzzDecodeLog replication:FuzzDecodeIntentOp replication:FuzzDecodeEntry \
   replication:FuzzApplyCommand replication:FuzzRestoreSnapshot \
-  query:FuzzParseJSON query:FuzzCompileFilter query:FuzzCompileScript; do
+  query:FuzzParseJSON query:FuzzCompileFilter query:FuzzCompileScript node:FuzzGRPCRequests; do
   pkg=${target%%:*}; fn=${target#*:}
   if ! out=$(go test "./$pkg" -run '^$' -fuzz "^$fn\$" -fuzztime 3s 2>&1); then
     echo "fuzz $fn failed (the failing input is in $pkg/testdata/fuzz/$fn):"; echo "$out"; exit 1
