@@ -28,6 +28,7 @@ const (
 	opGet opKind = iota
 	opPut
 	opCAS
+	opDelete
 )
 
 // ttlSlack widens every expiry window: the nodes stamp expiry with the wall
@@ -126,6 +127,11 @@ func kvModel() porcupine.Model {
 					return []any{s, written(in, out)}
 				}
 				return []any{written(in, out)}
+			case opDelete:
+				if out.unknown {
+					return []any{s, gone}
+				}
+				return []any{gone}
 			case opCAS:
 				ret := out.ret
 				if out.unknown {
@@ -162,6 +168,11 @@ func kvModel() porcupine.Model {
 			switch in.kind {
 			case opGet:
 				return fmt.Sprintf("get(%s) -> %s", in.key, res)
+			case opDelete:
+				if out.unknown {
+					return fmt.Sprintf("delete(%s) -> ?", in.key)
+				}
+				return fmt.Sprintf("delete(%s)", in.key)
 			case opPut:
 				ttl := ""
 				if in.ttl > 0 {
@@ -225,6 +236,10 @@ func TestKVModelRejectsViolations(t *testing.T) {
 		{"concurrent put and read of either value", []porcupine.Operation{
 			op(0, put, 0, kvOutput{}, 30), op(1, get, 10, kvOutput{value: ""}, 20),
 		}, porcupine.Ok},
+		{"read of a deleted key", []porcupine.Operation{
+			op(0, put, 0, kvOutput{}, 10), op(1, kvInput{kind: opDelete, key: "k"}, 20, kvOutput{}, 30),
+			op(2, get, 40, kvOutput{value: "v1"}, 50),
+		}, porcupine.Illegal},
 		{"TTL key read as expired before its TTL could pass", []porcupine.Operation{
 			op(0, ttlPut, 0, kvOutput{}, ms(10)), op(1, get, ms(20), kvOutput{value: ""}, ms(30)),
 		}, porcupine.Illegal},

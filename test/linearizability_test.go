@@ -136,7 +136,7 @@ func TestLinearizableUnderKill(t *testing.T) {
 	checkReplicasEqual(ctx, t, lc, 8, "lin", "acks")
 }
 
-// runWorker issues random puts, gets and get-then-CAS on keys until stop
+// runWorker issues random puts, gets, get-then-CAS and deletes on keys until stop
 // closes, recording each in h. With ttls given, half the puts carry one of
 // them, picked at random.
 func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *history, stop <-chan struct{}, ttls ...time.Duration) {
@@ -151,6 +151,10 @@ func runWorker(ctx context.Context, w int, m *client.Map, keys []string, h *hist
 		val := fmt.Sprintf("w%d-%d", w, i)
 		opCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		switch r := rng.IntN(10); {
+		case r == 9:
+			call := h.now()
+			_, err := m.Delete(opCtx, []byte(key))
+			h.add(w, kvInput{kind: opDelete, key: key}, call, kvOutput{unknown: err != nil})
 		case r < 3:
 			var opts []client.WriteOption
 			var ttl time.Duration
@@ -260,7 +264,7 @@ func checkHistory(t *testing.T, h *history, model porcupine.Model, what string) 
 // checkReplicasEqual waits until every replica of every partition has
 // applied the same index, then compares their content through stale reads
 // served by each replica itself.
-func checkReplicasEqual(ctx context.Context, t *testing.T, lc *localcluster.Cluster, partitions int, maps ...string) {
+func checkReplicasEqual(ctx context.Context, t *testing.T, lc nodeSet, partitions int, maps ...string) {
 	t.Helper()
 	eventually(t, 60*time.Second, func() error {
 		return replicasEqual(ctx, lc, partitions, maps)

@@ -13,9 +13,19 @@ import (
 	"github.com/zerogrid/zerogrid/node/localcluster"
 )
 
+// nodeSet is a cluster whose nodes a test can reach: local processes
+// (localcluster) or containers.
+type nodeSet interface {
+	IDs() []string
+	Running(id string) bool
+	Addr(id string) string
+}
+
+var _ nodeSet = (*localcluster.Cluster)(nil)
+
 // replicasEqual returns nil when, for every partition, all replicas report
 // the same applied index and hold byte-identical entries of the given maps.
-func replicasEqual(ctx context.Context, lc *localcluster.Cluster, partitions int, maps []string) error {
+func replicasEqual(ctx context.Context, lc nodeSet, partitions int, maps []string) error {
 	type replica struct {
 		id      string
 		kv      gridpb.KVClient
