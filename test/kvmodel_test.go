@@ -64,8 +64,8 @@ func (s kvState) mayBeExpired(t int64) bool { return s.value != "" && s.expLo > 
 // mustBeExpired: the value has expired by time t.
 func (s kvState) mustBeExpired(t int64) bool { return s.value != "" && s.expLo > 0 && t > s.expHi }
 
-// absentAt lists the states in which the key reads as absent at some point
-// of [call, ret]: it is absent, or its value may have expired by then.
+// absentAt: the key may read as absent at some point before ret: it is
+// absent, or its value may have expired by then.
 func (s kvState) absentAt(ret int64) bool { return s.value == "" || s.mayBeExpired(ret) }
 
 // liveAs: the key may read as value v at some point of [call, ...].
