@@ -48,6 +48,52 @@ func TestSuspectPeerShortensThenRestores(t *testing.T) {
 	}
 }
 
+// The designated successor of a suspected leader (the lowest id among the
+// other voters) campaigns at once and wins, although every timeout is a
+// minute long and the other follower still knows the old leader.
+func TestSuspectPeerSuccessorCampaignsAtOnce(t *testing.T) {
+	c := newTestCluster(t, 3, 1)
+	_, victim := c.leaderNode(0)
+	slow := time.Minute
+	for id, h := range c.hosts {
+		if id == victim {
+			continue
+		}
+		g, _ := h.Group(0)
+		rc := g.raft.ReloadableConfig()
+		rc.HeartbeatTimeout, rc.ElectionTimeout = slow, slow
+		if err := g.raft.ReloadConfig(rc); err != nil {
+			t.Fatal(err)
+		}
+		g.timing.LeaderLeaseTimeout, g.timing.ElectionTimeout = slow, slow
+	}
+	c.stop(victim)
+	successor := ""
+	for id, h := range c.hosts {
+		if successor == "" || id < successor {
+			successor = id
+		}
+		h.SuspectPeer(victim)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g, _ := c.hosts[successor].Group(0)
+		if g.IsLeader() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not take over from %s (state %v)", successor, victim, g.raft.State())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for id, h := range c.hosts {
+		g, _ := h.Group(0)
+		if id != successor && g.IsLeader() {
+			t.Fatalf("%s leads too", id)
+		}
+	}
+}
+
 // The gRPC transport reports a peer whose established connection breaks.
 func TestTransportGRPCReportsPeerDown(t *testing.T) {
 	var down atomic.Value

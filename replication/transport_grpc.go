@@ -397,6 +397,17 @@ func newGRPCGroup(t *GRPCTransport, g GroupID) *grpcGroup {
 // Consumer implements raft.Transport. The channel is never closed.
 func (g *grpcGroup) Consumer() <-chan raft.RPC { return g.consumer }
 
+// deliverLocal hands raft an RPC this node makes itself.
+func (g *grpcGroup) deliverLocal(rpc raft.RPC, stop <-chan struct{}) bool {
+	select {
+	case g.consumer <- rpc:
+		return true
+	case <-g.done:
+	case <-stop:
+	}
+	return false
+}
+
 // LocalAddr implements raft.Transport: the node's address, shared by all
 // its groups.
 func (g *grpcGroup) LocalAddr() raft.ServerAddress { return raft.ServerAddress(g.t.cfg.LocalAddr) }

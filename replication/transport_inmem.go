@@ -232,6 +232,17 @@ var (
 	_ raft.WithPreVote = (*inmemGroup)(nil)
 )
 
+// deliverLocal hands raft an RPC this node makes itself.
+func (gt *inmemGroup) deliverLocal(rpc raft.RPC, stop <-chan struct{}) bool {
+	select {
+	case gt.consumer <- rpc:
+		return true
+	case <-gt.stopCh:
+	case <-stop:
+	}
+	return false
+}
+
 func newInmemGroup(nd *InmemNode, g GroupID) *inmemGroup {
 	_, inner := raft.NewInmemTransportWithTimeout(nd.addr, inmemTimeout)
 	gt := &inmemGroup{
