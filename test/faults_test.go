@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -351,8 +352,10 @@ func TestFaultsInContainers(t *testing.T) {
 		}
 	}()
 
-	n := 0
-	pick := func() string { n++; return c.ids[n%len(c.ids)] }
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("fault targets seeded with %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	pick := func() string { return c.ids[rng.IntN(len(c.ids))] }
 	kinds := c.faults(cl, pick)
 	rounds := 1
 	if *long {
