@@ -317,11 +317,17 @@ func (t *GRPCTransport) client(target raft.ServerAddress) (gridpb.RaftClient, er
 	return gridpb.NewRaftClient(cc), nil
 }
 
-// watchPeer reports each break of an established connection to addr.
+// watchPeer reports each break of an established connection to addr. It
+// keeps the connection up (gRPC leaves an unused one idle), so that a peer
+// this node only hears from is watched too.
 func (t *GRPCTransport) watchPeer(cc *grpc.ClientConn, addr string) {
+	cc.Connect()
 	state := cc.GetState()
 	for cc.WaitForStateChange(t.ctx, state) {
 		next := cc.GetState()
+		if next == connectivity.Idle {
+			cc.Connect()
+		}
 		if state == connectivity.Ready && next != connectivity.Ready && next != connectivity.Shutdown && t.ctx.Err() == nil {
 			t.logger.Info("raft peer connection broke; suspecting its node", "peer", addr, "state", next.String())
 			t.cfg.OnPeerDown(addr)

@@ -217,10 +217,21 @@ func (p *hbPeer) failLocked(err error) {
 // heartbeat, to the groups' fast-path handlers, and answered in one message.
 func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
 	ctx := stream.Context()
+	watched := ""
 	for {
 		batch, err := stream.Recv()
 		if err != nil {
 			return err
+		}
+		// The sender leads groups this node follows: hold a connection to
+		// it, so that its death is noticed here at once (watchPeer) even
+		// if this node never sends it anything of its own.
+		if len(batch.Requests) > 0 && s.t.cfg.OnPeerDown != nil {
+			if from := string(batch.Requests[0].GetHeader().GetAddr()); from != "" && from != watched {
+				if _, err := s.t.client(raft.ServerAddress(from)); err == nil {
+					watched = from
+				}
+			}
 		}
 		out := &gridpb.RaftHeartbeatBatchResponse{Results: make([]*gridpb.RaftHeartbeatResult, len(batch.Requests))}
 		for i, req := range batch.Requests {
