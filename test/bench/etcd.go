@@ -28,8 +28,36 @@ type etcdStore struct {
 var _ store = (*etcdStore)(nil)
 
 type etcdProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
+	cmd     *exec.Cmd
+	done    chan struct{}
+	name    string
+	binary  string
+	args    []string
+	logPath string
+	client  string // client URL
+}
+
+// start runs the member's process (again, after a kill: same data dir).
+func (p *etcdProc) start() error {
+	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.binary, p.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C is ours to pass on
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start etcd %s: %w", p.name, err)
+	}
+	done := make(chan struct{})
+	p.cmd, p.done = cmd, done
+	go func() { // owned: ends when the process exits; Close waits for it
+		_ = cmd.Wait()
+		logf.Close()
+		close(done)
+	}()
+	return nil
 }
 
 // startEtcd starts three members on loopback, each with its own data dir
@@ -54,12 +82,7 @@ func startEtcd(ctx context.Context, binary, dir string) (*etcdStore, error) {
 	}
 	e := &etcdStore{}
 	for _, m := range ms {
-		logf, err := os.Create(filepath.Join(dir, m.name+".log"))
-		if err != nil {
-			e.Close()
-			return nil, err
-		}
-		cmd := exec.Command(binary,
+		p := &etcdProc{name: m.name, binary: binary, logPath: filepath.Join(dir, m.name+".log"), client: m.client, args: []string{
 			"--name", m.name,
 			"--data-dir", filepath.Join(dir, m.name),
 			"--listen-client-urls", m.client, "--advertise-client-urls", m.client,
@@ -67,20 +90,11 @@ func startEtcd(ctx context.Context, binary, dir string) (*etcdStore, error) {
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-state", "new", "--initial-cluster-token", "zerogrid-bench",
 			"--logger", "zap", "--log-outputs", "stderr",
-		)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C is ours to pass on
-		if err := cmd.Start(); err != nil {
-			logf.Close()
+		}}
+		if err := p.start(); err != nil {
 			e.Close()
-			return nil, fmt.Errorf("start etcd %s: %w", m.name, err)
+			return nil, err
 		}
-		p := &etcdProc{cmd: cmd, done: make(chan struct{})}
-		go func() { // owned: ends when the process exits; Close waits for it
-			_ = cmd.Wait()
-			logf.Close()
-			close(p.done)
-		}()
 		e.procs = append(e.procs, p)
 	}
 	var eps []string
@@ -194,4 +208,26 @@ func (e *etcdStore) Close() {
 		}()
 	}
 	wg.Wait()
+}
+
+// leader returns the index in procs of the member that leads, as the
+// members that answer see it.
+func (e *etcdStore) leader(ctx context.Context) (int, error) {
+	for _, p := range e.procs {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := e.client.Status(sctx, strings.TrimPrefix(p.client, "http://"))
+		cancel()
+		if err != nil || st.Leader == 0 {
+			continue
+		}
+		for j, q := range e.procs {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			qs, err := e.client.Status(sctx, strings.TrimPrefix(q.client, "http://"))
+			cancel()
+			if err == nil && qs.Header.MemberId == st.Leader {
+				return j, nil
+			}
+		}
+	}
+	return 0, errors.New("etcd: no member knows a leader")
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"syscall"
@@ -13,12 +14,23 @@ import (
 	"github.com/zerogrid/zerogrid/grid"
 )
 
-// runFailover measures, cfg.failover times, how long a partition is
+// failoverTarget is a 3-member store whose leader can be killed.
+type failoverTarget interface {
+	put(ctx context.Context, round int) error
+	get(ctx context.Context) error
+	// killLeader SIGKILLs the leader (of the measured key's partition)
+	// and names it.
+	killLeader(ctx context.Context) (string, error)
+	restart(ctx context.Context, victim string) error
+}
+
+// runFailover measures, cfg.failover times per store, how long a key is
 // unavailable after its leader's process is killed with SIGKILL: from the
 // kill to the first acknowledged put, and to the first linearizable get,
 // each issued right after the kill with the client's default retry policy
-// inside a 10 s deadline. The killed node is restarted and the cluster
-// given time to settle between rounds. zerogrid only.
+// inside a 10 s deadline. The killed member is restarted and the cluster
+// given time to settle between rounds. zerogrid, then etcd (when its
+// binary is found) in the same run.
 func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(string, ...any)) error {
 	dir, err := os.MkdirTemp("", "zerogrid-failover-")
 	if err != nil {
@@ -32,80 +44,168 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 			return err
 		}
 	}
+	type row struct {
+		name       string
+		puts, gets []time.Duration
+		failed     int
+	}
+	var rows []row
+	measure := func(name string, tg failoverTarget) error {
+		r := row{name: name}
+		for round := range cfg.failover {
+			if err := tg.put(ctx, -1); err != nil {
+				return fmt.Errorf("%s round %d: put before the kill: %w", name, round, err)
+			}
+			victim, err := tg.killLeader(ctx)
+			if err != nil {
+				return fmt.Errorf("%s round %d: %w", name, round, err)
+			}
+			killed := time.Now()
+			done := make(chan struct{}, 2)
+			var putAt, getAt time.Duration
+			var putErr, getErr error
+			go func() {
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				putErr = tg.put(pctx, round)
+				putAt = time.Since(killed)
+				done <- struct{}{}
+			}()
+			go func() {
+				gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				getErr = tg.get(gctx)
+				getAt = time.Since(killed)
+				done <- struct{}{}
+			}()
+			<-done
+			<-done
+			if putErr != nil || getErr != nil {
+				r.failed++
+				logf("%s round %d: put %v (%v), get %v (%v)", name, round, putAt, putErr, getAt, getErr)
+			} else {
+				r.puts, r.gets = append(r.puts, putAt), append(r.gets, getAt)
+				logf("%s round %d: killed %s; put acknowledged after %v, get after %v", name, round, victim, putAt.Round(time.Millisecond), getAt.Round(time.Millisecond))
+			}
+			if err := tg.restart(ctx, victim); err != nil {
+				return err
+			}
+			time.Sleep(5 * time.Second) // the restarted member catches up; leaders settle
+		}
+		rows = append(rows, r)
+		return nil
+	}
+
 	z, err := startZerogrid(ctx, bin, filepath.Join(dir, "cluster"), cfg.profile)
 	if err != nil {
 		return err
 	}
-	defer z.Close()
-	key := []byte("failover-key")
-	table, err := z.client.Table(ctx)
+	zt := &zgFailover{z: z, key: []byte("failover-key")}
+	err = measure("zerogrid", zt)
+	z.Close()
 	if err != nil {
 		return err
 	}
-	part := grid.PartitionOf(benchMap, key, len(table.Partitions))
-	var puts, gets []time.Duration
-	failed := 0
-	for round := range cfg.failover {
-		if _, err := z.m.Put(ctx, key, []byte("v")); err != nil {
-			return fmt.Errorf("round %d: put before the kill: %w", round, err)
+	etcdBin, lookErr := exec.LookPath(cfg.etcdBin)
+	if lookErr == nil {
+		edir := filepath.Join(dir, "etcd")
+		if err := os.MkdirAll(edir, 0o755); err != nil {
+			return err
 		}
-		t, err := z.client.Table(ctx)
+		e, err := startEtcd(ctx, etcdBin, edir)
 		if err != nil {
 			return err
 		}
-		victim := t.Partitions[part].Leader
-		pid, err := z.pidOf(victim)
+		err = measure("etcd "+etcdVersion(etcdBin), &etcdFailover{e: e})
+		e.Close()
 		if err != nil {
 			return err
 		}
-		killed := time.Now()
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			return err
-		}
-		done := make(chan struct{}, 2)
-		var putAt, getAt time.Duration
-		var putErr, getErr error
-		go func() {
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			_, putErr = z.m.Put(pctx, key, []byte(fmt.Sprint(round)))
-			putAt = time.Since(killed)
-			done <- struct{}{}
-		}()
-		go func() {
-			gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			_, _, getErr = z.m.Get(gctx, key)
-			getAt = time.Since(killed)
-			done <- struct{}{}
-		}()
-		<-done
-		<-done
-		if putErr != nil || getErr != nil {
-			failed++
-			logf("round %d: put %v (%v), get %v (%v)", round, putAt, putErr, getAt, getErr)
-		} else {
-			puts, gets = append(puts, putAt), append(gets, getAt)
-			logf("round %d: killed %s (leader of partition %d); put acknowledged after %v, get after %v", round, victim, part, putAt.Round(time.Millisecond), getAt.Round(time.Millisecond))
-		}
-		if err := z.cluster.StartNode(ctx, victim); err != nil {
-			return err
-		}
-		z.pids = nil
-		for _, id := range z.cluster.IDs() {
-			p, err := z.pidOf(id)
-			if err != nil {
-				return err
-			}
-			z.pids = append(z.pids, p)
-		}
-		time.Sleep(5 * time.Second) // the restarted node catches up; leaders settle
+	} else {
+		logf("etcd not measured: %v", lookErr)
 	}
-	fmt.Fprintf(stdout, "Failover: %d SIGKILLs of a partition leader (3 nodes, profile %s), client default retry policy, 10 s deadline\n\n", cfg.failover, cfg.profile)
-	fmt.Fprintf(stdout, "| first acknowledged after the kill | p50 | p90 | max | failed |\n|---|---:|---:|---:|---:|\n")
-	fmt.Fprintf(stdout, "| put | %s | %s | %s | %d |\n", pct(puts, 50), pct(puts, 90), pct(puts, 100), failed)
-	fmt.Fprintf(stdout, "| linearizable get | %s | %s | %s | %d |\n", pct(gets, 50), pct(gets, 90), pct(gets, 100), failed)
+	fmt.Fprintf(stdout, "Failover: %d SIGKILLs of a leader per store (3 members on loopback; zerogrid profile %s, etcd defaults), each client's default retries, 10 s deadline\n\n", cfg.failover, cfg.profile)
+	fmt.Fprintf(stdout, "| store | first acknowledged after the kill | p50 | p90 | max | failed |\n|---|---|---:|---:|---:|---:|\n")
+	for _, r := range rows {
+		fmt.Fprintf(stdout, "| %s | put | %s | %s | %s | %d |\n", r.name, pct(r.puts, 50), pct(r.puts, 90), pct(r.puts, 100), r.failed)
+		fmt.Fprintf(stdout, "| %s | linearizable get | %s | %s | %s | %d |\n", r.name, pct(r.gets, 50), pct(r.gets, 90), pct(r.gets, 100), r.failed)
+	}
 	return nil
+}
+
+// zgFailover kills the leader of the partition holding key.
+type zgFailover struct {
+	z   *zgStore
+	key []byte
+}
+
+func (f *zgFailover) put(ctx context.Context, round int) error {
+	_, err := f.z.m.Put(ctx, f.key, []byte(fmt.Sprint(round)))
+	return err
+}
+
+func (f *zgFailover) get(ctx context.Context) error {
+	_, _, err := f.z.m.Get(ctx, f.key)
+	return err
+}
+
+func (f *zgFailover) killLeader(ctx context.Context) (string, error) {
+	t, err := f.z.client.Table(ctx)
+	if err != nil {
+		return "", err
+	}
+	victim := t.Partitions[grid.PartitionOf(benchMap, f.key, len(t.Partitions))].Leader
+	pid, err := f.z.pidOf(victim)
+	if err != nil {
+		return "", err
+	}
+	return victim, syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func (f *zgFailover) restart(ctx context.Context, victim string) error {
+	if err := f.z.cluster.StartNode(ctx, victim); err != nil {
+		return err
+	}
+	f.z.pids = nil
+	for _, id := range f.z.cluster.IDs() {
+		p, err := f.z.pidOf(id)
+		if err != nil {
+			return err
+		}
+		f.z.pids = append(f.z.pids, p)
+	}
+	return nil
+}
+
+// etcdFailover kills etcd's leader.
+type etcdFailover struct{ e *etcdStore }
+
+func (f *etcdFailover) put(ctx context.Context, round int) error {
+	return f.e.Put(ctx, []byte("failover-key"), []byte(fmt.Sprint(round)))
+}
+
+func (f *etcdFailover) get(ctx context.Context) error { return f.e.Get(ctx, []byte("failover-key")) }
+
+func (f *etcdFailover) killLeader(ctx context.Context) (string, error) {
+	i, err := f.e.leader(ctx)
+	if err != nil {
+		return "", err
+	}
+	p := f.e.procs[i]
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return "", err
+	}
+	<-p.done
+	return p.name, nil
+}
+
+func (f *etcdFailover) restart(ctx context.Context, victim string) error {
+	for _, p := range f.e.procs {
+		if p.name == victim {
+			return p.start()
+		}
+	}
+	return fmt.Errorf("no etcd member %s", victim)
 }
 
 func pct(d []time.Duration, p int) string {

@@ -3,6 +3,7 @@
 # to settle, then CPU time from /proc/PID/stat over SECONDS, summed, in cores.
 #
 # Usage: test/bench/idle-loopback.sh BINARY [PARTITIONS] [SECONDS]
+# BINARY may be an etcd server binary: 3 etcd members with their defaults.
 set -euo pipefail
 bin=$1; parts=${2:-32}; secs=${3:-20}
 d=$(mktemp -d); base=$((7300 + RANDOM % 500))
@@ -10,13 +11,26 @@ peers="n1=127.0.0.1:$base,n2=127.0.0.1:$((base+1)),n3=127.0.0.1:$((base+2))"
 pids=()
 cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$d"; }
 trap cleanup EXIT
-for i in 1 2 3; do
-  "$bin" node --id n$i --listen 127.0.0.1:$((base+i-1)) --data-dir "$d/n$i" --peers "$peers" \
-    --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
-  pids+=($!)
-done
+if [ "$(basename "$bin")" = etcd ]; then
+  # etcd with its defaults, 3 members, for the side-by-side figure.
+  cluster="e1=http://127.0.0.1:$((base+10)),e2=http://127.0.0.1:$((base+11)),e3=http://127.0.0.1:$((base+12))"
+  for i in 1 2 3; do
+    "$bin" --name e$i --data-dir "$d/e$i" --listen-client-urls http://127.0.0.1:$((base+i-1)) \
+      --advertise-client-urls http://127.0.0.1:$((base+i-1)) --listen-peer-urls http://127.0.0.1:$((base+9+i)) \
+      --initial-advertise-peer-urls http://127.0.0.1:$((base+9+i)) --initial-cluster "$cluster" \
+      --initial-cluster-state new > "$d/e$i.log" 2>&1 &
+    pids+=($!)
+  done
+  parts=etcd
+else
+  for i in 1 2 3; do
+    "$bin" node --id n$i --listen 127.0.0.1:$((base+i-1)) --data-dir "$d/n$i" --peers "$peers" \
+      --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
+    pids+=($!)
+  done
+fi
 sleep 15
 tick=$(getconf CLK_TCK)
 sum() { local s=0 f; for p in "${pids[@]}"; do read -r -a f < "/proc/$p/stat"; s=$((s + f[13] + f[14])); done; echo "$s"; }
 a=$(sum); sleep "$secs"; b=$(sum)
-awk -v a="$a" -v b="$b" -v t="$tick" -v s="$secs" -v p="$parts" 'BEGIN{printf "%d partitions: %.3f cores for 3 idle nodes\n", p, (b-a)/t/s}'
+awk -v a="$a" -v b="$b" -v t="$tick" -v s="$secs" -v p="$parts" 'BEGIN{printf "%s partitions: %.3f cores for 3 idle nodes\n", p, (b-a)/t/s}'
