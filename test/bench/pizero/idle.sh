@@ -5,9 +5,10 @@
 # Prints each container's CPU as a percentage of its quota (0.125 core),
 # averaged over SECONDS after a settling time.
 #
-# Usage: test/bench/pizero/idle.sh [PARTITIONS] [SECONDS]
+# Usage: test/bench/pizero/idle.sh [PARTITIONS] [SECONDS] [PROFILE] (PROFILE=small: also
+# gives the nodes --profile small)
 set -euo pipefail
-parts=${1:-32}; secs=${2:-60}
+parts=${1:-32}; secs=${2:-60}; profile=${3:-default}
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../../.." && pwd)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 net=zg-pizero
@@ -57,10 +58,10 @@ limits=(--cpus 0.125 --memory 512m --network "$net")
 peers=n1=z1:7100,n2=z2:7100,n3=z3:7100
 for i in 1 2 3; do
   docker run -d --name z$i "${limits[@]}" zerogrid-pizero node --id n$i --listen 0.0.0.0:7100 \
-    --data-dir /data --peers $peers --partitions "$parts" --replicas 3 >/dev/null
+    --data-dir /data --peers $peers --partitions "$parts" --replicas 3 --profile "$profile" >/dev/null
 done
 sleep 30
-echo "zerogrid, $parts partitions, default profile:"
+echo "zerogrid, $parts partitions, $profile profile:"
 cpu_pct z1 z2 z3
 docker rm -f z1 z2 z3 >/dev/null
 
