@@ -63,7 +63,9 @@ func (c *integrityService) RecoverReplica(ctx context.Context, req *gridpb.Recov
 		return nil, gridpb.ToStatus(fmt.Errorf("%w: %d", grid.ErrBadPartition, req.Partition))
 	}
 	p := t.Partitions[req.Partition]
-	if !slices.Equal(p.Replicas, []string{n.cfg.ID}) || p.Moving() {
+	// A move the reconciler started since (a learner being added) is no
+	// reason to refuse: it waits for the leader this recovery makes.
+	if !slices.Equal(p.Replicas, []string{n.cfg.ID}) {
 		return nil, gridpb.ToStatus(fmt.Errorf("%w: the partition table (epoch %d) does not name %s as partition %d's only replica (replicas %v)",
 			grid.ErrRefused, t.Epoch, n.cfg.ID, p.ID, p.Replicas))
 	}
@@ -140,7 +142,9 @@ func (n *Node) replicaStates(ctx context.Context, t *grid.Table, p grid.Partitio
 	return out
 }
 
-// recoverPartition is Cluster.Recover at the metadata leader: it finds the
+// recoverPartition is Cluster.Recover at the metadata leader (holding the
+// manager's lock throughout, so that the reconciler starts no move before
+// the survivor has been rewritten): it finds the
 // partition's replicas, refuses unless the partition has lost its majority
 // (or a recovery of it is half done), picks the replica whose log reaches
 // furthest, commits a table naming it the only replica (with an audit
