@@ -22,11 +22,17 @@ type testCluster struct {
 	hosts  map[string]*Host
 	engs   map[string]Engine
 	groups int
+	timing RaftTiming
 }
 
 func newTestCluster(t *testing.T, nodes, groups int) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, net: NewInmemNetwork(), dirs: map[string]string{}, hosts: map[string]*Host{}, engs: map[string]Engine{}, groups: groups}
+	return newTestClusterTiming(t, nodes, groups, TestTiming())
+}
+
+func newTestClusterTiming(t *testing.T, nodes, groups int, timing RaftTiming) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, net: NewInmemNetwork(), dirs: map[string]string{}, hosts: map[string]*Host{}, engs: map[string]Engine{}, groups: groups, timing: timing}
 	for i := 1; i <= nodes; i++ {
 		id := fmt.Sprintf("n%d", i)
 		c.ids = append(c.ids, id)
@@ -59,7 +65,7 @@ func (c *testCluster) start(id string) {
 	}
 	h, err := NewHost(HostConfig{
 		NodeID: id, Dir: filepath.Join(c.dirs[id], "raft"), Engine: eng, Transports: c.net.Node(id),
-		Timing: TestTiming(), Fatal: func(err error) { c.t.Errorf("fatal on %s: %v", id, err) },
+		Timing: c.timing, Fatal: func(err error) { c.t.Errorf("fatal on %s: %v", id, err) },
 	})
 	if err != nil {
 		c.t.Fatal(err)

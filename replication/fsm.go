@@ -51,6 +51,8 @@ type stateMachine struct {
 	applied atomic.Uint64
 	// stopped holds the first failure to write applied entries (see stop).
 	stopped atomic.Pointer[error]
+	// snapshots counts the snapshots raft has asked for.
+	snapshots atomic.Uint64
 
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced after each applied batch
@@ -247,6 +249,7 @@ func (s *stateMachine) wake() {
 
 // Snapshot captures a read view; raft persists it on another goroutine.
 func (s *stateMachine) Snapshot() (raft.FSMSnapshot, error) {
+	s.snapshots.Add(1)
 	if err := s.stopped.Load(); err != nil {
 		return nil, *err
 	}

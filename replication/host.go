@@ -27,6 +27,10 @@ type RaftTiming struct {
 	SnapshotThreshold  uint64
 	TrailingLogs       uint64
 	MaxAppendEntries   int
+	// MaxLogBytes bounds each group's Raft log in bytes as well as in
+	// entries (0: entries only): the entries kept after a snapshot and
+	// those between snapshots each hold about half of it (see retention.go).
+	MaxLogBytes int64
 }
 
 // HeartbeatWindow is how long a node gathers the heartbeats of all its
@@ -56,6 +60,8 @@ func DefaultTiming() RaftTiming {
 		// behind gets one instead of the log.
 		SnapshotInterval: 30 * time.Second, SnapshotThreshold: 2048,
 		TrailingLogs: 2048, MaxAppendEntries: 64,
+		// 2048 entries of 1 MiB values would be 2 GiB of log per group.
+		MaxLogBytes: 64 << 20,
 	}
 }
 
@@ -66,6 +72,7 @@ func SmallTiming() RaftTiming {
 	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 1500*time.Millisecond
 	t.CommitTimeout = 2 * time.Second
 	t.SnapshotThreshold, t.TrailingLogs = 1024, 1024
+	t.MaxLogBytes = 16 << 20
 	// At most 16 entries per AppendEntries: with 1 MiB values a batch stays
 	// near 16 MiB instead of 64 MiB on a 512 MB machine.
 	t.MaxAppendEntries = 16
@@ -119,8 +126,10 @@ type Host struct {
 	mu     sync.Mutex
 	groups map[GroupID]*Group
 	// busy holds groups being recovered (RecoverGroup): not opened meanwhile.
-	busy   map[GroupID]bool
-	closed bool
+	busy map[GroupID]bool
+	// retentionKick wakes the retention check (a log grew past its mark).
+	retentionKick chan struct{}
+	closed        bool
 }
 
 // NewHost validates cfg and returns an empty host.
@@ -160,7 +169,14 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}, busy: map[GroupID]bool{}, stop: make(chan struct{})}, nil
+	h := &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}, busy: map[GroupID]bool{}, stop: make(chan struct{}),
+		retentionKick: make(chan struct{}, 1)}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.retentionLoop()
+	}()
+	return h, nil
 }
 
 // logDBFile is the node's one Raft log store, in HostConfig.Dir.
@@ -235,6 +251,12 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		return nil, h.quarantineClosed(ctx, id, bad)
 	}
 	logs := h.logs.group(id, corrupt.mark)
+	logs.kick = func() {
+		select {
+		case h.retentionKick <- struct{}{}:
+		default:
+		}
+	}
 	// A batch a crash interrupted while it was committed in parts is
 	// finished (or discarded) before anything reads the group's state.
 	if err := openIntent(ctx, h.cfg.Engine, id); err != nil {
@@ -309,7 +331,7 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	if err != nil {
 		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
 	}
-	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, trans: trans, timing: t, opened: time.Now(), corrupt: corrupt, clock: h.cfg.Clock}
+	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, glog: logs, trans: trans, timing: t, opened: time.Now(), corrupt: corrupt, clock: h.cfg.Clock}
 	g.reads = newReadGate(g)
 	if restore {
 		h.cfg.Logger.Warn("group state incomplete; restoring from snapshot", "group", id.String(), "snapshot_index", snapIndex)

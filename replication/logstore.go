@@ -209,6 +209,12 @@ type groupLog struct {
 	logs    []byte
 	stable  []byte
 	corrupt func(reason string)
+	// appendedBytes and appendedEntries count what StoreLogs wrote since
+	// the group opened (retention.go reads them); once appendedBytes
+	// reaches kickAt (0: never), kick is called (it must not block).
+	appendedBytes, appendedEntries atomic.Int64
+	kickAt                         atomic.Int64
+	kick                           func()
 }
 
 var (
@@ -283,6 +289,10 @@ func (l *groupLog) StoreLogs(logs []*raft.Log) error {
 	for i, log := range logs {
 		recs[i] = encodeLog(log)
 	}
+	var size int64
+	for _, r := range recs {
+		size += int64(len(r))
+	}
 	err := l.s.update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(l.logs)
 		if err != nil {
@@ -297,6 +307,11 @@ func (l *groupLog) StoreLogs(logs []*raft.Log) error {
 	})
 	if err != nil {
 		return fmt.Errorf("replication: %s: store %d raft log entries: %w", l.g, len(logs), err)
+	}
+	total := l.appendedBytes.Add(size)
+	l.appendedEntries.Add(int64(len(logs)))
+	if k := l.kickAt.Load(); k > 0 && total >= k && l.kick != nil {
+		l.kick()
 	}
 	return nil
 }

@@ -33,6 +33,10 @@ type Group struct {
 	// suspected is set while the group waits for a new leader after its
 	// leader's node was suspected (see Host.SuspectPeer).
 	suspected atomic.Bool
+	// glog is logs as the shared store's view (nil with another store);
+	// ret is the retention check's state (retention.go).
+	glog *groupLog
+	ret  retention
 }
 
 // logStore is the group's Raft log (its part of the node's shared store),
