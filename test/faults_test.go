@@ -130,7 +130,10 @@ func startContainers(t *testing.T, n, partitions int, extra ...string) *containe
 	t.Cleanup(func() {
 		for _, id := range c.ids {
 			if t.Failed() {
-				out, _ := exec.Command("docker", "logs", "--tail", "40", c.container(id)).CombinedOutput()
+				out, err := exec.Command("docker", "logs", "--tail", "60", c.container(id)).CombinedOutput()
+				if err != nil {
+					out = append(out, []byte(err.Error())...)
+				}
 				t.Logf("---- last log lines of %s ----\n%s", id, out)
 			}
 			_, _ = run("docker", "rm", "-f", c.container(id))
@@ -401,7 +404,7 @@ func TestFaultsInContainers(t *testing.T) {
 		}
 		for _, p := range tbl.Partitions {
 			if p.Moving() || len(p.Replicas) != 3 {
-				return fmt.Errorf("partition %d: replicas %v, moving %v", p.ID, p.Replicas, p.Moving())
+				return fmt.Errorf("table epoch %d: partition %d: replicas %v, moving %v", tbl.Epoch, p.ID, p.Replicas, p.Moving())
 			}
 		}
 		return replicasEqual(ctx, c, parts, []string{"lin"})

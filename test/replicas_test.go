@@ -32,6 +32,7 @@ func replicasEqual(ctx context.Context, lc nodeSet, partitions int, maps []strin
 		applied uint64
 	}
 	byPart := map[int32][]replica{}
+	epochs := map[string]uint64{}
 	for _, id := range lc.IDs() {
 		if !lc.Running(id) {
 			continue
@@ -45,6 +46,7 @@ func replicasEqual(ctx context.Context, lc nodeSet, partitions int, maps []strin
 		if err != nil {
 			return fmt.Errorf("status of %s: %w", id, err)
 		}
+		epochs[id] = st.TableEpoch
 		for _, g := range st.Groups {
 			if g.Partition >= 0 {
 				byPart[g.Partition] = append(byPart[g.Partition], replica{id: id, kv: gridpb.NewKVClient(conn), applied: g.AppliedIndex})
@@ -54,7 +56,11 @@ func replicasEqual(ctx context.Context, lc nodeSet, partitions int, maps []strin
 	for p := int32(0); p < int32(partitions); p++ {
 		reps := byPart[p]
 		if len(reps) != 3 {
-			return fmt.Errorf("partition %d has %d live replicas", p, len(reps))
+			var on []string
+			for _, r := range reps {
+				on = append(on, r.id)
+			}
+			return fmt.Errorf("partition %d has %d live replicas (on %v; table epochs by node %v)", p, len(reps), on, epochs)
 		}
 		for _, r := range reps[1:] {
 			if r.applied != reps[0].applied {
