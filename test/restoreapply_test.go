@@ -1,10 +1,13 @@
 package test
 
 import (
+	"bytes"
 	"context"
+	enc "encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	mrand "math/rand/v2"
 	"testing"
 	"time"
 
@@ -220,4 +223,43 @@ func TestRestoreManyTinyTTLEntries(t *testing.T) {
 		}
 	}
 	t.Logf("%d entries with a TTL restored in %d batches, all found", n, batches)
+}
+
+// TestRestoreTwoGigabytes (with -long) restores 2 GiB of incompressible
+// 256 KiB values through Raft in batches cut at the restore limit, then
+// reads every key back and compares it byte for byte.
+func TestRestoreTwoGigabytes(t *testing.T) {
+	if !*long {
+		t.Skip("restores 2 GiB: run with -long")
+	}
+	const parts, size = 4, 256 << 10
+	const n = (2 << 30) / size
+	lc, c := startCluster(t, parts, "big")
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	value := func(i int) []byte {
+		rng := mrand.New(mrand.NewPCG(uint64(i), 2))
+		b := make([]byte, size)
+		for j := 0; j < size; j += 8 {
+			enc.LittleEndian.PutUint64(b[j:], rng.Uint64())
+		}
+		return b
+	}
+	start := time.Now()
+	r := newRestorer(t, lc, "big", parts, 0)
+	batches := r.restoreAll(ctx, t, n, "big-%05d", value)
+	took := time.Since(start)
+	m := c.Map("big")
+	for i := range n {
+		got, _, err := m.Get(ctx, []byte(fmt.Sprintf("big-%05d", i)))
+		if err != nil || !bytes.Equal(got, value(i)) {
+			t.Fatalf("key %d after restoring 2 GiB: %v (%d bytes)", i, err, len(got))
+		}
+	}
+	for _, id := range lc.IDs() {
+		if !lc.Running(id) {
+			t.Fatalf("node %s exited", id)
+		}
+	}
+	t.Logf("%d values of %d KiB (2 GiB) restored in %d batches in %v, every one read back equal", n, size>>10, batches, took.Round(time.Second))
 }
