@@ -781,7 +781,14 @@ func (m *manager) advance(ctx context.Context, p *grid.Partition) (bool, error) 
 		m.n.log.Warn("corrupt replica removed from its group; it is rebuilt as a learner", "partition", p.ID, "node", r)
 		return true, nil
 	}
-	if l := p.Learner; l != "" {
+	// Once the leaving replica is out of the configuration the move can
+	// only be finished: rolling it back then (removing the promoted
+	// learner) would leave the table naming a replica the group no longer
+	// has, and the group a voter short for good.
+	_, leavingIn := member(p.Leaving)
+	ls, learnerIn := member(p.Learner)
+	finishing := p.Leaving != "" && !leavingIn && p.Learner != "" && learnerIn && ls.Voter
+	if l := p.Learner; l != "" && !finishing {
 		rec, ok := m.n.meta.Meta().Node(l)
 		if !ok || rec.State != grid.StateActive {
 			// The node being added is gone or going: roll the move back.
