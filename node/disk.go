@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -65,12 +64,12 @@ func (d *diskGuard) check() {
 		d.low.Store(false)
 		return
 	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(d.dir, &st); err != nil {
+	avail, total, err := diskSpace(d.dir)
+	if err != nil {
 		return // keep the last reading
 	}
-	free := int64(uint64(st.Bavail) * uint64(st.Bsize))
-	need := reserveFor(d.reserve, uint64(st.Blocks)*uint64(st.Bsize))
+	free := int64(avail)
+	need := reserveFor(d.reserve, total)
 	d.free.Store(free)
 	d.need.Store(need)
 	low := free < need

@@ -202,9 +202,17 @@ func memInfo(path string) (total, avail uint64) {
 // diskFree is the space in dir's file system available to this (unprivileged)
 // process; 0 if it cannot be read.
 func diskFree(dir string) uint64 {
+	free, _, _ := diskSpace(dir)
+	return free
+}
+
+// diskSpace is the space in dir's file system available to this
+// (unprivileged) process, and the file system's size.
+func diskSpace(dir string) (free, total uint64, err error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0
+		return 0, 0, err
 	}
-	return uint64(st.Bavail) * uint64(st.Bsize) // field types differ between platforms
+	// Field types differ between platforms.
+	return uint64(st.Bavail) * uint64(st.Bsize), uint64(st.Blocks) * uint64(st.Bsize), nil
 }

@@ -38,9 +38,9 @@ type RaftTiming struct {
 // one heartbeat interval's floor (raft sends every HeartbeatTimeout/10 to
 // HeartbeatTimeout/5). A heartbeat then reaches its follower at most a
 // tenth of a heartbeat timeout late, well inside the leader lease; idle
-// CPU, most of it the system calls of sending and answering batches, fell
-// from 0.085 to 0.055 cores for 3 idle nodes of 32 partitions going from
-// 20 ms to this 100 ms (BENCHMARKS.md). Reads that confirm leadership
+// CPU, most of it the system calls of sending and answering batches, went
+// from 0.079-0.095 to 0.058-0.085 cores for 3 idle nodes of 32 partitions
+// going from 20 ms to this 100 ms (BENCHMARKS.md). Reads that confirm leadership
 // skip the window.
 func (t RaftTiming) HeartbeatWindow() time.Duration { return t.HeartbeatTimeout / 10 }
 
