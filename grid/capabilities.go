@@ -25,12 +25,13 @@ type Capabilities struct {
 
 // Load is a node's periodic report of how busy it is.
 type Load struct {
-	CPU           float64   `json:"cpu"`             // percent of one core (100 = one core busy)
-	RSS           uint64    `json:"rss"`             // bytes
-	DiskUsed      uint64    `json:"disk_used"`       // bytes in the data dir
-	Replicas      int       `json:"replicas"`        // partition replicas hosted
-	Leaders       int       `json:"leaders"`         // of which this node leads
-	MaxAppliedLag uint64    `json:"max_applied_lag"` // worst applied-index lag behind a leader, in entries
+	CPU           float64   `json:"cpu"`                // percent of one core (100 = one core busy)
+	RSS           uint64    `json:"rss"`                // bytes
+	DiskUsed      uint64    `json:"disk_used"`          // bytes in the data dir
+	Replicas      int       `json:"replicas"`           // partition replicas hosted
+	Leaders       int       `json:"leaders"`            // of which this node leads
+	MaxAppliedLag uint64    `json:"max_applied_lag"`    // worst applied-index lag behind a leader, in entries
+	DiskLow       bool      `json:"disk_low,omitempty"` // data disk under the node's reserve: it refuses growing writes
 	ReportedAt    time.Time `json:"reported_at"`
 }
 

@@ -387,7 +387,7 @@ func (n *Node) withConn(ctx context.Context, addr string, call func(context.Cont
 
 // load is this node's current load report.
 func (n *Node) load() grid.Load {
-	l := grid.Load{RSS: rssBytes(), DiskUsed: diskUsage(n.cfg.DataDir), ReportedAt: time.Now()}
+	l := grid.Load{RSS: rssBytes(), DiskUsed: diskUsage(n.cfg.DataDir), DiskLow: n.disk.low.Load(), ReportedAt: time.Now()}
 	l.CPU = n.cpu.percent()
 	for _, g := range n.host.Groups() {
 		if g.ID() == replication.MetaGroup {

@@ -328,8 +328,10 @@ func (m *manager) report(ctx context.Context, req *gridpb.ReportRequest) (*gridp
 		resp.Message = "this node was declared dead and its replicas were re-created elsewhere; it removes its stale partitions as the current table reaches it"
 	}
 	// Loads reach the records (which every node reads for task planning)
-	// every few reports, not every one: the metadata log stays quiet.
-	stale := time.Since(rec.Load.ReportedAt) > 5*m.n.cfg.reportInterval()
+	// every few reports, not every one: the metadata log stays quiet. A
+	// disk running low or recovering goes in at once: a node low on disk
+	// hands its leaderships only to peers whose records say they have room.
+	stale := time.Since(rec.Load.ReportedAt) > 5*m.n.cfg.reportInterval() || load.DiskLow != rec.Load.DiskLow
 	if !bytes.Equal(oldCaps, newCaps) || next.State != rec.State || stale {
 		// Another metadata write is running: the next report retries.
 		if m.mu.TryLock() {
@@ -644,7 +646,11 @@ func (m *manager) preferLeader(ctx context.Context, t *grid.Table) error {
 	faster := cur.Caps.FsyncP99 > 0 && best.Caps.FsyncP99 > 0 && best.Caps.FsyncP99*3/2 < cur.Caps.FsyncP99
 	m.seenMu.Lock()
 	curLeads, bestLeads := m.loads[cur.ID].Leaders, m.loads[best.ID].Leaders
+	bestLow := m.loads[best.ID].DiskLow
 	m.seenMu.Unlock()
+	if bestLow {
+		return nil // it would refuse the partition's writes (and hand the leadership away again)
+	}
 	comparable := cur.Caps.FsyncP99 == 0 || best.Caps.FsyncP99 <= cur.Caps.FsyncP99*3/2
 	if !faster && !(comparable && curLeads >= bestLeads+2) {
 		return nil
@@ -746,6 +752,27 @@ func (m *manager) startMoves(t *grid.Table) (bool, error) {
 // as a non-voter, promote it once caught up, move leadership off the
 // leaving replica, remove it. It returns true when the move is over
 // (completed or rolled back) and p has been updated for the next table.
+// moveMustFinish reports whether p's replica move can only go forward:
+// the leaving replica is already out of the group's configuration and the
+// learner votes in its place. Rolling it back then (removing the promoted
+// learner) would leave the table naming a replica the group no longer has,
+// and the group a voter short for good.
+func moveMustFinish(p *grid.Partition, members []*gridpb.Member) bool {
+	if p.Leaving == "" || p.Learner == "" {
+		return false
+	}
+	leavingIn, learnerVotes := false, false
+	for _, s := range members {
+		switch s.Id {
+		case p.Leaving:
+			leavingIn = true
+		case p.Learner:
+			learnerVotes = s.Voter
+		}
+	}
+	return !leavingIn && learnerVotes
+}
+
 func (m *manager) advance(ctx context.Context, p *grid.Partition) (bool, error) {
 	mr, err := m.partitionLeader(ctx, p, &gridpb.MembershipRequest{Partition: uint32(p.ID), Op: "get"})
 	if err != nil {
@@ -781,14 +808,7 @@ func (m *manager) advance(ctx context.Context, p *grid.Partition) (bool, error) 
 		m.n.log.Warn("corrupt replica removed from its group; it is rebuilt as a learner", "partition", p.ID, "node", r)
 		return true, nil
 	}
-	// Once the leaving replica is out of the configuration the move can
-	// only be finished: rolling it back then (removing the promoted
-	// learner) would leave the table naming a replica the group no longer
-	// has, and the group a voter short for good.
-	_, leavingIn := member(p.Leaving)
-	ls, learnerIn := member(p.Learner)
-	finishing := p.Leaving != "" && !leavingIn && p.Learner != "" && learnerIn && ls.Voter
-	if l := p.Learner; l != "" && !finishing {
+	if l := p.Learner; l != "" && !moveMustFinish(p, mr.Members) {
 		rec, ok := m.n.meta.Meta().Node(l)
 		if !ok || rec.State != grid.StateActive {
 			// The node being added is gone or going: roll the move back.

@@ -133,6 +133,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log,
 		HeartbeatWindow: cfg.timing().HeartbeatWindow(),
+		RefuseGrowth:    n.disk.refuseGrowth,
 		// A peer whose connection breaks is suspected at once: the local
 		// followers of the groups it led campaign after one lease instead
 		// of a full heartbeat timeout (see replication.Host.SuspectPeer).

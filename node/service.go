@@ -149,8 +149,13 @@ func resultErr(res *gridpb.Result) error {
 }
 
 func (s *service) propose(ctx context.Context, g *replication.Group, h *gridpb.WriteHeader, cmd *gridpb.Command) (*gridpb.Result, error) {
-	if err := s.n.disk.refuse(cmd); err != nil {
-		return nil, err
+	// Only a leader refuses: a follower's answer sends the client to the
+	// leader, whose disk may have room (a node low on disk hands its
+	// leaderships away).
+	if g.IsLeader() {
+		if err := s.n.disk.refuse(cmd); err != nil {
+			return nil, err
+		}
 	}
 	cmd.ClientId, cmd.Seq = h.ClientId, h.Seq
 	cmd.LeaderTime = time.Now().UnixNano()

@@ -96,6 +96,13 @@ type GRPCTransportConfig struct {
 	// one message (see transport_heartbeat.go). Zero: the default (20 ms);
 	// negative: every heartbeat is sent at once, alone.
 	HeartbeatWindow time.Duration
+	// RefuseGrowth, if set, is asked before this node takes log entries
+	// (AppendEntries carrying entries) or a snapshot from a leader; a
+	// non-nil error turns the RPC away with ResourceExhausted, and the
+	// leader retries it later with backoff. Nodes refuse while their data
+	// disk is nearly full, so that a follower falls behind instead of
+	// meeting ENOSPC halfway through a log append or an apply.
+	RefuseGrowth func() error
 }
 
 // DefaultGRPCTransportConfig returns a config with the default timeout;
@@ -908,7 +915,23 @@ func unexpectedResponse(got any) error {
 	return status.Errorf(codes.Internal, "replication: raft answered with %T", got)
 }
 
+// refuseGrowth is the RefuseGrowth hook as a gRPC status.
+func (s *raftService) refuseGrowth() error {
+	if s.t.cfg.RefuseGrowth == nil {
+		return nil
+	}
+	if err := s.t.cfg.RefuseGrowth(); err != nil {
+		return status.Errorf(codes.ResourceExhausted, "replication: node %s takes no log entries now: %v", s.t.cfg.LocalID, err)
+	}
+	return nil
+}
+
 func (s *raftService) AppendEntries(ctx context.Context, req *gridpb.RaftAppendEntriesRequest) (*gridpb.RaftAppendEntriesResponse, error) {
+	if len(req.GetEntries()) > 0 {
+		if err := s.refuseGrowth(); err != nil {
+			return nil, err
+		}
+	}
 	out, err := s.dispatch(ctx, req.GetGroup(), appendEntriesRequestFromPB(req))
 	if err != nil {
 		return nil, err
@@ -932,6 +955,11 @@ func (s *raftService) AppendEntriesPipeline(stream gridpb.Raft_AppendEntriesPipe
 		}
 		if err != nil {
 			return err
+		}
+		if len(req.GetEntries()) > 0 {
+			if err := s.refuseGrowth(); err != nil {
+				return err
+			}
 		}
 		out, err := s.dispatch(ctx, req.GetGroup(), appendEntriesRequestFromPB(req))
 		if err != nil {
@@ -1017,6 +1045,9 @@ func (s *raftService) InstallSnapshot(stream gridpb.Raft_InstallSnapshotServer) 
 	req := first.GetRequest()
 	if req == nil {
 		return status.Error(codes.InvalidArgument, "replication: InstallSnapshot stream must start with the request")
+	}
+	if err := s.refuseGrowth(); err != nil {
+		return err
 	}
 	gt, err := s.t.lookup(GroupID(req.GetGroup()))
 	if err != nil {

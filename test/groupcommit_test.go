@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
 )
 
 // TestKillAllWhileGroupCommitting writes from many clients into every
@@ -64,37 +65,98 @@ func TestKillAllWhileGroupCommitting(t *testing.T) {
 // timeout; the returned function stops them and returns every
 // acknowledged key with its value.
 func startWriters(ctx context.Context, m *client.Map, n int, timeout time.Duration) func() map[string]string {
-	var mu sync.Mutex
-	acked := map[string]string{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	return runWriters(ctx, m, n, timeout, "v").stop
+}
+
+// writers are clients putting fresh keys (so each key's value is known)
+// until stopped, counting what was acknowledged, refused for a full disk
+// (grid.ErrDiskFull), or of unknown outcome.
+type writers struct {
+	mu               sync.Mutex
+	acked            map[string]string
+	refused, unknown int
+	done             chan struct{}
+	wg               sync.WaitGroup
+}
+
+// runWriters starts n writers putting values of prefix plus a suffix into
+// m, each put bounded by timeout.
+func runWriters(ctx context.Context, m *client.Map, n int, timeout time.Duration, prefix string) *writers {
+	ws := &writers{acked: map[string]string{}, done: make(chan struct{})}
 	for w := range n {
-		wg.Add(1)
+		ws.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer ws.wg.Done()
 			for i := 0; ; i++ {
 				select {
-				case <-stop:
+				case <-ws.done:
 					return
 				default:
 				}
-				k, v := fmt.Sprintf("w%02d-%05d", w, i), fmt.Sprintf("v%d-%d", w, i)
+				k, v := fmt.Sprintf("w%02d-%05d", w, i), fmt.Sprintf("%s%d-%d", prefix, w, i)
 				pctx, pcancel := context.WithTimeout(ctx, timeout)
 				_, err := m.Put(pctx, []byte(k), []byte(v))
 				pcancel()
-				if err == nil {
-					mu.Lock()
-					acked[k] = v
-					mu.Unlock()
+				ws.mu.Lock()
+				switch {
+				case err == nil:
+					ws.acked[k] = v
+				case errors.Is(err, grid.ErrDiskFull):
+					ws.refused++
+				default:
+					ws.unknown++
+				}
+				ws.mu.Unlock()
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
 				}
 			}
 		}()
 	}
-	return func() map[string]string {
-		close(stop)
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		return acked
+	return ws
+}
+
+// counts returns how many puts were acknowledged, refused and unknown so far.
+func (ws *writers) counts() (acked, refused, unknown int) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return len(ws.acked), ws.refused, ws.unknown
+}
+
+// note records a write acknowledged outside the writers, to be checked
+// with theirs.
+func (ws *writers) note(k, v string) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.acked[k] = v
+}
+
+// forget drops a key (deleted by the test) from the acknowledged ones.
+func (ws *writers) forget(k string) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	delete(ws.acked, k)
+}
+
+// any returns up to n acknowledged keys with their values.
+func (ws *writers) any(n int) map[string]string {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	out := map[string]string{}
+	for k, v := range ws.acked {
+		if len(out) == n {
+			break
+		}
+		out[k] = v
 	}
+	return out
+}
+
+// stop stops the writers and returns every acknowledged key with its value.
+func (ws *writers) stop() map[string]string {
+	close(ws.done)
+	ws.wg.Wait()
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.acked
 }
