@@ -12,10 +12,12 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 )
 
 // Client talks to one zerogrid cluster. It is safe for concurrent use.
@@ -85,11 +87,19 @@ func DialWith(ctx context.Context, addrs []string, opts ...Option) (*Client, err
 		}
 		id = binary.LittleEndian.Uint64(b[:])
 	}
+	creds := insecure.NewCredentials()
+	if o.tlsDir != "" {
+		m, err := gridtls.LoadClient(o.tlsDir)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", grid.ErrBadConfig, err)
+		}
+		creds = credentials.NewTLS(m.ClientConfig())
+	}
 	c := &Client{
 		opts: o,
 		log:  o.logger,
 		dialOpts: append([]grpc.DialOption{
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)),
 		}, o.dialOpts...),
 		clientID: id,

@@ -66,6 +66,7 @@ type options struct {
 	logger       *slog.Logger
 	clientID     uint64
 	scanPageSize int
+	tlsDir       string
 }
 
 func defaultOptions() options {
@@ -90,6 +91,13 @@ func WithRetry(p RetryPolicy) Option { return func(o *options) { o.retry = p } }
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOpts = append(o.dialOpts, opts...) }
 }
+
+// WithTLSDir connects with mutual TLS, as zerogrid nodes require unless
+// they run insecure: dir holds the cluster's ca.crt and the client's
+// client.crt and client.key (or a node's node.crt and node.key), as
+// 'zerogrid cert client' writes them. The key pair is read again when its
+// files change. An empty dir leaves connections insecure.
+func WithTLSDir(dir string) Option { return func(o *options) { o.tlsDir = dir } }
 
 // WithLogger sets where the client logs retries and table refreshes (at debug
 // and warn level). By default it logs nothing.

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/zerogrid/zerogrid/grid"
@@ -240,7 +239,7 @@ func (n *Node) join(ctx context.Context) error {
 
 // callPeer runs call over a fresh connection to addr with a short timeout.
 func (n *Node) callPeer(ctx context.Context, addr string, call func(context.Context, *grpc.ClientConn) error) error {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(n.sec.dialCreds()))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -35,7 +35,7 @@ func (e *embedded) joinConfig(id string) (node.Config, net.Listener) {
 	}
 	cfg := node.DefaultConfig()
 	cfg.ID, cfg.Listener, cfg.DataDir, cfg.Profile = id, l, filepath.Join(e.t.TempDir(), id), "test"
-	cfg.Join, cfg.JoinToken = []string{e.peers["n1"]}, testToken
+	cfg.Join, cfg.JoinToken, cfg.Insecure = []string{e.peers["n1"]}, testToken, true
 	return cfg, l
 }
 

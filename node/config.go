@@ -88,6 +88,15 @@ type Config struct {
 	// SweepInterval is how often a partition leader deletes expired keys
 	// through Raft; 0: by profile (1 s; 5 s small; 200 ms test).
 	SweepInterval time.Duration
+	// TLSDir holds the node's certificates (ca.crt, node.crt, node.key;
+	// see package gridtls and 'zerogrid cert'): every connection to and
+	// from the node is then mutual TLS with the cluster CA. Required unless
+	// Insecure.
+	TLSDir string
+	// Insecure runs the node without TLS or any authentication: anyone who
+	// reaches its port can read, write and run code. For experiments on
+	// loopback only.
+	Insecure bool
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration
@@ -130,6 +139,12 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad("join address %q: %v", addr, err)
 		}
+	}
+	switch {
+	case c.TLSDir == "" && !c.Insecure:
+		bad("a TLS directory is required (the node's certificates: 'zerogrid cert ca' then 'zerogrid cert node'), or insecure mode for loopback experiments")
+	case c.TLSDir != "" && c.Insecure:
+		bad("a TLS directory and insecure mode exclude each other")
 	}
 	if len(c.Join) > 0 && c.JoinToken == "" {
 		bad("joining needs the cluster's join token")

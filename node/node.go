@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
@@ -52,6 +52,7 @@ type Node struct {
 	retired atomic.Bool
 
 	conns peerConns
+	sec   *security
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -68,7 +69,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.Functions == nil {
 		cfg.Functions = query.NewRegistry()
 	}
-	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1)}
+	sec, err := newSecurity(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1), sec: sec}
+	n.conns.creds = sec.dialCreds()
+	if cfg.Insecure {
+		n.log.Warn("INSECURE: this node runs without TLS or authentication: anyone who can reach its port can read and write " +
+			"every map, change the membership and run code on it. Use --tls-dir outside loopback experiments.")
+	}
 	n.integrity = newIntegrity(n)
 	n.disk = newDiskGuard(n)
 	if err := n.start(ctx); err != nil {
@@ -132,6 +142,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: open engine: %w", err)
 	}
 	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log,
+		DialOptions:     []grpc.DialOption{grpc.WithTransportCredentials(n.sec.dialCreds())},
 		HeartbeatWindow: cfg.timing().HeartbeatWindow(),
 		RefuseGrowth:    n.disk.refuseGrowth,
 		// A peer whose connection breaks is suspected at once: the local
@@ -147,8 +158,8 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
-	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true),
-		grpc.ChainUnaryInterceptor(n.refuseIfRetired), grpc.ChainStreamInterceptor(n.refuseStreamIfRetired))...)
+	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true), grpc.Creds(n.sec.serverCreds()),
+		grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired))...)
 	n.trans.Register(n.srv)
 	svc := &service{n: n}
 	gridpb.RegisterKVServer(n.srv, svc)
@@ -339,6 +350,8 @@ func (n *Node) cleanup() error {
 // peerConns keeps one client connection per peer address for forwarding
 // admin requests to the metadata leader.
 type peerConns struct {
+	creds credentials.TransportCredentials
+
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
@@ -349,7 +362,7 @@ func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds))
 	if err != nil {
 		return nil, fmt.Errorf("node: dial %s: %w", addr, err)
 	}

@@ -56,7 +56,9 @@ func (e *embedded) start(id string, l net.Listener) {
 	}
 	cfg := node.DefaultConfig()
 	cfg.ID, cfg.Listener, cfg.DataDir, cfg.Peers = id, l, e.dirs[id], e.peers
-	cfg.Partitions, cfg.Profile = 8, "test"
+	// In-process clusters on loopback run without TLS; the process-level
+	// tests in test/ run every cluster with mutual TLS.
+	cfg.Partitions, cfg.Profile, cfg.Insecure = 8, "test", true
 	if e.tweak != nil {
 		e.tweak(id, &cfg)
 	}
@@ -206,7 +208,7 @@ func TestConfigValidateReportsEverything(t *testing.T) {
 	if err == nil {
 		t.Fatal("empty config accepted")
 	}
-	for _, want := range []string{"node id", "listen address", "data dir", "peers", "partitions", "replicas", "profile", "engine"} {
+	for _, want := range []string{"node id", "listen address", "data dir", "peers", "partitions", "replicas", "profile", "engine", "TLS directory"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error does not mention %s: %v", want, err)
 		}

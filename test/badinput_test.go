@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/client"
@@ -34,7 +33,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		return err
 	})
 
-	conn, err := grpc.NewClient(lc.Addrs()[0], grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(lc.Addrs()[0], clientCreds,
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(256<<20)))
 	if err != nil {
 		t.Fatal(err)

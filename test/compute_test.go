@@ -17,7 +17,7 @@ func TestJobSurvivesSIGKILL(t *testing.T) {
 	c0.Close()
 	// Tasks take 300 ms each so the job is still running when the node dies;
 	// talk to n1 only, so n1 coordinates and n3 can be killed.
-	c, err := client.Dial(context.Background(), lc.Addr("n1"))
+	c, err := dialCluster(context.Background(), []string{lc.Addr("n1")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 )
 
 // containerCluster is a zerogrid cluster of containers, one node each, from
@@ -140,9 +141,13 @@ func startContainers(t *testing.T, n, partitions int, extra ...string) *containe
 		}
 	})
 	for _, id := range c.ids {
+		tlsDir := filepath.Join(t.TempDir(), id+"-tls")
+		if err := gridtls.IssueNode(caDir, tlsDir, id, []string{c.ip(id)}); err != nil {
+			t.Fatal(err)
+		}
 		args := []string{"run", "-d", "--name", c.container(id), "--network", c.name, "--ip", c.ip(id),
-			"-v", c.dirs[id] + ":/data", image,
-			"node", "--id", id, "--listen", c.Addr(id), "--data-dir", "/data", "--peers", strings.Join(peers, ","),
+			"-v", c.dirs[id] + ":/data", "-v", tlsDir + ":/tls:ro", image,
+			"node", "--id", id, "--listen", c.Addr(id), "--data-dir", "/data", "--tls-dir", "/tls", "--peers", strings.Join(peers, ","),
 			"--partitions", fmt.Sprint(partitions), "--replicas", "3", "--profile", "test"}
 		if _, err := run("docker", append(args, extra...)...); err != nil {
 			t.Fatal(err)
@@ -306,7 +311,7 @@ func TestFaultsInContainers(t *testing.T) {
 	c := startContainers(t, 5, parts, "--dead-after", "20s", "--min-free-disk", "64MiB")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	cl, err := client.Dial(ctx, c.Addrs()...)
+	cl, err := dialCluster(ctx, c.Addrs())
 	if err != nil {
 		t.Fatal(err)
 	}

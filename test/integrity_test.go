@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/zerogrid/zerogrid/client"
 	"github.com/zerogrid/zerogrid/grid"
@@ -124,7 +123,7 @@ func TestCorruptionInjection(t *testing.T) {
 	// 2. Reads never return a damaged value: stale reads served by the
 	// victim itself (its own replica, no client-side check) and
 	// linearizable and stale reads through the client.
-	conn, err := grpc.NewClient(lc.Addr(victim), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lc.Addr(victim), clientCreds)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 	"github.com/zerogrid/zerogrid/node/localcluster"
 )
 
@@ -21,6 +25,15 @@ var long = flag.Bool("long", false, "run the long versions of the fault tests")
 // binary is the zerogrid binary built once for all tests.
 var binary string
 
+// The tests' cluster CA and a client certificate (role admin) from it:
+// every cluster a test starts gets its node certificates from this CA, and
+// the CLI processes tests run find the client's in $ZEROGRID_TLS_DIR.
+var caDir, clientTLSDir string
+
+// clientCreds are the transport credentials of a raw gRPC connection to a
+// node of the tests' clusters, with the client certificate.
+var clientCreds grpc.DialOption
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "zerogrid-test-bin-")
@@ -28,6 +41,22 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	caDir, clientTLSDir = filepath.Join(dir, "ca"), filepath.Join(dir, "client")
+	if err := gridtls.NewCA(caDir, "zerogrid tests CA"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := gridtls.IssueClient(caDir, clientTLSDir, "tests", []string{"admin"}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv("ZEROGRID_TLS_DIR", clientTLSDir)
+	mat, err := gridtls.LoadClient(clientTLSDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	clientCreds = grpc.WithTransportCredentials(credentials.NewTLS(mat.ClientConfig()))
 	binary = filepath.Join(dir, "zerogrid")
 	cmd := exec.Command("go", "build", "-o", binary, "../cmd/zerogrid")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -63,6 +92,9 @@ func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (
 		cfg.Dir = t.TempDir()
 	}
 	cfg.Binary, cfg.Profile = binary, "test"
+	if !cfg.Insecure && cfg.CADir == "" {
+		cfg.CADir = caDir
+	}
 	lc, err := localcluster.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +112,7 @@ func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (
 			}
 		}
 	})
-	c, err := client.Dial(ctx, lc.Addrs()...)
+	c, err := client.DialWith(ctx, lc.Addrs(), client.WithTLSDir(lc.ClientTLSDir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +129,11 @@ func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (
 		})
 	}
 	return lc, c
+}
+
+// dialCluster is client.DialWith with the tests' client certificate.
+func dialCluster(ctx context.Context, addrs []string, opts ...client.Option) (*client.Client, error) {
+	return client.DialWith(ctx, addrs, append([]client.Option{client.WithTLSDir(clientTLSDir)}, opts...)...)
 }
 
 func tail(b []byte, n int) []byte {

@@ -14,7 +14,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/client"
@@ -35,7 +34,7 @@ func TestQuarantineNeedsEvidence(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	conn, err := grpc.NewClient(lc.Addr("n2"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lc.Addr("n2"), clientCreds)
 	if err != nil {
 		t.Fatal(err)
 	}

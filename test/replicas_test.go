@@ -7,7 +7,6 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 	"github.com/zerogrid/zerogrid/node/localcluster"
@@ -37,7 +36,7 @@ func replicasEqual(ctx context.Context, lc nodeSet, partitions int, maps []strin
 		if !lc.Running(id) {
 			continue
 		}
-		conn, err := grpc.NewClient(lc.Addr(id), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(lc.Addr(id), clientCreds)
 		if err != nil {
 			return err
 		}

@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/client"
@@ -121,7 +120,7 @@ func newRestorer(t *testing.T, lc *localcluster.Cluster, mapName string, parts i
 	t.Helper()
 	r := &restorer{mapN: mapName, parts: parts, expiry: expiry}
 	for _, id := range lc.IDs() {
-		conn, err := grpc.NewClient(lc.Addr(id), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		conn, err := grpc.NewClient(lc.Addr(id), clientCreds,
 			grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(16<<20)))
 		if err != nil {
 			t.Fatal(err)

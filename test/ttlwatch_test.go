@@ -14,7 +14,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -63,7 +62,7 @@ func (col *collector) partition(p int) []client.Change {
 // has reached version upTo. It fails if the replica no longer has the
 // history from version 1.
 func replicaLog(ctx context.Context, addr string, mapName string, part int, upTo uint64) ([]*gridpb.WatchChange, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, clientCreds)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +94,7 @@ func replicaLog(ctx context.Context, addr string, mapName string, part int, upTo
 func partitionApplied(ctx context.Context, lc *localcluster.Cluster) (map[int]uint64, error) {
 	out := map[int]uint64{}
 	for _, id := range lc.IDs() {
-		conn, err := grpc.NewClient(lc.Addr(id), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(lc.Addr(id), clientCreds)
 		if err != nil {
 			return nil, err
 		}
@@ -142,7 +141,7 @@ func TestTTLAndWatchAcrossLeaderKill(t *testing.T) {
 
 	// The watcher has a client of its own that counts its reconnections.
 	resumes := &countingHandler{msg: "client: watch stream broke; resuming"}
-	wc, err := client.DialWith(ctx, lc.Addrs(), client.WithLogger(slog.New(resumes)))
+	wc, err := dialCluster(ctx, lc.Addrs(), client.WithLogger(slog.New(resumes)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +471,7 @@ func TestTTLReadsCompactedWatchAndBadInput(t *testing.T) {
 			t.Fatalf("put with ttl %v: %v", ttl, err)
 		}
 	}
-	conn, err := grpc.NewClient(lc.Addrs()[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lc.Addrs()[0], clientCreds)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		say("    %s  %s  (log: %s)", id, cl.Addr(id), cl.LogPath(id))
 	}
 
-	c, err := client.Dial(ctx, cl.Addrs()...)
+	c, err := client.DialWith(ctx, cl.Addrs(), client.WithTLSDir(cl.ClientTLSDir()))
 	if err != nil {
 		return err
 	}
@@ -132,7 +132,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	step("a fourth node joins with the cluster's token; replicas rebalance onto it")
-	say("    zerogrid node --id n4 --join %s --join-token demo-token --label zone=shelf-2 ...", cl.Addrs()[0])
+	say("    zerogrid cert node --ca CA --id n4 --host 127.0.0.1 --out n4-tls")
+	say("    zerogrid node --id n4 --join %s --join-token-file join-token --tls-dir n4-tls --label zone=shelf-2 ...", cl.Addrs()[0])
 	joined, err := cl.Join(ctx, "n4", "--label", "zone=shelf-2")
 	if err != nil {
 		return fmt.Errorf("demo: join: %w", err)
@@ -159,7 +160,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: read after rebalance: %w", err)
 	}
 	say("    %s took its share; all %d entries still read back", joined, total)
-	if err := runNodes(ctx, []string{"--addr", cl.Addrs()[0]}, stdout, stdout); err != nil {
+	if err := runNodes(ctx, []string{"--addr", cl.Addrs()[0], "--tls-dir", cl.ClientTLSDir()}, stdout, stdout); err != nil {
 		return err
 	}
 
@@ -185,8 +186,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		step("done; stopping the cluster (run with --keep to leave it running)")
 		return nil
 	}
-	step("cluster left running; try:")
+	step("cluster left running; every connection is mutual TLS with the demo's own CA; try:")
 	addr := cl.Addrs()[0]
+	say("    export ZEROGRID_TLS_DIR=%s", cl.ClientTLSDir())
 	say("    zerogrid get cities city:0007 --addr %s", addr)
 	say("    zerogrid put cities city:9999 '{\"name\":\"new\"}' --addr %s", addr)
 	say("    zerogrid scan cities city:00 --addr %s", addr)

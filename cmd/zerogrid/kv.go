@@ -16,13 +16,30 @@ import (
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
-	addr    string
-	timeout time.Duration
+	addr     string
+	timeout  time.Duration
+	tlsDir   string
+	insecure bool
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:7101", "cluster member address(es), comma-separated")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up after this long")
+	fs.StringVar(&c.tlsDir, "tls-dir", os.Getenv("ZEROGRID_TLS_DIR"), "your certificates: ca.crt, client.crt, client.key ('zerogrid cert client'); default $ZEROGRID_TLS_DIR")
+	fs.BoolVar(&c.insecure, "insecure", false, "connect without TLS (to nodes started with --insecure)")
+}
+
+// dial connects to the cluster as the flags say.
+func (c *clientFlags) dial(ctx context.Context) (*client.Client, error) {
+	switch {
+	case c.tlsDir == "" && !c.insecure:
+		return nil, fmt.Errorf("%w: say which certificates to connect with (--tls-dir DIR or $ZEROGRID_TLS_DIR), or --insecure for a cluster without TLS", errUsage)
+	}
+	dir := c.tlsDir
+	if c.insecure {
+		dir = ""
+	}
+	return client.DialWith(ctx, splitAddrs(c.addr), client.WithTLSDir(dir))
 }
 
 // longTimeout gives a long-running command its own --timeout default (and
@@ -54,7 +71,7 @@ func clientCommand(ctx context.Context, args []string, stderr io.Writer, name, s
 	}
 	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
 	defer cancel()
-	cl, err := client.Dial(ctx, splitAddrs(cf.addr)...)
+	cl, err := cf.dial(ctx)
 	if err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ func runLock(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	cl, err := client.Dial(dctx, splitAddrs(cf.addr)...)
+	cl, err := cf.dial(dctx)
 	cancel()
 	if err != nil {
 		return err

@@ -34,7 +34,10 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for the engine and Raft logs")
 	peers := fs.String("peers", "", "initial cluster: id=host:port,... (include this node)")
 	join := fs.String("join", "", "join a running cluster through these members: host:port,...")
-	fs.StringVar(&cfg.JoinToken, "join-token", os.Getenv("ZEROGRID_JOIN_TOKEN"), "the cluster's join secret (founders set it; joiners present it; default $ZEROGRID_JOIN_TOKEN)")
+	fs.StringVar(&cfg.JoinToken, "join-token", os.Getenv("ZEROGRID_JOIN_TOKEN"), "the cluster's join secret (founders set it; joiners present it; default $ZEROGRID_JOIN_TOKEN); prefer --join-token-file: a flag shows in ps")
+	tokenFile := fs.String("join-token-file", "", "read the join token from this file (first line)")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", os.Getenv("ZEROGRID_NODE_TLS_DIR"), "the node's certificates: ca.crt, node.crt, node.key ('zerogrid cert'); default $ZEROGRID_NODE_TLS_DIR")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "no TLS and no authentication: anyone who reaches the port has full control; loopback experiments only")
 	var labels labelFlag
 	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")
 	fs.DurationVar(&cfg.DeadAfter, "dead-after", 0, "declare a node silent this long dead and re-create its replicas (default 1m; 3s with --profile test)")
@@ -75,6 +78,11 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	cfg.Join = splitAddrs(*join)
+	if *tokenFile != "" {
+		if cfg.JoinToken, err = readSecret(*tokenFile); err != nil {
+			return fmt.Errorf("%w: --join-token-file: %v", errUsage, err)
+		}
+	}
 	cfg.Labels = labels.m
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -226,4 +234,17 @@ func runNodes(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return tw.Flush()
 		})
+}
+
+// readSecret reads a secret from the first line of a file.
+func readSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	if line = strings.TrimSpace(line); line == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return line, nil
 }

@@ -13,11 +13,12 @@ const usage = `zerogrid — a sharded, Raft-replicated data grid for fleets of s
 
 Usage:
   zerogrid demo [--keep]                  start a local 3-node cluster and walk through it
-  zerogrid node --id ID --listen ADDR --data-dir DIR --peers ID=ADDR,... [--join-token T]
-                [--partitions 32] [--replicas 3] [--profile default|small|test]
+  zerogrid cert ca|node|client ...        create the cluster CA, node and client certificates
+  zerogrid node --id ID --listen ADDR --data-dir DIR --tls-dir DIR --peers ID=ADDR,...
+                [--join-token-file F] [--partitions 32] [--replicas 3] [--profile default|small|test]
                                           run a founding node of a new cluster
-  zerogrid node --id ID --listen ADDR --data-dir DIR --join ADDR --join-token T [--label zone=a]
-                                          join a running cluster through any member
+  zerogrid node --id ID --listen ADDR --data-dir DIR --tls-dir DIR --join ADDR --join-token-file F
+                [--label zone=a]          join a running cluster through any member
   zerogrid nodes            --addr ADDR   nodes: capabilities, state, load
   zerogrid node drain ID    --addr ADDR   move every replica off a node (progress bar)
   zerogrid node undrain ID  --addr ADDR   cancel a drain
@@ -46,7 +47,9 @@ Usage:
   zerogrid restore FILE     --addr ADDR   verify a backup, then load it into a new cluster
 
 --addr accepts a comma-separated list of any cluster members; the client
-routes every request to the right partition leader itself.
+routes every request to the right partition leader itself. Client commands
+connect with mutual TLS using --tls-dir DIR (default $ZEROGRID_TLS_DIR), or
+--insecure to nodes started with --insecure.
 Run "zerogrid COMMAND --help" for a command's flags.
 `
 
@@ -64,6 +67,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "node":
 		return runNode(ctx, rest, stdout, stderr)
+	case "cert":
+		return runCert(ctx, rest, stdout, stderr)
 	case "nodes":
 		return runNodes(ctx, rest, stdout, stderr)
 	case "demo":

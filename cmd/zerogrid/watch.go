@@ -47,7 +47,7 @@ func runWatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer cancel()
 	}
 	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-	cl, err := client.Dial(dctx, splitAddrs(cf.addr)...)
+	cl, err := cf.dial(dctx)
 	dcancel()
 	if err != nil {
 		return err

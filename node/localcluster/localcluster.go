@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 )
 
 // Config describes the cluster.
@@ -25,8 +27,15 @@ type Config struct {
 	Partitions int
 	Replicas   int
 	Profile    string   // node --profile
-	JoinToken  string   // --join-token of every node: founders admit joiners presenting it
+	JoinToken  string   // the join token of every node (passed in a file): founders admit joiners presenting it
 	ExtraArgs  []string // appended to every node's command line
+	// Insecure runs the nodes without TLS (--insecure). By default every
+	// node gets a certificate from a cluster CA (CADir, or one created
+	// under Dir/tls/ca) and clients connect with ClientTLSDir.
+	Insecure bool
+	// CADir is a CA directory (ca.crt, ca.key: 'zerogrid cert ca') to issue
+	// the cluster's certificates from; empty: one of its own.
+	CADir string
 }
 
 // Cluster is a set of node processes. Its methods are safe for concurrent use.
@@ -54,6 +63,24 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("localcluster: %w", err)
+	}
+	if !cfg.Insecure {
+		if cfg.CADir == "" {
+			cfg.CADir = filepath.Join(cfg.Dir, "tls", "ca")
+			if _, err := os.Stat(filepath.Join(cfg.CADir, gridtls.CAKey)); errors.Is(err, os.ErrNotExist) {
+				if err := gridtls.NewCA(cfg.CADir, "zerogrid localcluster CA"); err != nil {
+					return nil, fmt.Errorf("localcluster: %w", err)
+				}
+			}
+		}
+		if err := gridtls.IssueClient(cfg.CADir, filepath.Join(cfg.Dir, "tls", "client"), "localcluster", []string{"admin"}); err != nil {
+			return nil, fmt.Errorf("localcluster: %w", err)
+		}
+	}
+	if cfg.JoinToken != "" {
+		if err := os.WriteFile(filepath.Join(cfg.Dir, "join-token"), []byte(cfg.JoinToken+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("localcluster: %w", err)
+		}
 	}
 	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}}
 	for i := 1; i <= cfg.Nodes; i++ {
@@ -147,6 +174,23 @@ func (c *Cluster) peersLocked() string {
 	return strings.Join(parts, ",")
 }
 
+// TLSDir is a node's certificate directory ("" when insecure).
+func (c *Cluster) TLSDir(id string) string {
+	if c.cfg.Insecure {
+		return ""
+	}
+	return filepath.Join(c.cfg.Dir, "tls", id)
+}
+
+// ClientTLSDir holds a client certificate (roles: admin) for the cluster:
+// pass it to client.WithTLSDir or the CLI's --tls-dir. "" when insecure.
+func (c *Cluster) ClientTLSDir() string {
+	if c.cfg.Insecure {
+		return ""
+	}
+	return filepath.Join(c.cfg.Dir, "tls", "client")
+}
+
 // DataDir is a node's data directory.
 func (c *Cluster) DataDir(id string) string { return filepath.Join(c.cfg.Dir, id) }
 
@@ -176,7 +220,19 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 		args = append(args, "--peers", c.peersLocked())
 	}
 	if c.cfg.JoinToken != "" {
-		args = append(args, "--join-token", c.cfg.JoinToken)
+		args = append(args, "--join-token-file", filepath.Join(c.cfg.Dir, "join-token"))
+	}
+	if c.cfg.Insecure {
+		args = append(args, "--insecure")
+	} else {
+		dir := c.TLSDir(id)
+		if _, err := os.Stat(filepath.Join(dir, gridtls.NodeCert)); errors.Is(err, os.ErrNotExist) {
+			host, _, _ := net.SplitHostPort(addr)
+			if err := gridtls.IssueNode(c.cfg.CADir, dir, id, []string{host}); err != nil {
+				return fmt.Errorf("localcluster: %w", err)
+			}
+		}
+		args = append(args, "--tls-dir", dir)
 	}
 	if c.cfg.Partitions > 0 {
 		args = append(args, "--partitions", fmt.Sprint(c.cfg.Partitions))

@@ -298,7 +298,7 @@ func measureLink(ctx context.Context, cc computeConfig, z *zgStore, own, shaped 
 	}
 
 	w := &wire{delay: res.Shape.ClientDelay}
-	c, err := client.DialWith(ctx, z.cluster.Addrs(), client.WithDialOptions(grpc.WithContextDialer(w.dial)),
+	c, err := client.DialWith(ctx, z.cluster.Addrs(), client.WithTLSDir(z.cluster.ClientTLSDir()), client.WithDialOptions(grpc.WithContextDialer(w.dial)),
 		client.WithScanPageSize(cc.scanPage))
 	if err != nil {
 		return res, err

@@ -23,9 +23,12 @@ if [ "$(basename "$bin")" = etcd ]; then
   done
   parts=etcd
 else
+  # Mutual TLS, as nodes run by default.
+  "$bin" cert ca --dir "$d/ca" >/dev/null
   for i in 1 2 3; do
+    "$bin" cert node --ca "$d/ca" --id n$i --host 127.0.0.1 --out "$d/tls$i" >/dev/null
     "$bin" node --id n$i --listen 127.0.0.1:$((base+i-1)) --data-dir "$d/n$i" --peers "$peers" \
-      --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
+      --tls-dir "$d/tls$i" --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
     pids+=($!)
   done
 fi

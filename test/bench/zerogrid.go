@@ -98,7 +98,7 @@ func (z *zgStore) init(ctx context.Context) error {
 	var err error
 	for {
 		if z.client == nil {
-			z.client, err = client.Dial(wctx, z.cluster.Addrs()...)
+			z.client, err = client.DialWith(wctx, z.cluster.Addrs(), client.WithTLSDir(z.cluster.ClientTLSDir()))
 		}
 		if z.client != nil {
 			err = z.client.CreateMap(wctx, benchMap)

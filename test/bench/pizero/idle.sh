@@ -56,9 +56,12 @@ cpu_pct() {
 
 limits=(--cpus 0.125 --memory 512m --network "$net")
 peers=n1=z1:7100,n2=z2:7100,n3=z3:7100
+# Mutual TLS, as nodes run by default: a CA and one certificate per node.
+"$tmp/zerogrid" cert ca --dir "$tmp/ca" >/dev/null
 for i in 1 2 3; do
-  docker run -d --name z$i "${limits[@]}" zerogrid-pizero node --id n$i --listen 0.0.0.0:7100 \
-    --data-dir /data --peers $peers --partitions "$parts" --replicas 3 --profile "$profile" >/dev/null
+  "$tmp/zerogrid" cert node --ca "$tmp/ca" --id n$i --host z$i --out "$tmp/tls$i" >/dev/null
+  docker run -d --name z$i "${limits[@]}" -v "$tmp/tls$i:/tls:ro" zerogrid-pizero node --id n$i --listen 0.0.0.0:7100 \
+    --data-dir /data --tls-dir /tls --peers $peers --partitions "$parts" --replicas 3 --profile "$profile" >/dev/null
 done
 sleep 30
 echo "zerogrid, $parts partitions, $profile profile:"

@@ -1,0 +1,77 @@
+package gridtls
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestIssueLoadAndReload(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if err := NewCA(ca, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewCA(ca, ""); err == nil {
+		t.Fatal("a second CA overwrote the first")
+	}
+	if err := IssueNode(ca, filepath.Join(dir, "n1"), "n1", []string{"127.0.0.1:7100", "pi-1.local"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := IssueClient(ca, filepath.Join(dir, "alice"), "alice", []string{"read", "write"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []error{
+		IssueNode(ca, filepath.Join(dir, "x"), "", []string{"127.0.0.1"}),
+		IssueNode(ca, filepath.Join(dir, "x"), "n2", nil),
+		IssueClient(ca, filepath.Join(dir, "x"), "", nil),
+		IssueNode(filepath.Join(dir, "n1"), filepath.Join(dir, "x"), "n2", []string{"127.0.0.1"}), // no CA key there
+	} {
+		if bad == nil {
+			t.Error("a bad request was issued")
+		}
+	}
+
+	n, err := LoadNode(filepath.Join(dir, "n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := n.Self()
+	if err != nil || !self.IsNode("n1") || self.IsNode("n2") {
+		t.Fatalf("node identity %+v, %v", self, err)
+	}
+	p, _ := n.keyPair()
+	if len(p.Leaf.IPAddresses) != 1 || p.Leaf.IPAddresses[0].String() != "127.0.0.1" || len(p.Leaf.DNSNames) != 1 {
+		t.Errorf("node certificate names %v %v", p.Leaf.IPAddresses, p.Leaf.DNSNames)
+	}
+	c, err := LoadClient(filepath.Join(dir, "alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	who, _ := c.Self()
+	if who.Kind != KindClient || who.Name != "alice" || !who.HasRole("read") || !who.HasRole("write") || who.HasRole("admin") {
+		t.Errorf("client identity %+v", who)
+	}
+	if _, err := LoadNode(filepath.Join(dir, "alice")); err == nil {
+		t.Error("a client directory loaded as a node's")
+	}
+
+	// A re-issued key pair is picked up; a half-written one is not.
+	first := p.Leaf.SerialNumber
+	time.Sleep(10 * time.Millisecond) // a later modification time
+	if err := IssueNode(ca, filepath.Join(dir, "n1"), "n1", []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := n.keyPair()
+	if err != nil || p2.Leaf.SerialNumber.Cmp(first) == 0 {
+		t.Fatalf("the re-issued certificate was not loaded (%v)", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "n1", NodeCert), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p3, err := n.keyPair()
+	if err != nil || p3 != p2 {
+		t.Errorf("a damaged certificate file replaced the good pair (%v)", err)
+	}
+}

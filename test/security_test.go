@@ -1,0 +1,211 @@
+package test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
+	"github.com/zerogrid/zerogrid/node/localcluster"
+)
+
+// TestMutualTLS checks who gets into a cluster running with certificates
+// (the default): nobody without a certificate from the cluster's CA; a
+// client certificate not into the nodes' own services (Raft, reports,
+// joins); a node certificate not as another node; a node not with another
+// node's certificate. A certificate replaced on disk is served without a
+// restart, and the data written before is all there.
+func TestMutualTLS(t *testing.T) {
+	lc, c := startCluster(t, 4, "kv")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := c.Map("kv").Put(ctx, []byte("k"), []byte("v")); err != nil {
+		t.Fatalf("put with the client certificate: %v", err)
+	}
+	addr := lc.Addr("n1")
+	call := func(creds credentials.TransportCredentials, fn func(context.Context, *grpc.ClientConn) error) error {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		defer ccancel()
+		return fn(cctx, conn)
+	}
+	readAll := func(ctx context.Context, cc *grpc.ClientConn) error {
+		s, err := gridpb.NewBackupClient(cc).ReadPartition(ctx, &gridpb.ReadPartitionRequest{Partition: 0})
+		if err != nil {
+			return err
+		}
+		_, err = s.Recv()
+		return err
+	}
+	report := func(asNode string) func(context.Context, *grpc.ClientConn) error {
+		return func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := gridpb.NewClusterClient(cc).Report(ctx, &gridpb.ReportRequest{NodeId: asNode, Addr: lc.Addr(asNode), CapsJson: []byte("{}"), LoadJson: []byte("{}")})
+			return err
+		}
+	}
+	vote := func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := gridpb.NewRaftClient(cc).RequestVote(ctx, &gridpb.RaftRequestVoteRequest{Group: 0, Term: 1 << 40, Candidate: []byte("intruder")})
+		return err
+	}
+	wantCode := func(what string, err error, codes ...codes.Code) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("%s: accepted", what)
+		}
+		for _, c := range codes {
+			if status.Code(err) == c {
+				t.Logf("%s: refused: %v", what, err)
+				return
+			}
+		}
+		t.Fatalf("%s: refused with %v, want %v", what, err, codes)
+	}
+
+	// No certificate: no connection at all, whatever the call.
+	wantCode("a backup read over plain TCP", call(insecure.NewCredentials(), readAll), codes.Unavailable)
+	wantCode("a Raft vote over plain TCP", call(insecure.NewCredentials(), vote), codes.Unavailable)
+	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}) // a TLS client that shows no certificate
+	wantCode("a backup read with TLS but no certificate", call(noCert, readAll), codes.Unavailable)
+
+	// A certificate from another CA.
+	other := t.TempDir()
+	if err := gridtls.NewCA(filepath.Join(other, "ca"), "someone else"); err != nil {
+		t.Fatal(err)
+	}
+	if err := gridtls.IssueClient(filepath.Join(other, "ca"), filepath.Join(other, "client"), "mallory", []string{"admin"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := gridtls.LoadClient(filepath.Join(other, "client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := m.ClientConfig()
+	foreign.RootCAs = nil
+	foreign.InsecureSkipVerify = true // trust the server blindly: only the server's check is tested
+	wantCode("a backup read with another CA's certificate", call(credentials.NewTLS(foreign), readAll), codes.Unavailable)
+	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer dcancel()
+	if _, err := client.DialWith(dctx, lc.Addrs(), client.WithTLSDir(filepath.Join(other, "client"))); err == nil {
+		t.Fatal("a client with another CA's certificate (and trusting only that CA) connected")
+	}
+
+	// The cluster's client certificate: its own calls pass, the nodes' do not.
+	mine := credentials.NewTLS(mustLoad(t, gridtls.LoadClient, clientTLSDir).ClientConfig())
+	if err := call(mine, readAll); err != nil {
+		t.Fatalf("a backup read with the client certificate: %v", err)
+	}
+	wantCode("a Raft vote with a client certificate", call(mine, vote), codes.PermissionDenied)
+	wantCode("a load report with a client certificate", call(mine, report("n1")), codes.PermissionDenied)
+
+	// A node's certificate does not speak for another node.
+	asN2 := credentials.NewTLS(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n2")).ClientConfig())
+	wantCode("n2's certificate reporting for n3", call(asN2, report("n3")), codes.PermissionDenied)
+	if err := call(asN2, report("n2")); err != nil {
+		t.Fatalf("n2 reporting for itself: %v", err)
+	}
+
+	// A node started with another node's certificate refuses to start.
+	cmd := exec.CommandContext(ctx, binary, "node", "--id", "n9", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(),
+		"--peers", "n9=127.0.0.1:1", "--replicas", "1", "--partitions", "1", "--tls-dir", lc.TLSDir("n1"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `not for node "n9"`) {
+		t.Fatalf("a node with n1's certificate started as n9 (%v):\n%s", err, out)
+	}
+	// A node without certificates (and without --insecure) says what it needs.
+	cmd = exec.CommandContext(ctx, binary, "node", "--id", "n9", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--peers", "n9=127.0.0.1:1", "--replicas", "1", "--partitions", "1")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "TLS directory is required") {
+		t.Fatalf("a node without certificates started (%v):\n%s", err, out)
+	}
+	// So does the CLI.
+	cmd = exec.CommandContext(ctx, binary, "get", "kv", "k", "--addr", addr)
+	cmd.Env = append(os.Environ(), "ZEROGRID_TLS_DIR=")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--tls-dir") {
+		t.Fatalf("the CLI without certificates (%v):\n%s", err, out)
+	}
+
+	// A certificate replaced on disk is served to new connections without
+	// a restart.
+	before := serverSerial(t, addr)
+	if err := gridtls.IssueNode(caDir, lc.TLSDir("n1"), "n1", []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if serverSerial(t, addr) == before {
+			return errors.New("n1 still serves its old certificate")
+		}
+		return nil
+	})
+	c2, err := dialCluster(ctx, []string{addr})
+	if err != nil {
+		t.Fatalf("dial after the certificate was replaced: %v", err)
+	}
+	defer c2.Close()
+	if v, _, err := c2.Map("kv").Get(ctx, []byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("read after the certificate was replaced: %q, %v", v, err)
+	}
+}
+
+// TestInsecureClusterSaysSo runs a cluster with --insecure: it works for a
+// client without certificates, and every node logs the warning.
+func TestInsecureClusterSaysSo(t *testing.T) {
+	lc, _ := startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: 2, Replicas: 3, Insecure: true}, "kv")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, lc.Addrs()...) // no certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Map("kv").Put(ctx, []byte("k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range lc.IDs() {
+		b, err := os.ReadFile(lc.LogPath(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "INSECURE") {
+			t.Errorf("%s does not warn that it runs insecure", id)
+		}
+	}
+}
+
+// mustLoad reads a TLS directory with load (gridtls.LoadClient or LoadNode).
+func mustLoad(t *testing.T, load func(string) (*gridtls.Material, error), dir string) *gridtls.Material {
+	t.Helper()
+	m, err := load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// serverSerial is the serial number of the certificate addr serves.
+func serverSerial(t *testing.T, addr string) string {
+	t.Helper()
+	cfg := mustLoad(t, gridtls.LoadClient, clientTLSDir).ClientConfig()
+	conn, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
