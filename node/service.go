@@ -504,6 +504,7 @@ func (s *service) Status(ctx context.Context, _ *gridpb.StatusRequest) (*gridpb.
 	}
 	resp.DiskBytes = diskUsage(s.n.cfg.DataDir)
 	resp.DiskFree, resp.DiskLow = s.n.disk.status()
+	resp.Insecure = s.n.cfg.Insecure
 	resp.Integrity = s.n.integrity.stats()
 	return resp, nil
 }

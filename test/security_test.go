@@ -164,7 +164,8 @@ func TestMutualTLS(t *testing.T) {
 }
 
 // TestInsecureClusterSaysSo runs a cluster with --insecure: it works for a
-// client without certificates, and every node logs the warning.
+// client without certificates, status says so, and every node logs the
+// warning.
 func TestInsecureClusterSaysSo(t *testing.T) {
 	lc, _ := startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: 2, Replicas: 3, Insecure: true}, "kv")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -176,6 +177,10 @@ func TestInsecureClusterSaysSo(t *testing.T) {
 	defer c.Close()
 	if _, err := c.Map("kv").Put(ctx, []byte("k"), []byte("v")); err != nil {
 		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, binary, "status", "--insecure", "--addr", strings.Join(lc.Addrs(), ","))
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "INSECURE: n1, n2, n3 run without TLS") {
+		t.Errorf("status does not say the nodes run insecure (%v):\n%s", err, out)
 	}
 	for _, id := range lc.IDs() {
 		b, err := os.ReadFile(lc.LogPath(id))

@@ -65,6 +65,15 @@ func printStatus(ctx context.Context, cl *client.Client, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var insecure []string
+	for _, nv := range cs.nodes {
+		if nv.err == nil && nv.status.Insecure {
+			insecure = append(insecure, nv.id)
+		}
+	}
+	if len(insecure) > 0 {
+		fmt.Fprintf(w, "INSECURE: %s run without TLS or authentication (--insecure): anyone who reaches them has full control\n\n", strings.Join(insecure, ", "))
+	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tREPLICAS\tLEADS\tDISK\tINTEGRITY")
 	for _, nv := range cs.nodes {

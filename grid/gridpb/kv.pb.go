@@ -1698,6 +1698,8 @@ type StatusResponse struct {
 	// refused for want of space ("" when they are not).
 	DiskFree uint64 `protobuf:"varint,8,opt,name=disk_free,json=diskFree,proto3" json:"disk_free,omitempty"`
 	DiskLow  string `protobuf:"bytes,9,opt,name=disk_low,json=diskLow,proto3" json:"disk_low,omitempty"`
+	// The node runs without TLS or authentication (node --insecure).
+	Insecure bool `protobuf:"varint,10,opt,name=insecure,proto3" json:"insecure,omitempty"`
 	// Integrity counters since the node started (fields 20-24).
 	Integrity     *IntegrityStats `protobuf:"bytes,20,opt,name=integrity,proto3" json:"integrity,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1795,6 +1797,13 @@ func (x *StatusResponse) GetDiskLow() string {
 		return x.DiskLow
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
 }
 
 func (x *StatusResponse) GetIntegrity() *IntegrityStats {
@@ -1932,7 +1941,7 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fcommit_index\x18\x06 \x01(\x04R\vcommitIndex\x12$\n" +
 	"\x0elast_log_index\x18\a \x01(\x04R\flastLogIndex\x12\x16\n" +
-	"\x06voters\x18\b \x03(\tR\x06voters\"\xd0\x02\n" +
+	"\x06voters\x18\b \x03(\tR\x06voters\"\xec\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x120\n" +
@@ -1944,7 +1953,9 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\n" +
 	"disk_bytes\x18\a \x01(\x04R\tdiskBytes\x12\x1b\n" +
 	"\tdisk_free\x18\b \x01(\x04R\bdiskFree\x12\x19\n" +
-	"\bdisk_low\x18\t \x01(\tR\adiskLow\x129\n" +
+	"\bdisk_low\x18\t \x01(\tR\adiskLow\x12\x1a\n" +
+	"\binsecure\x18\n" +
+	" \x01(\bR\binsecure\x129\n" +
 	"\tintegrity\x18\x14 \x01(\v2\x1b.zerogrid.v1.IntegrityStatsR\tintegrity**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
