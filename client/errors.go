@@ -26,6 +26,9 @@ var (
 	ErrBadRequest       = grid.ErrBadRequest
 	ErrBadConfig        = grid.ErrBadConfig
 	ErrClosed           = grid.ErrClosed
+	// ErrPermissionDenied: the client's certificate lacks the role the call
+	// needs (read, write, compute or admin).
+	ErrPermissionDenied = grid.ErrPermissionDenied
 )
 
 // Errors of Backup and Restore, raised by the client itself.

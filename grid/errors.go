@@ -55,6 +55,12 @@ var (
 	// (under its reserve) and refuses writes that would grow its data;
 	// nothing was written. Reads, deletes and lock renewals and releases go on.
 	ErrDiskFull = errors.New("grid: node disk full")
+	// ErrUnauthenticated: the call came without a certificate from the
+	// cluster CA.
+	ErrUnauthenticated = errors.New("grid: unauthenticated")
+	// ErrPermissionDenied: the caller's certificate does not grant the
+	// role the call needs, or speaks for someone else; nothing was done.
+	ErrPermissionDenied = errors.New("grid: permission denied")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

@@ -7,11 +7,9 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
@@ -59,28 +57,87 @@ func (s *security) dialCreds() credentials.TransportCredentials {
 	return credentials.NewTLS(s.tls.ClientConfig())
 }
 
-// peerOnly lists the methods only another node may call: the Raft
-// transport, load reports and joins.
-func peerOnly(method string) bool {
-	return strings.HasPrefix(method, raftMethods) ||
-		method == gridpb.Cluster_Report_FullMethodName || method == gridpb.Cluster_Join_FullMethodName
+// The roles a call may need. A node certificate holds all of them; a
+// client certificate holds those written into it, admin counting as read,
+// write and compute too.
+const (
+	roleAny     = "any" // every certificate from the cluster CA: routing tables, map names
+	roleRead    = "read"
+	roleWrite   = "write"
+	roleCompute = "compute" // ship code to the nodes: jobs, entry processors
+	roleAdmin   = "admin"   // maps, membership, drains, backups and restores, checks, recovery
+	rolePeer    = "peer"    // the nodes' own calls: Raft, reports, joins, internal RPCs
+)
+
+// roleFor is the role method needs; "" for a method no role grants (a
+// method added without deciding who may call it is refused to all).
+func roleFor(method string) string {
+	if strings.HasPrefix(method, raftMethods) {
+		return rolePeer
+	}
+	switch method {
+	case gridpb.Admin_GetTable_FullMethodName, gridpb.Admin_ListMaps_FullMethodName:
+		return roleAny
+	case gridpb.KV_Get_FullMethodName, gridpb.KV_Scan_FullMethodName, gridpb.Watch_Watch_FullMethodName,
+		gridpb.Admin_Status_FullMethodName, gridpb.Cluster_Nodes_FullMethodName:
+		return roleRead
+	case gridpb.KV_Put_FullMethodName, gridpb.KV_Delete_FullMethodName, gridpb.KV_CompareAndSwap_FullMethodName,
+		gridpb.KV_Txn_FullMethodName, gridpb.Lock_Acquire_FullMethodName, gridpb.Lock_Renew_FullMethodName,
+		gridpb.Lock_Release_FullMethodName:
+		return roleWrite
+	case gridpb.Compute_Submit_FullMethodName, gridpb.Compute_Explain_FullMethodName, gridpb.Compute_Apply_FullMethodName:
+		return roleCompute
+	case gridpb.Admin_CreateMap_FullMethodName, gridpb.Cluster_NodeOp_FullMethodName, gridpb.Cluster_Recover_FullMethodName,
+		gridpb.Backup_ReadPartition_FullMethodName, gridpb.Backup_Restore_FullMethodName, gridpb.Integrity_Check_FullMethodName:
+		return roleAdmin
+	case gridpb.Cluster_Report_FullMethodName, gridpb.Cluster_Join_FullMethodName, gridpb.Cluster_Membership_FullMethodName,
+		gridpb.Compute_RunTask_FullMethodName, gridpb.Integrity_Mark_FullMethodName, gridpb.Integrity_Digest_FullMethodName,
+		gridpb.Integrity_Quarantine_FullMethodName, gridpb.Integrity_Replica_FullMethodName,
+		gridpb.Integrity_RecoverReplica_FullMethodName:
+		return rolePeer
+	}
+	return ""
 }
 
-// authorize checks a call's certificate against what the method needs
-// (unary calls also have the request's claims checked): a caller without a
-// certificate never gets this far under TLS; peer methods need a node
-// certificate; a request marked as forwarded by a node must come from that
-// node; a join or a load report must be made by the node it is about.
+// grants reports whether who may call a method needing role.
+func grants(who gridtls.Identity, role string) bool {
+	switch {
+	case role == "":
+		return false
+	case who.Kind == gridtls.KindNode:
+		return true
+	case who.Kind != gridtls.KindClient || role == rolePeer:
+		return false
+	case role == roleAny:
+		return true
+	case who.HasRole(roleAdmin) && role != rolePeer:
+		return true
+	}
+	return who.HasRole(role)
+}
+
+// authorize checks a call's certificate against the role its method needs
+// (roleFor; unary calls also have the request's claims checked): a caller
+// without a certificate never gets this far under TLS; peer methods need a
+// node certificate; a request marked as forwarded by a node must come from
+// that node; a join or a load report must be made by the node it is about.
+// It is the one place where calls are authorized.
 func (s *security) authorize(ctx context.Context, method string, req any) error {
 	if s.tls == nil {
 		return nil
 	}
 	who, ok := gridtls.FromContext(ctx)
 	if !ok {
-		return status.Error(codes.Unauthenticated, "zerogrid: a certificate from the cluster CA is required")
+		return denied(grid.ErrUnauthenticated, "a certificate from the cluster CA is required")
 	}
-	if peerOnly(method) && who.Kind != gridtls.KindNode {
-		return status.Errorf(codes.PermissionDenied, "zerogrid: %s is for cluster nodes; %q holds a %s certificate", method, who.Name, who.Kind)
+	if role := roleFor(method); !grants(who, role) {
+		switch role {
+		case "":
+			return denied(grid.ErrPermissionDenied, "no role grants %s", method)
+		case rolePeer:
+			return denied(grid.ErrPermissionDenied, "%s is for cluster nodes; %q holds a %s certificate", method, who.Name, who.Kind)
+		}
+		return denied(grid.ErrPermissionDenied, "%s needs the %s role; %s %q holds %v", method, role, who.Kind, who.Name, who.Roles)
 	}
 	forwardedBy := ""
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -89,13 +146,13 @@ func (s *security) authorize(ctx context.Context, method string, req any) error 
 		}
 	}
 	if forwardedBy != "" && !who.IsNode(forwardedBy) {
-		return status.Errorf(codes.PermissionDenied, "zerogrid: request marked as forwarded by node %q comes from %s %q", forwardedBy, who.Kind, who.Name)
+		return denied(grid.ErrPermissionDenied, "request marked as forwarded by node %q comes from %s %q", forwardedBy, who.Kind, who.Name)
 	}
 	switch r := req.(type) {
 	case *gridpb.ReportRequest:
 		if forwardedBy == "" || forwardedBy == r.NodeId {
 			if !who.IsNode(r.NodeId) {
-				return status.Errorf(codes.PermissionDenied, "zerogrid: node %q may not report for node %q", who.Name, r.NodeId)
+				return denied(grid.ErrPermissionDenied, "node %q may not report for node %q", who.Name, r.NodeId)
 			}
 		}
 	case *gridpb.JoinRequest:
@@ -104,11 +161,17 @@ func (s *security) authorize(ctx context.Context, method string, req any) error 
 				ID string `json:"id"`
 			}
 			if err := json.Unmarshal(r.RecordJson, &rec); err == nil && !who.IsNode(rec.ID) {
-				return status.Errorf(codes.PermissionDenied, "zerogrid: the certificate of node %q cannot join as node %q", who.Name, rec.ID)
+				return denied(grid.ErrPermissionDenied, "the certificate of node %q cannot join as node %q", who.Name, rec.ID)
 			}
 		}
 	}
 	return nil
+}
+
+// denied is an authorization failure as the gRPC status clients map back
+// to err.
+func denied(err error, format string, args ...any) error {
+	return gridpb.ToStatus(fmt.Errorf("%w: "+format, append([]any{err}, args...)...))
 }
 
 func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

@@ -161,15 +161,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true), grpc.Creds(n.sec.serverCreds()),
 		grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired))...)
 	n.trans.Register(n.srv)
-	svc := &service{n: n}
-	gridpb.RegisterKVServer(n.srv, svc)
-	gridpb.RegisterAdminServer(n.srv, svc)
-	gridpb.RegisterComputeServer(n.srv, &computeService{s: svc})
-	gridpb.RegisterClusterServer(n.srv, &clusterService{s: svc})
-	gridpb.RegisterLockServer(n.srv, &lockService{s: svc})
-	gridpb.RegisterBackupServer(n.srv, &backupService{s: svc})
-	gridpb.RegisterIntegrityServer(n.srv, &integrityService{s: svc})
-	gridpb.RegisterWatchServer(n.srv, &watchService{s: svc})
+	registerServices(n.srv, n)
 
 	n.host, err = replication.NewHost(replication.HostConfig{
 		NodeID: cfg.ID, Dir: filepath.Join(cfg.DataDir, "raft"), Engine: n.eng, Transports: n.trans,
@@ -380,4 +372,19 @@ func (p *peerConns) close() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// registerServices registers the node's client-facing and internal
+// services (the Raft transport registers its own). Every method of them
+// must have a role in roleFor.
+func registerServices(srv grpc.ServiceRegistrar, n *Node) {
+	svc := &service{n: n}
+	gridpb.RegisterKVServer(srv, svc)
+	gridpb.RegisterAdminServer(srv, svc)
+	gridpb.RegisterComputeServer(srv, &computeService{s: svc})
+	gridpb.RegisterClusterServer(srv, &clusterService{s: svc})
+	gridpb.RegisterLockServer(srv, &lockService{s: svc})
+	gridpb.RegisterBackupServer(srv, &backupService{s: svc})
+	gridpb.RegisterIntegrityServer(srv, &integrityService{s: svc})
+	gridpb.RegisterWatchServer(srv, &watchService{s: svc})
 }

@@ -115,6 +115,49 @@ func TestMutualTLS(t *testing.T) {
 	wantCode("a Raft vote with a client certificate", call(mine, vote), codes.PermissionDenied)
 	wantCode("a load report with a client certificate", call(mine, report("n1")), codes.PermissionDenied)
 
+	// Roles: each client certificate gets what its roles grant, and a
+	// refused call changes nothing.
+	certs := t.TempDir()
+	asRoles := func(name string, roles ...string) *client.Client {
+		if err := gridtls.IssueClient(caDir, filepath.Join(certs, name), name, roles); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := client.DialWith(ctx, lc.Addrs(), client.WithTLSDir(filepath.Join(certs, name)))
+		if err != nil {
+			t.Fatalf("dial as %s: %v", name, err)
+		}
+		t.Cleanup(func() { rc.Close() })
+		return rc
+	}
+	reader, writer, nobody := asRoles("reader", "read"), asRoles("writer", "write"), asRoles("nobody")
+	if v, _, err := reader.Map("kv").Get(ctx, []byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("read with the read role: %q, %v", v, err)
+	}
+	if _, err := reader.Map("kv").Put(ctx, []byte("k"), []byte("by reader")); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("put with the read role only: %v", err)
+	}
+	if _, _, err := writer.Map("kv").Get(ctx, []byte("k")); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("get with the write role only: %v", err)
+	}
+	if _, err := writer.Map("kv").Put(ctx, []byte("k2"), []byte("by writer")); err != nil {
+		t.Fatalf("put with the write role: %v", err)
+	}
+	if err := writer.CreateMap(ctx, "other"); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("create a map with the write role only: %v", err)
+	}
+	if _, _, err := nobody.Map("kv").Get(ctx, []byte("k")); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("get without roles: %v", err)
+	}
+	if v, _, err := c.Map("kv").Get(ctx, []byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("after the refused put: %q, %v", v, err)
+	}
+	// Shipping code needs the compute role; the CLI says so.
+	cli := exec.CommandContext(ctx, binary, "job", "run", "--map", "kv", "--agg", "count", "--addr", addr)
+	cli.Env = append(os.Environ(), "ZEROGRID_TLS_DIR="+filepath.Join(certs, "writer"))
+	if out, err := cli.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs the compute role") {
+		t.Fatalf("a job run with the write role only (%v):\n%s", err, out)
+	}
+
 	// A node's certificate does not speak for another node.
 	asN2 := credentials.NewTLS(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n2")).ClientConfig())
 	wantCode("n2's certificate reporting for n3", call(asN2, report("n3")), codes.PermissionDenied)

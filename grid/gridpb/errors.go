@@ -59,6 +59,8 @@ var errorTable = []struct {
 	{grid.ErrCompacted, codes.OutOfRange, "COMPACTED"},
 	{grid.ErrRefused, codes.FailedPrecondition, "REFUSED"},
 	{grid.ErrDiskFull, codes.ResourceExhausted, "DISK_FULL"},
+	{grid.ErrUnauthenticated, codes.Unauthenticated, "UNAUTHENTICATED"},
+	{grid.ErrPermissionDenied, codes.PermissionDenied, "PERMISSION_DENIED"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A
