@@ -32,6 +32,21 @@ func servers(ms []Member) []raft.Server {
 	return out
 }
 
+// waitFuture waits for f until ctx ends: raft's own timeouts bound only
+// the enqueueing of an operation, and a barrier or a configuration change
+// of a leader that cannot commit (its peers stopped) would otherwise hold
+// the caller — and a node's shutdown waiting on it — for good.
+func waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }() // owned: raft completes every future, at the latest on shutdown
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // timeoutOf is how long a Raft operation may take under ctx.
 func timeoutOf(ctx context.Context) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
@@ -55,22 +70,22 @@ func (g *Group) Members() ([]Member, error) {
 
 // AddLearner adds a non-voting member (it catches up before it may vote).
 func (g *Group) AddLearner(ctx context.Context, id, addr string) error {
-	return g.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeoutOf(ctx)).Error()
+	return waitFuture(ctx, g.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeoutOf(ctx)))
 }
 
 // Promote makes a member a voter (adding it if it is not a member).
 func (g *Group) Promote(ctx context.Context, id, addr string) error {
-	return g.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeoutOf(ctx)).Error()
+	return waitFuture(ctx, g.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeoutOf(ctx)))
 }
 
 // Demote makes a voter a non-voting member.
 func (g *Group) Demote(ctx context.Context, id string) error {
-	return g.raft.DemoteVoter(raft.ServerID(id), 0, timeoutOf(ctx)).Error()
+	return waitFuture(ctx, g.raft.DemoteVoter(raft.ServerID(id), 0, timeoutOf(ctx)))
 }
 
 // RemoveMember takes a member out of the configuration.
 func (g *Group) RemoveMember(ctx context.Context, id string) error {
-	return g.raft.RemoveServer(raft.ServerID(id), 0, timeoutOf(ctx)).Error()
+	return waitFuture(ctx, g.raft.RemoveServer(raft.ServerID(id), 0, timeoutOf(ctx)))
 }
 
 // TransferLeadership hands leadership to the voter id at addr, or to the
@@ -88,7 +103,7 @@ func (g *Group) Term() uint64 { return g.raft.CurrentTerm() }
 // Barrier waits until this leader has applied every entry committed so far
 // (in particular those of earlier leaders).
 func (g *Group) Barrier(ctx context.Context) error {
-	return g.raft.Barrier(timeoutOf(ctx)).Error()
+	return waitFuture(ctx, g.raft.Barrier(timeoutOf(ctx)))
 }
 
 // ApplyLag is how many committed entries this replica has not applied yet

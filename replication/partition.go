@@ -107,15 +107,8 @@ func (g *Group) Propose(ctx context.Context, cmd proto.Message) (*gridpb.Result,
 		}
 	}
 	f := g.raft.Apply(data, timeout)
-	done := make(chan struct{})
-	var ferr error
-	go func() { // owned: raft always completes the future (at the latest on shutdown)
-		ferr = f.Error()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	ferr := waitFuture(ctx, f)
+	if ctx.Err() != nil && ferr == ctx.Err() {
 		return nil, fmt.Errorf("%w: %s: %w", grid.ErrAmbiguous, g.id, ctx.Err())
 	}
 	switch {
