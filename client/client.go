@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -188,6 +189,26 @@ func (c *Client) NodeStatus(ctx context.Context, addr string) (*gridpb.StatusRes
 		return nil, fmt.Errorf("client: status of %s: %w", addr, gridpb.FromStatus(err))
 	}
 	return r, nil
+}
+
+// NodeAudit reads the last limit records of one node's audit log (0: the
+// node's default, 1000), oldest first. It needs the admin role.
+func (c *Client) NodeAudit(ctx context.Context, addr string, limit int) ([]grid.AuditRecord, error) {
+	cc, err := c.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, clusterAttemptTimeout)
+	defer cancel()
+	r, err := gridpb.NewAdminClient(cc).Audit(ctx, &gridpb.AuditRequest{Limit: uint32(max(limit, 0))})
+	if err != nil {
+		return nil, fmt.Errorf("client: audit log of %s: %w", addr, gridpb.FromStatus(err))
+	}
+	var out []grid.AuditRecord
+	if err := json.Unmarshal(r.GetRecordsJson(), &out); err != nil {
+		return nil, fmt.Errorf("client: audit log of %s: %w", addr, err)
+	}
+	return out, nil
 }
 
 // conn returns the connection to addr, creating it on first use. gRPC

@@ -21,7 +21,7 @@ func TestImports(t *testing.T) {
 		switch {
 		case !strings.Contains(first, "."): // standard library
 			return true
-		case path == module+"/grid", path == module+"/grid/gridpb":
+		case path == module+"/grid", path == module+"/grid/gridpb", path == module+"/grid/gridtls":
 			return true
 		case path == "google.golang.org/grpc", strings.HasPrefix(path, "google.golang.org/grpc/"),
 			strings.HasPrefix(path, "google.golang.org/protobuf/"):

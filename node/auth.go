@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -19,7 +21,9 @@ import (
 // security is how a node's connections are protected: mutual TLS with
 // certificates from the cluster CA, or nothing (Config.Insecure).
 type security struct {
-	tls *gridtls.Material // nil: insecure
+	tls   *gridtls.Material // nil: insecure
+	audit *audit            // set once the data dir exists
+	log   *slog.Logger
 }
 
 func newSecurity(cfg Config) (*security, error) {
@@ -88,7 +92,8 @@ func roleFor(method string) string {
 	case gridpb.Compute_Submit_FullMethodName, gridpb.Compute_Explain_FullMethodName, gridpb.Compute_Apply_FullMethodName:
 		return roleCompute
 	case gridpb.Admin_CreateMap_FullMethodName, gridpb.Cluster_NodeOp_FullMethodName, gridpb.Cluster_Recover_FullMethodName,
-		gridpb.Backup_ReadPartition_FullMethodName, gridpb.Backup_Restore_FullMethodName, gridpb.Integrity_Check_FullMethodName:
+		gridpb.Backup_ReadPartition_FullMethodName, gridpb.Backup_Restore_FullMethodName, gridpb.Integrity_Check_FullMethodName,
+		gridpb.Admin_Audit_FullMethodName:
 		return roleAdmin
 	case gridpb.Cluster_Report_FullMethodName, gridpb.Cluster_Join_FullMethodName, gridpb.Cluster_Membership_FullMethodName,
 		gridpb.Compute_RunTask_FullMethodName, gridpb.Integrity_Mark_FullMethodName, gridpb.Integrity_Digest_FullMethodName,
@@ -175,15 +180,24 @@ func denied(err error, format string, args ...any) error {
 }
 
 func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
 	if err := s.authorize(ctx, info.FullMethod, req); err != nil {
+		s.auditCall(ctx, info.FullMethod, req, start, err, true)
 		return nil, err
 	}
-	return handler(ctx, req)
+	resp, err := handler(ctx, req)
+	s.auditCall(ctx, info.FullMethod, req, start, err, false)
+	return resp, err
 }
 
 func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
 	if err := s.authorize(ss.Context(), info.FullMethod, nil); err != nil {
+		s.auditCall(ss.Context(), info.FullMethod, nil, start, err, true)
 		return err
 	}
-	return handler(srv, ss)
+	fr := &firstRecv{ServerStream: ss}
+	err := handler(srv, fr)
+	s.auditCall(ss.Context(), info.FullMethod, fr.first, start, err, false)
+	return err
 }

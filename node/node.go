@@ -106,9 +106,15 @@ func (n *Node) start(ctx context.Context) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("node: data dir: %w", err)
 	}
+	aud, err := openAudit(cfg.ID, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	n.sec.audit = aud
+	n.sec.log = n.log
 	// A joining node with no Raft state yet must be admitted first; a
 	// refused join leaves nothing behind.
-	_, err := os.Stat(filepath.Join(cfg.DataDir, "raft", replication.MetaGroup.String()))
+	_, err = os.Stat(filepath.Join(cfg.DataDir, "raft", replication.MetaGroup.String()))
 	joining := len(cfg.Join) > 0 && errors.Is(err, os.ErrNotExist)
 
 	n.lis = cfg.Listener
@@ -332,6 +338,9 @@ func (n *Node) cleanup() error {
 		errs = append(errs, n.trans.Close(ctx))
 	}
 	n.conns.close()
+	if n.sec.audit != nil {
+		n.sec.audit.close()
+	}
 	n.wg.Wait()
 	if n.eng != nil {
 		errs = append(errs, n.eng.Close())

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -487,6 +488,23 @@ func (s *service) GetTable(ctx context.Context, _ *gridpb.GetTableRequest) (*gri
 			AtUnixMs: r.AtUnixMs, Epoch: r.Epoch, Operator: r.Operator, PossiblyLost: r.PossiblyLost})
 	}
 	return resp, nil
+}
+
+// Audit returns the node's audit log.
+func (s *service) Audit(ctx context.Context, req *gridpb.AuditRequest) (*gridpb.AuditResponse, error) {
+	limit := int(req.GetLimit())
+	if limit == 0 {
+		limit = 1000
+	}
+	recs, err := s.n.sec.audit.read(limit)
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	raw, err := json.Marshal(recs)
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	return &gridpb.AuditResponse{RecordsJson: raw}, nil
 }
 
 func (s *service) Status(ctx context.Context, _ *gridpb.StatusRequest) (*gridpb.StatusResponse, error) {

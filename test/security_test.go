@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -156,6 +157,34 @@ func TestMutualTLS(t *testing.T) {
 	cli.Env = append(os.Environ(), "ZEROGRID_TLS_DIR="+filepath.Join(certs, "writer"))
 	if out, err := cli.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs the compute role") {
 		t.Fatalf("a job run with the write role only (%v):\n%s", err, out)
+	}
+
+	// The audit log has the refusals and the admin's action, with who
+	// and from where, on disk and through zerogrid audit.
+	if err := c.CreateMap(ctx, "audited"); err != nil {
+		t.Fatal(err)
+	}
+	runCLI(t, ctx, "job", "run", "--map", "kv", "--agg", "count", "--addr", addr) // as tests, an admin
+	eventually(t, 10*time.Second, func() error {
+		out := runCLI(t, ctx, "audit", "--limit", "1000", "--addr", strings.Join(lc.Addrs(), ","))
+		for _, want := range []string{
+			`client:reader`, `/zerogrid.v1.KV/Put`, `PermissionDenied: grid: permission denied: /zerogrid.v1.KV/Put needs the write role`,
+			`client:writer`, `/zerogrid.v1.Compute/Submit`, `job on map "kv": agg "count"`, `script sha256:`,
+			`client:tests`, `create map "audited"`,
+		} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("zerogrid audit lacks %q:\n%s", want, out)
+			}
+		}
+		return nil
+	})
+	var onDisk int
+	for _, id := range lc.IDs() {
+		b, _ := os.ReadFile(filepath.Join(lc.DataDir(id), "audit.log"))
+		onDisk += strings.Count(string(b), "\n")
+	}
+	if onDisk == 0 {
+		t.Fatal("no audit record on disk")
 	}
 
 	// A node's certificate does not speak for another node.

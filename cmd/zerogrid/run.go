@@ -33,6 +33,7 @@ Usage:
   zerogrid watch MAP [PREFIX] [--from V | --cursor P:V,...] --addr ADDR
                                           print every change as it happens, one per line
   zerogrid status           --addr ADDR   nodes, partitions, leaders, applied index, lag
+  zerogrid audit [--limit N] --addr ADDR  who changed membership, ran code, backed up, restored, was refused
   zerogrid check [--no-repair] --addr ADDR  compare every partition's replicas at one applied index
   zerogrid recover PARTITION [--from NODE] [--yes] --addr ADDR
                                           rebuild a partition that lost its majority from its
@@ -101,6 +102,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runCheck(ctx, rest, stdout, stderr)
 	case "recover":
 		return runRecover(ctx, rest, stdout, stderr)
+	case "audit":
+		return runAudit(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage

@@ -1813,6 +1813,96 @@ func (x *StatusResponse) GetIntegrity() *IntegrityStats {
 	return nil
 }
 
+type AuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The most recent records to return; 0: 1000.
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRequest) Reset() {
+	*x = AuditRequest{}
+	mi := &file_grid_gridpb_kv_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRequest) ProtoMessage() {}
+
+func (x *AuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_kv_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRequest.ProtoReflect.Descriptor instead.
+func (*AuditRequest) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AuditRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type AuditResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// JSON array of grid.AuditRecord, oldest first.
+	RecordsJson   []byte `protobuf:"bytes,1,opt,name=records_json,json=recordsJson,proto3" json:"records_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditResponse) Reset() {
+	*x = AuditResponse{}
+	mi := &file_grid_gridpb_kv_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditResponse) ProtoMessage() {}
+
+func (x *AuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grid_gridpb_kv_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditResponse.ProtoReflect.Descriptor instead.
+func (*AuditResponse) Descriptor() ([]byte, []int) {
+	return file_grid_gridpb_kv_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AuditResponse) GetRecordsJson() []byte {
+	if x != nil {
+		return x.RecordsJson
+	}
+	return nil
+}
+
 var File_grid_gridpb_kv_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_kv_proto_rawDesc = "" +
@@ -1956,7 +2046,11 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\bdisk_low\x18\t \x01(\tR\adiskLow\x12\x1a\n" +
 	"\binsecure\x18\n" +
 	" \x01(\bR\binsecure\x129\n" +
-	"\tintegrity\x18\x14 \x01(\v2\x1b.zerogrid.v1.IntegrityStatsR\tintegrity**\n" +
+	"\tintegrity\x18\x14 \x01(\v2\x1b.zerogrid.v1.IntegrityStatsR\tintegrity\"$\n" +
+	"\fAuditRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"2\n" +
+	"\rAuditResponse\x12!\n" +
+	"\frecords_json\x18\x01 \x01(\fR\vrecordsJson**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
 	"\x05STALE\x10\x012\x8f\x03\n" +
@@ -1966,12 +2060,13 @@ const file_grid_gridpb_kv_proto_rawDesc = "" +
 	"\x06Delete\x12\x1a.zerogrid.v1.DeleteRequest\x1a\x1b.zerogrid.v1.DeleteResponse\x12Y\n" +
 	"\x0eCompareAndSwap\x12\".zerogrid.v1.CompareAndSwapRequest\x1a#.zerogrid.v1.CompareAndSwapResponse\x12=\n" +
 	"\x04Scan\x12\x18.zerogrid.v1.ScanRequest\x1a\x19.zerogrid.v1.ScanResponse0\x01\x128\n" +
-	"\x03Txn\x12\x17.zerogrid.v1.TxnRequest\x1a\x18.zerogrid.v1.TxnResponse2\xa5\x02\n" +
+	"\x03Txn\x12\x17.zerogrid.v1.TxnRequest\x1a\x18.zerogrid.v1.TxnResponse2\xe5\x02\n" +
 	"\x05Admin\x12J\n" +
 	"\tCreateMap\x12\x1d.zerogrid.v1.CreateMapRequest\x1a\x1e.zerogrid.v1.CreateMapResponse\x12G\n" +
 	"\bListMaps\x12\x1c.zerogrid.v1.ListMapsRequest\x1a\x1d.zerogrid.v1.ListMapsResponse\x12D\n" +
 	"\bGetTable\x12\x1c.zerogrid.v1.GetTableRequest\x1a\x1a.zerogrid.v1.TableResponse\x12A\n" +
-	"\x06Status\x12\x1a.zerogrid.v1.StatusRequest\x1a\x1b.zerogrid.v1.StatusResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
+	"\x06Status\x12\x1a.zerogrid.v1.StatusRequest\x1a\x1b.zerogrid.v1.StatusResponse\x12>\n" +
+	"\x05Audit\x12\x19.zerogrid.v1.AuditRequest\x1a\x1a.zerogrid.v1.AuditResponseB*Z(github.com/zerogrid/zerogrid/grid/gridpbb\x06proto3"
 
 var (
 	file_grid_gridpb_kv_proto_rawDescOnce sync.Once
@@ -1986,7 +2081,7 @@ func file_grid_gridpb_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_grid_gridpb_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_grid_gridpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_grid_gridpb_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_grid_gridpb_kv_proto_goTypes = []any{
 	(Consistency)(0),               // 0: zerogrid.v1.Consistency
 	(*WriteHeader)(nil),            // 1: zerogrid.v1.WriteHeader
@@ -2015,31 +2110,33 @@ var file_grid_gridpb_kv_proto_goTypes = []any{
 	(*StatusRequest)(nil),          // 24: zerogrid.v1.StatusRequest
 	(*GroupStatus)(nil),            // 25: zerogrid.v1.GroupStatus
 	(*StatusResponse)(nil),         // 26: zerogrid.v1.StatusResponse
-	(*Fence)(nil),                  // 27: zerogrid.v1.Fence
-	(*TxnCompare)(nil),             // 28: zerogrid.v1.TxnCompare
-	(*TxnWrite)(nil),               // 29: zerogrid.v1.TxnWrite
-	(*IntegrityStats)(nil),         // 30: zerogrid.v1.IntegrityStats
+	(*AuditRequest)(nil),           // 27: zerogrid.v1.AuditRequest
+	(*AuditResponse)(nil),          // 28: zerogrid.v1.AuditResponse
+	(*Fence)(nil),                  // 29: zerogrid.v1.Fence
+	(*TxnCompare)(nil),             // 30: zerogrid.v1.TxnCompare
+	(*TxnWrite)(nil),               // 31: zerogrid.v1.TxnWrite
+	(*IntegrityStats)(nil),         // 32: zerogrid.v1.IntegrityStats
 }
 var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	1,  // 0: zerogrid.v1.PutRequest.header:type_name -> zerogrid.v1.WriteHeader
-	27, // 1: zerogrid.v1.PutRequest.fence:type_name -> zerogrid.v1.Fence
+	29, // 1: zerogrid.v1.PutRequest.fence:type_name -> zerogrid.v1.Fence
 	0,  // 2: zerogrid.v1.GetRequest.consistency:type_name -> zerogrid.v1.Consistency
 	1,  // 3: zerogrid.v1.DeleteRequest.header:type_name -> zerogrid.v1.WriteHeader
-	27, // 4: zerogrid.v1.DeleteRequest.fence:type_name -> zerogrid.v1.Fence
+	29, // 4: zerogrid.v1.DeleteRequest.fence:type_name -> zerogrid.v1.Fence
 	1,  // 5: zerogrid.v1.CompareAndSwapRequest.header:type_name -> zerogrid.v1.WriteHeader
-	27, // 6: zerogrid.v1.CompareAndSwapRequest.fence:type_name -> zerogrid.v1.Fence
+	29, // 6: zerogrid.v1.CompareAndSwapRequest.fence:type_name -> zerogrid.v1.Fence
 	1,  // 7: zerogrid.v1.TxnRequest.header:type_name -> zerogrid.v1.WriteHeader
-	28, // 8: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
-	29, // 9: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
-	29, // 10: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
-	27, // 11: zerogrid.v1.TxnRequest.fence:type_name -> zerogrid.v1.Fence
+	30, // 8: zerogrid.v1.TxnRequest.compares:type_name -> zerogrid.v1.TxnCompare
+	31, // 9: zerogrid.v1.TxnRequest.then_ops:type_name -> zerogrid.v1.TxnWrite
+	31, // 10: zerogrid.v1.TxnRequest.else_ops:type_name -> zerogrid.v1.TxnWrite
+	29, // 11: zerogrid.v1.TxnRequest.fence:type_name -> zerogrid.v1.Fence
 	0,  // 12: zerogrid.v1.ScanRequest.consistency:type_name -> zerogrid.v1.Consistency
 	12, // 13: zerogrid.v1.ScanResponse.entries:type_name -> zerogrid.v1.Entry
 	19, // 14: zerogrid.v1.TableResponse.nodes:type_name -> zerogrid.v1.NodeInfo
 	20, // 15: zerogrid.v1.TableResponse.partitions:type_name -> zerogrid.v1.PartitionInfo
 	23, // 16: zerogrid.v1.TableResponse.recoveries:type_name -> zerogrid.v1.RecoveryRecord
 	25, // 17: zerogrid.v1.StatusResponse.groups:type_name -> zerogrid.v1.GroupStatus
-	30, // 18: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
+	32, // 18: zerogrid.v1.StatusResponse.integrity:type_name -> zerogrid.v1.IntegrityStats
 	2,  // 19: zerogrid.v1.KV.Put:input_type -> zerogrid.v1.PutRequest
 	4,  // 20: zerogrid.v1.KV.Get:input_type -> zerogrid.v1.GetRequest
 	6,  // 21: zerogrid.v1.KV.Delete:input_type -> zerogrid.v1.DeleteRequest
@@ -2050,18 +2147,20 @@ var file_grid_gridpb_kv_proto_depIdxs = []int32{
 	17, // 26: zerogrid.v1.Admin.ListMaps:input_type -> zerogrid.v1.ListMapsRequest
 	21, // 27: zerogrid.v1.Admin.GetTable:input_type -> zerogrid.v1.GetTableRequest
 	24, // 28: zerogrid.v1.Admin.Status:input_type -> zerogrid.v1.StatusRequest
-	3,  // 29: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
-	5,  // 30: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
-	7,  // 31: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
-	9,  // 32: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
-	14, // 33: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
-	11, // 34: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
-	16, // 35: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
-	18, // 36: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
-	22, // 37: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
-	26, // 38: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
+	27, // 29: zerogrid.v1.Admin.Audit:input_type -> zerogrid.v1.AuditRequest
+	3,  // 30: zerogrid.v1.KV.Put:output_type -> zerogrid.v1.PutResponse
+	5,  // 31: zerogrid.v1.KV.Get:output_type -> zerogrid.v1.GetResponse
+	7,  // 32: zerogrid.v1.KV.Delete:output_type -> zerogrid.v1.DeleteResponse
+	9,  // 33: zerogrid.v1.KV.CompareAndSwap:output_type -> zerogrid.v1.CompareAndSwapResponse
+	14, // 34: zerogrid.v1.KV.Scan:output_type -> zerogrid.v1.ScanResponse
+	11, // 35: zerogrid.v1.KV.Txn:output_type -> zerogrid.v1.TxnResponse
+	16, // 36: zerogrid.v1.Admin.CreateMap:output_type -> zerogrid.v1.CreateMapResponse
+	18, // 37: zerogrid.v1.Admin.ListMaps:output_type -> zerogrid.v1.ListMapsResponse
+	22, // 38: zerogrid.v1.Admin.GetTable:output_type -> zerogrid.v1.TableResponse
+	26, // 39: zerogrid.v1.Admin.Status:output_type -> zerogrid.v1.StatusResponse
+	28, // 40: zerogrid.v1.Admin.Audit:output_type -> zerogrid.v1.AuditResponse
+	30, // [30:41] is the sub-list for method output_type
+	19, // [19:30] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
 	19, // [19:19] is the sub-list for extension extendee
 	0,  // [0:19] is the sub-list for field type_name
@@ -2081,7 +2180,7 @@ func file_grid_gridpb_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grid_gridpb_kv_proto_rawDesc), len(file_grid_gridpb_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
