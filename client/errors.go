@@ -29,6 +29,9 @@ var (
 	// ErrPermissionDenied: the client's certificate lacks the role the call
 	// needs (read, write, compute or admin).
 	ErrPermissionDenied = grid.ErrPermissionDenied
+	// ErrTooManyRequests: this client already has as many calls or
+	// streams running on a node as the node allows one client.
+	ErrTooManyRequests = grid.ErrTooManyRequests
 )
 
 // Errors of Backup and Restore, raised by the client itself.

@@ -61,6 +61,9 @@ var (
 	// ErrPermissionDenied: the caller's certificate does not grant the
 	// role the call needs, or speaks for someone else; nothing was done.
 	ErrPermissionDenied = errors.New("grid: permission denied")
+	// ErrTooManyRequests: the caller already has as many calls or streams
+	// running on the node as it may; nothing was done.
+	ErrTooManyRequests = errors.New("grid: too many requests from this client")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
@@ -24,11 +27,22 @@ type security struct {
 	tls   *gridtls.Material // nil: insecure
 	audit *audit            // set once the data dir exists
 	log   *slog.Logger
+
+	maxCalls, maxStreams int
+	mu                   sync.Mutex
+	running              map[string]int // per caller key: calls and streams running ("s:" prefix for streams)
 }
 
 func newSecurity(cfg Config) (*security, error) {
+	calls, streams := cfg.MaxClientRequests, cfg.MaxClientStreams
+	if calls <= 0 {
+		calls = 1024
+	}
+	if streams <= 0 {
+		streams = 1024
+	}
 	if cfg.Insecure {
-		return &security{}, nil
+		return &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}}, nil
 	}
 	m, err := gridtls.LoadNode(cfg.TLSDir)
 	if err != nil {
@@ -42,7 +56,7 @@ func newSecurity(cfg Config) (*security, error) {
 		return nil, fmt.Errorf("%w: the certificate in %s is for %s %q, not for node %q: issue one with 'zerogrid cert node --id %s'",
 			grid.ErrBadConfig, cfg.TLSDir, self.Kind, self.Name, cfg.ID, cfg.ID)
 	}
-	return &security{tls: m}, nil
+	return &security{tls: m, maxCalls: calls, maxStreams: streams, running: map[string]int{}}, nil
 }
 
 // serverCreds protects the node's listener.
@@ -179,12 +193,51 @@ func denied(err error, format string, args ...any) error {
 	return gridpb.ToStatus(fmt.Errorf("%w: "+format, append([]any{err}, args...)...))
 }
 
+// admit counts a call (or a stream) against its caller's cap and returns
+// the function that releases it; other nodes are not capped.
+func (s *security) admit(ctx context.Context, stream bool) (func(), error) {
+	key := ""
+	if who, ok := gridtls.FromContext(ctx); ok {
+		if who.Kind == gridtls.KindNode {
+			return func() {}, nil
+		}
+		key = "client:" + who.Name
+	} else if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		key = p.Addr.String()
+		if host, _, err := net.SplitHostPort(key); err == nil {
+			key = host
+		}
+	}
+	limit, what := s.maxCalls, "calls"
+	if stream {
+		key, limit, what = "s:"+key, s.maxStreams, "streams"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running[key] >= limit {
+		return nil, gridpb.ToStatus(fmt.Errorf("%w: %s already has %d %s running on this node (the most it may)", grid.ErrTooManyRequests, strings.TrimPrefix(key, "s:"), limit, what))
+	}
+	s.running[key]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.running[key]--; s.running[key] <= 0 {
+			delete(s.running, key)
+		}
+	}, nil
+}
+
 func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	if err := s.authorize(ctx, info.FullMethod, req); err != nil {
 		s.auditCall(ctx, info.FullMethod, req, start, err, true)
 		return nil, err
 	}
+	release, err := s.admit(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	resp, err := handler(ctx, req)
 	s.auditCall(ctx, info.FullMethod, req, start, err, false)
 	return resp, err
@@ -196,8 +249,13 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		s.auditCall(ss.Context(), info.FullMethod, nil, start, err, true)
 		return err
 	}
+	release, err := s.admit(ss.Context(), true)
+	if err != nil {
+		return err
+	}
+	defer release()
 	fr := &firstRecv{ServerStream: ss}
-	err := handler(srv, fr)
+	err = handler(srv, fr)
 	s.auditCall(ss.Context(), info.FullMethod, fr.first, start, err, false)
 	return err
 }

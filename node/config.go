@@ -97,6 +97,13 @@ type Config struct {
 	// reaches its port can read, write and run code. For experiments on
 	// loopback only.
 	Insecure bool
+	// MaxClientRequests and MaxClientStreams cap the unary calls and the
+	// streams (scans, watches, jobs, backups) one client — one certificate,
+	// or one address when insecure — may have running on this node at once;
+	// more are refused with grid.ErrTooManyRequests. Other nodes are not
+	// capped. 0: 1024 of each (a watch holds a stream per partition).
+	MaxClientRequests int
+	MaxClientStreams  int
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration

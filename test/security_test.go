@@ -286,3 +286,83 @@ func serverSerial(t *testing.T, addr string) string {
 	defer conn.Close()
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
 }
+
+// TestClientStreamCap opens streams from one client certificate to one
+// node up to its --max-client-streams cap: the next is refused with
+// ResourceExhausted (client.ErrTooManyRequests), and once one closes a new
+// one is accepted; another client is not affected.
+func TestClientStreamCap(t *testing.T) {
+	lc, _ := startClusterArgs(t, 1, []string{"--max-client-streams", "3"}, "kv")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := grpc.NewClient(lc.Addr("n1"), clientCreds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	open := func(creds grpc.DialOption) (context.CancelFunc, error) {
+		cc := conn
+		if creds != nil {
+			if cc, err = grpc.NewClient(lc.Addr("n1"), creds); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cc.Close() })
+		}
+		sctx, scancel := context.WithCancel(ctx)
+		st, err := gridpb.NewWatchClient(cc).Watch(sctx, &gridpb.WatchRequest{Map: "kv", Partition: 0})
+		if err == nil {
+			_, err = st.Header() // the stream is accepted, or refused, by now
+		}
+		if err == nil {
+			// A refusal arrives as the stream's first message.
+			rctx, rcancel := context.WithTimeout(sctx, 300*time.Millisecond)
+			defer rcancel()
+			done := make(chan error, 1)
+			go func() { _, err := st.Recv(); done <- err }() // ends when the stream does (scancel)
+			select {
+			case err = <-done:
+				if status.Code(err) != codes.ResourceExhausted {
+					err = nil // a normal watch message or end
+				}
+			case <-rctx.Done():
+			}
+		}
+		return scancel, err
+	}
+	var cancels []context.CancelFunc
+	for i := range 3 {
+		c, err := open(nil)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i+1, err)
+		}
+		cancels = append(cancels, c)
+	}
+	_, err = open(nil)
+	if status.Code(err) != codes.ResourceExhausted || !errors.Is(gridpb.FromStatus(err), client.ErrTooManyRequests) {
+		t.Fatalf("a fourth stream: %v, want ResourceExhausted (too many requests)", err)
+	}
+	t.Logf("fourth stream refused: %v", err)
+	// Another client has its own count.
+	dir := filepath.Join(t.TempDir(), "other")
+	if err := gridtls.IssueClient(caDir, dir, "other", []string{"read"}); err != nil {
+		t.Fatal(err)
+	}
+	otherCreds := grpc.WithTransportCredentials(credentials.NewTLS(mustLoad(t, gridtls.LoadClient, dir).ClientConfig()))
+	oc, err := open(otherCreds)
+	if err != nil {
+		t.Fatalf("another client's stream: %v", err)
+	}
+	defer oc()
+	// One closes: a new one is accepted.
+	cancels[0]()
+	eventually(t, 5*time.Second, func() error {
+		c, err := open(nil)
+		if err == nil {
+			cancels[0] = c
+		}
+		return err
+	})
+	for _, c := range cancels {
+		c()
+	}
+}

@@ -37,6 +37,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.JoinToken, "join-token", os.Getenv("ZEROGRID_JOIN_TOKEN"), "the cluster's join secret (founders set it; joiners present it; default $ZEROGRID_JOIN_TOKEN); prefer --join-token-file: a flag shows in ps")
 	tokenFile := fs.String("join-token-file", "", "read the join token from this file (first line)")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", os.Getenv("ZEROGRID_NODE_TLS_DIR"), "the node's certificates: ca.crt, node.crt, node.key ('zerogrid cert'); default $ZEROGRID_NODE_TLS_DIR")
+	fs.IntVar(&cfg.MaxClientRequests, "max-client-requests", 0, "calls one client (certificate) may have running on this node at once (default 1024)")
+	fs.IntVar(&cfg.MaxClientStreams, "max-client-streams", 0, "streams (scans, watches, jobs, backups) one client may have open on this node (default 1024; a watch holds one per partition)")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "no TLS and no authentication: anyone who reaches the port has full control; loopback experiments only")
 	var labels labelFlag
 	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")

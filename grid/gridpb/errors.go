@@ -61,6 +61,7 @@ var errorTable = []struct {
 	{grid.ErrDiskFull, codes.ResourceExhausted, "DISK_FULL"},
 	{grid.ErrUnauthenticated, codes.Unauthenticated, "UNAUTHENTICATED"},
 	{grid.ErrPermissionDenied, codes.PermissionDenied, "PERMISSION_DENIED"},
+	{grid.ErrTooManyRequests, codes.ResourceExhausted, "TOO_MANY_REQUESTS"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A
