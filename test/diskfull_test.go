@@ -157,7 +157,7 @@ func TestDiskFullOneNode(t *testing.T) {
 	dir := t.TempDir()
 	// n3's data directory is a small file system of its own.
 	fsDir := filepath.Join(dir, "cluster", "n3")
-	mountSmallFS(t, fsDir, "160m")
+	mountSmallFS(t, fsDir, "256m")
 	const parts = 4
 	lc, c := startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: parts, Replicas: 3, Dir: filepath.Join(dir, "cluster"),
 		ExtraArgs: []string{"--min-free-disk", "48MiB"}}, "kv")
@@ -183,42 +183,37 @@ func TestDiskFullOneNode(t *testing.T) {
 		}
 		return nil
 	})
-	// Every partition takes writes again: n3 led none of them any more.
+	// The writers run on with n3 behind until they have written four times
+	// the room n3 has left, and stop (n3 must later catch up with all of it
+	// within its file system's size).
+	eventually(t, 60*time.Second, func() error {
+		n, _, _ := ws.counts()
+		if wrote := (n - ackedAtFill) * len(value); wrote < 8<<20 {
+			return fmt.Errorf("%d KiB written since n3's disk filled", wrote>>10)
+		}
+		return nil
+	})
+	_, refused, unknown := ws.counts()
+	acked := ws.stop()
+	// Every partition takes writes: n3 leads none of them any more.
 	eventually(t, 60*time.Second, func() error {
 		for i := range 32 {
 			k := fmt.Sprintf("probe-%d", i)
 			if _, err := m.Put(ctx, []byte(k), []byte("x")); err != nil {
 				return fmt.Errorf("put %s with n3's disk full: %w", k, err)
 			}
-			ws.note(k, "x")
-		}
-		return nil
-	})
-	// The writers run on with n3 behind, until they have written four times
-	// the room n3 has left.
-	eventually(t, 60*time.Second, func() error {
-		n, _, _ := ws.counts()
-		wrote := (n - ackedAtFill) * len(value)
-		if wrote < 8<<20 {
-			return fmt.Errorf("%d KiB written since n3's disk filled", wrote>>10)
+			acked[k] = "x"
 		}
 		return nil
 	})
 	if !lc.Running("n3") {
 		t.Fatalf("n3 exited on its full disk; its log:\n%s", tailFile(lc.LogPath("n3"), 40))
 	}
-	ackedFull, _, _ := ws.counts()
+	t.Logf("writes: %d acknowledged (%d before the disk filled), %d refused for disk, %d unknown", len(acked), ackedAtFill, refused, unknown)
 
 	// Space returns: n3 catches up.
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
-	}
-	time.Sleep(time.Second)
-	_, refused, unknown := ws.counts()
-	acked := ws.stop()
-	t.Logf("writes: %d acknowledged (%d by the time the disk was full), %d refused for disk, %d unknown", len(acked), ackedFull, refused, unknown)
-	if !lc.Running("n3") {
-		t.Fatalf("n3 exited; its log:\n%s", tailFile(lc.LogPath("n3"), 40))
 	}
 	for k, v := range acked {
 		got, _, err := m.Get(ctx, []byte(k))
@@ -227,6 +222,9 @@ func TestDiskFullOneNode(t *testing.T) {
 		}
 	}
 	eventually(t, 60*time.Second, func() error { return replicasEqual(ctx, lc, parts, []string{"kv"}) })
+	if !lc.Running("n3") {
+		t.Fatalf("n3 exited while catching up; its log:\n%s", tailFile(lc.LogPath("n3"), 40))
+	}
 }
 
 // tailFile is the last n lines of the file at path (or why it is missing).

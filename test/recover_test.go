@@ -14,11 +14,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/client"
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 	"github.com/zerogrid/zerogrid/node/localcluster"
 )
 
@@ -34,7 +36,9 @@ func TestQuarantineNeedsEvidence(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	conn, err := grpc.NewClient(lc.Addr("n2"), clientCreds)
+	// Only nodes may ask for a quarantine; here n1 asks n2 without evidence.
+	asN1 := grpc.WithTransportCredentials(credentials.NewTLS(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n1")).ClientConfig()))
+	conn, err := grpc.NewClient(lc.Addr("n2"), asN1)
 	if err != nil {
 		t.Fatal(err)
 	}

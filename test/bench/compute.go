@@ -197,7 +197,7 @@ func runCompute(ctx context.Context, cfg config, args []string, stdout, stderr i
 		}
 	}
 	logf("starting zerogrid (3 nodes, 32 partitions, 3 replicas, profile %s)", cfg.profile)
-	z, err := startZerogrid(ctx, bin, filepath.Join(cfg.dir, "zerogrid-cluster"), cfg.profile)
+	z, err := startZerogrid(ctx, bin, filepath.Join(cfg.dir, "zerogrid-cluster"), cfg.profile, cfg.insecure)
 	if err != nil {
 		return err
 	}

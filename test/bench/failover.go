@@ -96,7 +96,7 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 		return nil
 	}
 
-	z, err := startZerogrid(ctx, bin, filepath.Join(dir, "cluster"), cfg.profile)
+	z, err := startZerogrid(ctx, bin, filepath.Join(dir, "cluster"), cfg.profile, cfg.insecure)
 	if err != nil {
 		return err
 	}

@@ -58,6 +58,7 @@ type config struct {
 	dir                              string
 	keep                             bool
 	etcdBin, zgBin, profile          string
+	insecure                         bool // zerogrid without TLS
 	out                              string
 	compute                          computeConfig
 	commission                       commissionConfig
@@ -94,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir with data and logs")
 	fs.StringVar(&c.etcdBin, "etcd", "etcd", "etcd server binary")
 	fs.StringVar(&c.profile, "profile", "default", "zerogrid node --profile")
+	fs.BoolVar(&c.insecure, "insecure", false, "run zerogrid without TLS (--insecure; by default nodes and the client use mutual TLS)")
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	c.compute.flags(fs)
@@ -212,7 +214,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	systems := []func(context.Context) (store, func(), error){
 		func(ctx context.Context) (store, func(), error) {
 			logf("starting zerogrid (3 nodes, 32 partitions, 3 replicas, profile %s)", cfg.profile)
-			z, err := startZerogrid(ctx, zgBin, filepath.Join(cfg.dir, "zerogrid-cluster"), cfg.profile)
+			z, err := startZerogrid(ctx, zgBin, filepath.Join(cfg.dir, "zerogrid-cluster"), cfg.profile, cfg.insecure)
 			if err != nil {
 				return nil, nil, err
 			}

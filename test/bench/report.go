@@ -18,9 +18,9 @@ func report(w io.Writer, cfg config, env environment, rs []*systemResult) {
 
 	p("Run %s on %d × %s, Linux %s, %s, etcd %s, zerogrid %s.\n", env.Date, env.NumCPU, env.CPU, env.Kernel, env.Go, env.Etcd, env.Commit)
 	p("Workload: %d-byte keys drawn uniformly from %d (all written first), %d-byte random values, %v per cell after %v warm-up; "+
-		"all goroutines of a system share one client. Clusters: 3 zerogrid nodes (32 partitions, 3 replicas, profile %s) "+
-		"and 3 etcd members (defaults), on loopback, one cluster at a time, each started fresh.\n\n",
-		keySize, cfg.keyspace, cfg.valueSize, cfg.duration, cfg.warmup, cfg.profile)
+		"all goroutines of a system share one client. Clusters: 3 zerogrid nodes (32 partitions, 3 replicas, profile %s, %s) "+
+		"and 3 etcd members (defaults: plain HTTP, no TLS), on loopback, one cluster at a time, each started fresh.\n\n",
+		keySize, cfg.keyspace, cfg.valueSize, cfg.duration, cfg.warmup, cfg.profile, tlsMode(cfg.insecure))
 
 	p("| op | clients | zerogrid ops/s | p50 | p99 | etcd ops/s | p50 | p99 | zerogrid/etcd |\n")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -169,4 +169,12 @@ func fmtDur(d time.Duration) string {
 		return fmt.Sprintf("%.0f ms", ms)
 	}
 	return fmt.Sprintf("%.2f s", ms/1000)
+}
+
+// tlsMode names how zerogrid's connections ran.
+func tlsMode(insecure bool) string {
+	if insecure {
+		return "no TLS (--insecure)"
+	}
+	return "mutual TLS"
 }

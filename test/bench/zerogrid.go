@@ -51,13 +51,13 @@ func buildZerogrid(ctx context.Context, out string) error {
 
 // startZerogrid starts the cluster, creates the map and waits until every
 // partition has a leader.
-func startZerogrid(ctx context.Context, binary, dir, profile string) (*zgStore, error) {
+func startZerogrid(ctx context.Context, binary, dir, profile string, insecure bool) (*zgStore, error) {
 	abs, err := filepath.Abs(binary)
 	if err != nil {
 		return nil, err
 	}
 	return startZerogridConfig(ctx, localcluster.Config{
-		Binary: abs, Dir: dir, Nodes: 3, Partitions: 32, Replicas: 3, Profile: profile,
+		Binary: abs, Dir: dir, Nodes: 3, Partitions: 32, Replicas: 3, Profile: profile, Insecure: insecure,
 	})
 }
 

@@ -52,7 +52,8 @@ func main() {
 
 func run(ctx context.Context, addrs []string, id, name, mapName string, ttl time.Duration, writes int, interval time.Duration) error {
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, err := client.Dial(dctx, addrs...)
+	// The tests' client certificate, as the CLI finds it.
+	c, err := client.DialWith(dctx, addrs, client.WithTLSDir(os.Getenv("ZEROGRID_TLS_DIR")))
 	cancel()
 	if err != nil {
 		return err
