@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +49,38 @@ func jobFromSpec(spec *gridpb.JobSpec) query.Job {
 		Func: spec.Func, Args: spec.Args, Limits: lim}
 }
 
+// jobCeiling is the most one task of a job may use on this node, whatever
+// the job asks: steps, wall time, output and heap growth (a quarter of it
+// with the small profile, a Pi Zero's).
+func jobCeiling(profile string) query.Limits {
+	l := query.Limits{Steps: 500_000_000, Deadline: 10 * time.Minute, OutputBytes: 64 << 20, MemoryBytes: 256 << 20}
+	if profile == "small" {
+		l.Steps, l.OutputBytes, l.MemoryBytes = l.Steps/4, l.OutputBytes/4, l.MemoryBytes/4
+	}
+	return l
+}
+
+// withinCeiling refuses a job that asks for more than ceil allows.
+func withinCeiling(spec *gridpb.JobSpec, ceil query.Limits) error {
+	var over []string
+	if spec.StepBudget > ceil.Steps {
+		over = append(over, fmt.Sprintf("%d steps (at most %d)", spec.StepBudget, ceil.Steps))
+	}
+	if d := time.Duration(spec.DeadlineMs) * time.Millisecond; spec.DeadlineMs < 0 || d > ceil.Deadline {
+		over = append(over, fmt.Sprintf("a deadline of %d ms (at most %v)", spec.DeadlineMs, ceil.Deadline))
+	}
+	if spec.OutputBytes < 0 || spec.OutputBytes > int64(ceil.OutputBytes) {
+		over = append(over, fmt.Sprintf("%d output bytes (at most %d)", spec.OutputBytes, ceil.OutputBytes))
+	}
+	if spec.MemoryBytes > ceil.MemoryBytes {
+		over = append(over, fmt.Sprintf("%d bytes of memory (at most %d)", spec.MemoryBytes, ceil.MemoryBytes))
+	}
+	if len(over) > 0 {
+		return fmt.Errorf("%w: the job asks for more than this node allows: %s", grid.ErrJobInvalid, strings.Join(over, ", "))
+	}
+	return nil
+}
+
 // jobErr maps query errors onto the grid sentinels the client understands,
 // keeping query's message (which names the limit, the line, the function).
 func jobErr(err error) error {
@@ -75,6 +108,9 @@ func fatalJobErr(err error) bool {
 func (c *computeService) compile(ctx context.Context, spec *gridpb.JobSpec) (*query.Program, query.Job, error) {
 	if spec == nil {
 		return nil, query.Job{}, fmt.Errorf("%w: missing job", grid.ErrBadRequest)
+	}
+	if err := withinCeiling(spec, jobCeiling(c.s.n.cfg.Profile)); err != nil {
+		return nil, query.Job{}, err
 	}
 	job := jobFromSpec(spec)
 	if err := grid.ValidateMapName(job.Map); err != nil {

@@ -216,6 +216,8 @@ func TestJobErrorsAreClearAndWriteNothing(t *testing.T) {
 		{"unknown Go function", client.Job{Map: "sales", Func: "nosuch"}, grid.ErrJobInvalid, "nosuch"},
 		{"unknown aggregate", client.Job{Map: "sales", Agg: "median(v.amount)"}, grid.ErrJobInvalid, "median"},
 		{"unknown map", client.Job{Map: "nosuchmap", Agg: "count"}, grid.ErrUnknownMap, ""},
+		{"above the node's ceiling", client.Job{Map: "sales", Agg: "count", Steps: 1 << 40, Deadline: 24 * time.Hour, MemoryBytes: 1 << 40},
+			grid.ErrJobInvalid, "more than this node allows"},
 	}
 	for _, tc := range cases {
 		_, err := c.Run(ctx, tc.job)
