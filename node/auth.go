@@ -193,6 +193,18 @@ func denied(err error, format string, args ...any) error {
 	return gridpb.ToStatus(fmt.Errorf("%w: "+format, append([]any{err}, args...)...))
 }
 
+// authorizeSender is the Raft transport's AuthorizeSender: under TLS a
+// Raft message may name only the node whose certificate sent it.
+func (s *security) authorizeSender(ctx context.Context, id string) error {
+	if s.tls == nil {
+		return nil
+	}
+	if who, ok := gridtls.FromContext(ctx); !ok || !who.IsNode(id) {
+		return fmt.Errorf("%w: sent with %s %q's certificate", grid.ErrPermissionDenied, who.Kind, who.Name)
+	}
+	return nil
+}
+
 // admit counts a call (or a stream) against its caller's cap and returns
 // the function that releases it; other nodes are not capped.
 func (s *security) admit(ctx context.Context, stream bool) (func(), error) {

@@ -151,6 +151,7 @@ func (n *Node) start(ctx context.Context) error {
 		DialOptions:     []grpc.DialOption{grpc.WithTransportCredentials(n.sec.dialCreds())},
 		HeartbeatWindow: cfg.timing().HeartbeatWindow(),
 		RefuseGrowth:    n.disk.refuseGrowth,
+		AuthorizeSender: n.sec.authorizeSender,
 		// A peer whose connection breaks is suspected at once: the local
 		// followers of the groups it led campaign after one lease instead
 		// of a full heartbeat timeout (see replication.Host.SuspectPeer).

@@ -103,6 +103,12 @@ type GRPCTransportConfig struct {
 	// disk is nearly full, so that a follower falls behind instead of
 	// meeting ENOSPC halfway through a log append or an apply.
 	RefuseGrowth func() error
+	// AuthorizeSender, if set, is asked whether the caller of a Raft RPC
+	// (its connection's credentials, in ctx) may speak as the server id
+	// its message names; an error refuses the RPC with PermissionDenied.
+	// Nodes check the caller's node certificate, so that one member's
+	// certificate cannot be used to vote or append as another.
+	AuthorizeSender func(ctx context.Context, id string) error
 }
 
 // DefaultGRPCTransportConfig returns a config with the default timeout;
@@ -915,6 +921,17 @@ func unexpectedResponse(got any) error {
 	return status.Errorf(codes.Internal, "replication: raft answered with %T", got)
 }
 
+// checkSender is the AuthorizeSender hook as a gRPC status.
+func (s *raftService) checkSender(ctx context.Context, h *gridpb.RaftHeader) error {
+	if s.t.cfg.AuthorizeSender == nil {
+		return nil
+	}
+	if err := s.t.cfg.AuthorizeSender(ctx, string(h.GetId())); err != nil {
+		return status.Errorf(codes.PermissionDenied, "replication: a Raft message as %q: %v", h.GetId(), err)
+	}
+	return nil
+}
+
 // refuseGrowth is the RefuseGrowth hook as a gRPC status.
 func (s *raftService) refuseGrowth() error {
 	if s.t.cfg.RefuseGrowth == nil {
@@ -927,6 +944,9 @@ func (s *raftService) refuseGrowth() error {
 }
 
 func (s *raftService) AppendEntries(ctx context.Context, req *gridpb.RaftAppendEntriesRequest) (*gridpb.RaftAppendEntriesResponse, error) {
+	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+		return nil, err
+	}
 	if len(req.GetEntries()) > 0 {
 		if err := s.refuseGrowth(); err != nil {
 			return nil, err
@@ -956,6 +976,9 @@ func (s *raftService) AppendEntriesPipeline(stream gridpb.Raft_AppendEntriesPipe
 		if err != nil {
 			return err
 		}
+		if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+			return err
+		}
 		if len(req.GetEntries()) > 0 {
 			if err := s.refuseGrowth(); err != nil {
 				return err
@@ -976,6 +999,9 @@ func (s *raftService) AppendEntriesPipeline(stream gridpb.Raft_AppendEntriesPipe
 }
 
 func (s *raftService) RequestVote(ctx context.Context, req *gridpb.RaftRequestVoteRequest) (*gridpb.RaftRequestVoteResponse, error) {
+	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+		return nil, err
+	}
 	out, err := s.dispatch(ctx, req.GetGroup(), &raft.RequestVoteRequest{
 		RPCHeader:          headerFromPB(req.GetHeader()),
 		Term:               req.GetTerm(),
@@ -1000,6 +1026,9 @@ func (s *raftService) RequestVote(ctx context.Context, req *gridpb.RaftRequestVo
 }
 
 func (s *raftService) RequestPreVote(ctx context.Context, req *gridpb.RaftRequestPreVoteRequest) (*gridpb.RaftRequestPreVoteResponse, error) {
+	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+		return nil, err
+	}
 	out, err := s.dispatch(ctx, req.GetGroup(), &raft.RequestPreVoteRequest{
 		RPCHeader:    headerFromPB(req.GetHeader()),
 		Term:         req.GetTerm(),
@@ -1021,6 +1050,9 @@ func (s *raftService) RequestPreVote(ctx context.Context, req *gridpb.RaftReques
 }
 
 func (s *raftService) TimeoutNow(ctx context.Context, req *gridpb.RaftTimeoutNowRequest) (*gridpb.RaftTimeoutNowResponse, error) {
+	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+		return nil, err
+	}
 	out, err := s.dispatch(ctx, req.GetGroup(), &raft.TimeoutNowRequest{RPCHeader: headerFromPB(req.GetHeader())})
 	if err != nil {
 		return nil, err
@@ -1045,6 +1077,9 @@ func (s *raftService) InstallSnapshot(stream gridpb.Raft_InstallSnapshotServer) 
 	req := first.GetRequest()
 	if req == nil {
 		return status.Error(codes.InvalidArgument, "replication: InstallSnapshot stream must start with the request")
+	}
+	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+		return err
 	}
 	if err := s.refuseGrowth(); err != nil {
 		return err

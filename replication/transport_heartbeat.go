@@ -257,6 +257,9 @@ func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
 // error rather than queued behind its log writes: one slow group must not
 // hold up the other groups' heartbeats in the batch.
 func (s *raftService) heartbeat(ctx context.Context, req *gridpb.RaftAppendEntriesRequest) (any, error) {
+	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+		return nil, err
+	}
 	gt, err := s.t.lookup(GroupID(req.GetGroup()))
 	if err != nil {
 		return nil, err

@@ -195,6 +195,19 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("n2 reporting for itself: %v", err)
 	}
 
+	// Nor in Raft: n2's certificate may not vote as n3.
+	voteAs := func(id string) func(context.Context, *grpc.ClientConn) error {
+		return func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := gridpb.NewRaftClient(cc).RequestVote(ctx, &gridpb.RaftRequestVoteRequest{
+				Group: 0, Header: &gridpb.RaftHeader{ProtocolVersion: 3, Id: []byte(id), Addr: []byte(lc.Addr(id))}, Term: 1, Candidate: []byte(lc.Addr(id))})
+			return err
+		}
+	}
+	wantCode("n2's certificate voting as n3", call(asN2, voteAs("n3")), codes.PermissionDenied)
+	if err := call(asN2, voteAs("n2")); err != nil {
+		t.Fatalf("n2 asking for a (stale) vote as itself: %v", err)
+	}
+
 	// A node started with another node's certificate refuses to start.
 	cmd := exec.CommandContext(ctx, binary, "node", "--id", "n9", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(),
 		"--peers", "n9=127.0.0.1:1", "--replicas", "1", "--partitions", "1", "--tls-dir", lc.TLSDir("n1"))
