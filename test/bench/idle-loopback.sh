@@ -4,6 +4,8 @@
 #
 # Usage: test/bench/idle-loopback.sh BINARY [PARTITIONS] [SECONDS]
 # BINARY may be an etcd server binary: 3 etcd members with their defaults.
+# zerogrid nodes run with mutual TLS (their default); INSECURE=1 runs them
+# with --insecure instead.
 set -euo pipefail
 bin=$1; parts=${2:-32}; secs=${3:-20}
 d=$(mktemp -d); base=$((7300 + RANDOM % 500))
@@ -23,12 +25,18 @@ if [ "$(basename "$bin")" = etcd ]; then
   done
   parts=etcd
 else
-  # Mutual TLS, as nodes run by default.
-  "$bin" cert ca --dir "$d/ca" >/dev/null
+  # Mutual TLS, as nodes run by default (INSECURE=legacy: no security flag
+  # at all, for binaries older than TLS).
+  [ -n "${INSECURE:-}" ] || "$bin" cert ca --dir "$d/ca" >/dev/null
   for i in 1 2 3; do
-    "$bin" cert node --ca "$d/ca" --id n$i --host 127.0.0.1 --out "$d/tls$i" >/dev/null
+    case "${INSECURE:-}" in
+      1) sec=(--insecure) ;;
+      legacy) sec=() ;;
+      *) sec=(--tls-dir "$d/tls$i")
+         "$bin" cert node --ca "$d/ca" --id n$i --host 127.0.0.1 --out "$d/tls$i" >/dev/null ;;
+    esac
     "$bin" node --id n$i --listen 127.0.0.1:$((base+i-1)) --data-dir "$d/n$i" --peers "$peers" \
-      --tls-dir "$d/tls$i" --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
+      ${sec[@]+"${sec[@]}"} --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
     pids+=($!)
   done
 fi
