@@ -251,6 +251,9 @@ func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 	}
 	defer release()
 	resp, err := handler(ctx, req)
+	// The one place where a handler's error becomes a gRPC status (with
+	// the grid sentinel's reason, see gridpb.ToStatus).
+	err = gridpb.ToStatus(err)
 	s.auditCall(ctx, info.FullMethod, req, start, err, false)
 	return resp, err
 }
@@ -267,7 +270,7 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 	}
 	defer release()
 	fr := &firstRecv{ServerStream: ss}
-	err = handler(srv, fr)
+	err = gridpb.ToStatus(handler(srv, fr))
 	s.auditCall(ss.Context(), info.FullMethod, fr.first, start, err, false)
 	return err
 }

@@ -21,7 +21,7 @@ type backupService struct {
 }
 
 func (b *backupService) ReadPartition(req *gridpb.ReadPartitionRequest, stream gridpb.Backup_ReadPartitionServer) error {
-	return gridpb.ToStatus(b.readPartition(req, stream))
+	return b.readPartition(req, stream)
 }
 
 func (b *backupService) readPartition(req *gridpb.ReadPartitionRequest, stream gridpb.Backup_ReadPartitionServer) error {
@@ -62,7 +62,7 @@ func (b *backupService) readPartition(req *gridpb.ReadPartitionRequest, stream g
 
 func (b *backupService) Restore(ctx context.Context, req *gridpb.RestoreRequest) (*gridpb.RestoreResponse, error) {
 	resp, err := b.restore(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 // restore validates every entry (map, limits, checksum, partition) before

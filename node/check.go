@@ -36,11 +36,11 @@ const digestWait = 30 * time.Second
 func (c *integrityService) Mark(ctx context.Context, req *gridpb.MarkRequest) (*gridpb.MarkResponse, error) {
 	g, err := c.s.group(int(req.Partition))
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	res, err := c.s.propose(ctx, g, &gridpb.WriteHeader{}, &gridpb.Command{Op: &gridpb.Command_Check{Check: &gridpb.CheckOp{CheckId: req.CheckId}}})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.MarkResponse{Index: res.Version}, nil
 }
@@ -55,7 +55,7 @@ func (c *integrityService) Digest(_ context.Context, req *gridpb.DigestRequest) 
 	}
 	g, err := c.s.group(int(req.Partition))
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	r, ok := n.host.Digest(id, req.CheckId)
 	switch {
@@ -80,15 +80,15 @@ func (c *integrityService) Quarantine(ctx context.Context, req *gridpb.Quarantin
 		return &gridpb.QuarantineResponse{}, nil
 	}
 	if _, err := c.s.group(int(req.Partition)); err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	reason, err := c.confirmDiffers(ctx, req)
 	if err != nil {
 		n.log.Warn("quarantine request refused", "partition", req.Partition, "asked_reason", req.Reason, "err", err)
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	if err := n.integrity.quarantine(ctx, id, "check: "+reason, nil); err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.QuarantineResponse{}, nil
 }
@@ -165,7 +165,7 @@ func (c *integrityService) Check(ctx context.Context, req *gridpb.CheckRequest) 
 	}
 	for _, p := range parts {
 		if int(p) >= len(t.Partitions) {
-			return nil, gridpb.ToStatus(fmt.Errorf("%w: %d (cluster has %d)", grid.ErrBadPartition, p, len(t.Partitions)))
+			return nil, fmt.Errorf("%w: %d (cluster has %d)", grid.ErrBadPartition, p, len(t.Partitions))
 		}
 	}
 	out := make([]*gridpb.PartitionCheck, len(parts))
@@ -182,7 +182,7 @@ func (c *integrityService) Check(ctx context.Context, req *gridpb.CheckRequest) 
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.CheckResponse{Partitions: out}, nil
 }

@@ -60,7 +60,7 @@ func (c *clusterService) Join(ctx context.Context, req *gridpb.JoinRequest) (*gr
 		return err
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return resp, nil
 }
@@ -75,7 +75,7 @@ func (c *clusterService) Report(ctx context.Context, req *gridpb.ReportRequest) 
 		return err
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return resp, nil
 }
@@ -91,7 +91,7 @@ func (c *clusterService) Nodes(ctx context.Context, req *gridpb.NodesRequest) (*
 		return err
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return resp, nil
 }
@@ -106,7 +106,7 @@ func (c *clusterService) NodeOp(ctx context.Context, req *gridpb.NodeOpRequest) 
 		return err
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return resp, nil
 }
@@ -118,7 +118,7 @@ func (c *clusterService) NodeOp(ctx context.Context, req *gridpb.NodeOpRequest) 
 func (c *clusterService) Membership(ctx context.Context, req *gridpb.MembershipRequest) (*gridpb.MembershipResponse, error) {
 	resp, err := c.membership(ctx, req)
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return resp, nil
 }
@@ -474,7 +474,7 @@ func (n *Node) retiredErr(method string) error {
 	if !n.retired.Load() || strings.HasPrefix(method, raftMethods) {
 		return nil
 	}
-	return gridpb.ToStatus(fmt.Errorf("%w: node %s: ask another node", grid.ErrNodeRetired, n.cfg.ID))
+	return fmt.Errorf("%w: node %s: ask another node", grid.ErrNodeRetired, n.cfg.ID)
 }
 
 // noteRemoved retires this node once the cluster says it was removed,

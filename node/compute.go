@@ -131,7 +131,7 @@ func (c *computeService) compile(ctx context.Context, spec *gridpb.JobSpec) (*qu
 
 func (c *computeService) RunTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
 	res, err := c.runTask(ctx, req)
-	return res, gridpb.ToStatus(err)
+	return res, err
 }
 
 func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
@@ -346,7 +346,7 @@ func humanSize(b float64) string {
 
 func (c *computeService) Explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
 	resp, err := c.explain(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 func (c *computeService) explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
@@ -380,7 +380,7 @@ func (c *computeService) explain(ctx context.Context, req *gridpb.SubmitRequest)
 }
 
 func (c *computeService) Submit(req *gridpb.SubmitRequest, stream gridpb.Compute_SubmitServer) error {
-	return gridpb.ToStatus(c.submit(req, stream))
+	return c.submit(req, stream)
 }
 
 func (c *computeService) submit(req *gridpb.SubmitRequest, stream gridpb.Compute_SubmitServer) error {
@@ -646,7 +646,7 @@ func (co *coordinator) hedgeStragglers(tasks []*taskState, launch func(*taskStat
 
 func (c *computeService) Apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
 	resp, err := c.apply(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 // crcOf is the CRC32C a write carries, so a damaged log entry is caught

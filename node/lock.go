@@ -32,7 +32,7 @@ func (l *lockService) lockGroup(name string, owner []byte) (*replication.Group, 
 
 func (l *lockService) Acquire(ctx context.Context, req *gridpb.AcquireLockRequest) (*gridpb.AcquireLockResponse, error) {
 	resp, err := l.acquire(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 func (l *lockService) acquire(ctx context.Context, req *gridpb.AcquireLockRequest) (*gridpb.AcquireLockResponse, error) {
@@ -62,7 +62,7 @@ func (l *lockService) Renew(ctx context.Context, req *gridpb.RenewLockRequest) (
 		return &gridpb.Command{Op: &gridpb.Command_LockRenew{LockRenew: &gridpb.LockRenewOp{Name: req.Name, Owner: req.Owner, Token: req.Token}}}
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.RenewLockResponse{}, nil
 }
@@ -72,7 +72,7 @@ func (l *lockService) Release(ctx context.Context, req *gridpb.ReleaseLockReques
 		return &gridpb.Command{Op: &gridpb.Command_LockRelease{LockRelease: &gridpb.LockReleaseOp{Name: req.Name, Owner: req.Owner, Token: req.Token}}}
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.ReleaseLockResponse{}, nil
 }

@@ -24,7 +24,7 @@ const recoverWait = 5 * time.Minute
 func (c *integrityService) Replica(_ context.Context, req *gridpb.ReplicaRequest) (*gridpb.ReplicaResponse, error) {
 	rs, err := c.s.n.replicaState(replication.GroupID(req.Partition))
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.ReplicaResponse{Replica: rs}, nil
 }
@@ -53,30 +53,30 @@ func (c *integrityService) RecoverReplica(ctx context.Context, req *gridpb.Recov
 	for t == nil || t.Epoch < req.Epoch {
 		select {
 		case <-ctx.Done():
-			return nil, gridpb.ToStatus(fmt.Errorf("%w: waiting for partition table epoch %d: %w", grid.ErrRefused, req.Epoch, ctx.Err()))
+			return nil, fmt.Errorf("%w: waiting for partition table epoch %d: %w", grid.ErrRefused, req.Epoch, ctx.Err())
 		case <-n.meta.Meta().TableChanged():
 		case <-time.After(100 * time.Millisecond):
 		}
 		t = n.meta.Meta().SharedTable()
 	}
 	if int(req.Partition) >= len(t.Partitions) {
-		return nil, gridpb.ToStatus(fmt.Errorf("%w: %d", grid.ErrBadPartition, req.Partition))
+		return nil, fmt.Errorf("%w: %d", grid.ErrBadPartition, req.Partition)
 	}
 	p := t.Partitions[req.Partition]
 	// A move the reconciler started since (a learner being added) is no
 	// reason to refuse: it waits for the leader this recovery makes.
 	if !slices.Equal(p.Replicas, []string{n.cfg.ID}) {
-		return nil, gridpb.ToStatus(fmt.Errorf("%w: the partition table (epoch %d) does not name %s as partition %d's only replica (replicas %v)",
-			grid.ErrRefused, t.Epoch, n.cfg.ID, p.ID, p.Replicas))
+		return nil, fmt.Errorf("%w: the partition table (epoch %d) does not name %s as partition %d's only replica (replicas %v)",
+			grid.ErrRefused, t.Epoch, n.cfg.ID, p.ID, p.Replicas)
 	}
 	id := replication.GroupID(req.Partition)
 	if _, err := n.host.RecoverGroup(ctx, id, replication.Member{ID: n.cfg.ID, Addr: n.addr}); err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	n.log.Warn("partition recovered as a group of one replica; the cluster re-creates the others", "partition", p.ID, "epoch", t.Epoch)
 	rs, err := n.replicaState(id)
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.RecoverReplicaResponse{Replica: rs}, nil
 }
@@ -93,7 +93,7 @@ func (c *clusterService) Recover(ctx context.Context, req *gridpb.RecoverRequest
 		return err
 	})
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return resp, nil
 }

@@ -169,7 +169,7 @@ func (s *service) propose(ctx context.Context, g *replication.Group, h *gridpb.W
 
 func (s *service) Put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
 	resp, err := s.put(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
@@ -198,7 +198,7 @@ func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 
 func (s *service) Delete(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
 	resp, err := s.del(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 // checkFence validates a write's optional fencing token.
@@ -227,7 +227,7 @@ func (s *service) del(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.D
 
 func (s *service) CompareAndSwap(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
 	resp, err := s.cas(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
@@ -266,7 +266,7 @@ const maxTxnOps = 128
 
 func (s *service) Txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
 	resp, err := s.txn(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
@@ -327,7 +327,7 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 
 func (s *service) Get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
 	resp, err := s.get(ctx, req)
-	return resp, gridpb.ToStatus(err)
+	return resp, err
 }
 
 func (s *service) get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
@@ -346,7 +346,7 @@ func (s *service) get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetR
 }
 
 func (s *service) Scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
-	return gridpb.ToStatus(s.scan(req, stream))
+	return s.scan(req, stream)
 }
 
 func (s *service) scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
@@ -385,7 +385,7 @@ func (s *service) scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) err
 func (s *service) CreateMap(ctx context.Context, req *gridpb.CreateMapRequest) (*gridpb.CreateMapResponse, error) {
 	err := s.createMap(ctx, req)
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.CreateMapResponse{}, nil
 }
@@ -465,7 +465,7 @@ func forwarded(ctx context.Context) bool {
 func (s *service) ListMaps(ctx context.Context, _ *gridpb.ListMapsRequest) (*gridpb.ListMapsResponse, error) {
 	names, err := s.linearizableMaps(ctx)
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.ListMapsResponse{Names: names}, nil
 }
@@ -498,11 +498,11 @@ func (s *service) Audit(ctx context.Context, req *gridpb.AuditRequest) (*gridpb.
 	}
 	recs, err := s.n.sec.audit.read(limit)
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	raw, err := json.Marshal(recs)
 	if err != nil {
-		return nil, gridpb.ToStatus(err)
+		return nil, err
 	}
 	return &gridpb.AuditResponse{RecordsJson: raw}, nil
 }

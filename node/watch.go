@@ -30,7 +30,7 @@ type watchService struct {
 }
 
 func (w *watchService) Watch(req *gridpb.WatchRequest, stream gridpb.Watch_WatchServer) error {
-	return gridpb.ToStatus(w.watch(req, stream))
+	return w.watch(req, stream)
 }
 
 func (w *watchService) watch(req *gridpb.WatchRequest, stream gridpb.Watch_WatchServer) error {
