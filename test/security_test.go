@@ -188,6 +188,32 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal("no audit record on disk")
 	}
 
+	// An expired certificate is refused; so is a revoked one, at once, on
+	// every node it is revoked on, while other certificates work on.
+	if err := gridtls.IssueClientFor(caDir, filepath.Join(certs, "expired"), "expired", []string{"admin"}, -time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	expired := credentials.NewTLS(mustLoad(t, gridtls.LoadClient, filepath.Join(certs, "expired")).ClientConfig())
+	wantCode("a backup read with an expired certificate", call(expired, readAll), codes.Unavailable)
+	if err := gridtls.IssueClient(caDir, filepath.Join(certs, "leaver"), "leaver", []string{"admin"}); err != nil {
+		t.Fatal(err)
+	}
+	leaver := func() credentials.TransportCredentials {
+		return credentials.NewTLS(mustLoad(t, gridtls.LoadClient, filepath.Join(certs, "leaver")).ClientConfig())
+	}
+	if err := call(leaver(), readAll); err != nil && status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("the leaver's certificate before revocation: %v", err)
+	}
+	var nodeDirs []string
+	for _, id := range lc.IDs() {
+		nodeDirs = append(nodeDirs, lc.TLSDir(id))
+	}
+	runCLI(t, ctx, "cert", "revoke", "--cert", filepath.Join(certs, "leaver", gridtls.ClientCert), "--out", strings.Join(nodeDirs, ","))
+	wantCode("a backup read with a revoked certificate", call(leaver(), readAll), codes.Unavailable)
+	if err := call(mine, readAll); err != nil && status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("another certificate after a revocation: %v", err)
+	}
+
 	// A node's certificate does not speak for another node.
 	asN2 := credentials.NewTLS(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n2")).ClientConfig())
 	wantCode("n2's certificate reporting for n3", call(asN2, report("n3")), codes.PermissionDenied)

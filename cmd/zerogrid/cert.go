@@ -16,9 +16,13 @@ const certUsage = `zerogrid cert ca --dir DIR [--name NAME]
 zerogrid cert node --ca DIR --id ID --host HOST[,HOST...] --out DIR
     issue node ID's certificate for the addresses it serves on (IPs or
     names) into --out (ca.crt, node.crt, node.key): its node --tls-dir.
-zerogrid cert client --ca DIR --name NAME [--roles ROLE,...] --out DIR
+zerogrid cert client --ca DIR --name NAME [--roles ROLE,...] [--valid 720h] --out DIR
     issue a client certificate into --out (ca.crt, client.crt, client.key):
     the CLI's --tls-dir ($ZEROGRID_TLS_DIR), client.WithTLSDir in Go.
+    Roles: read, write, compute, admin (admin includes the others).
+zerogrid cert revoke --cert FILE --out DIR[,DIR...]
+    add the certificate's serial number to the revoked list of each node
+    TLS directory given: those nodes refuse new connections made with it.
 `
 
 func runCert(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -34,7 +38,9 @@ func runCert(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	id := fs.String("id", "", "node id (cert node)")
 	hosts := fs.String("host", "", "addresses the node serves on, comma-separated (cert node)")
 	roles := fs.String("roles", "", "roles, comma-separated (cert client): read, write, compute, admin")
-	out := fs.String("out", "", "directory to write the certificate, its key and ca.crt to")
+	out := fs.String("out", "", "directory to write the certificate, its key and ca.crt to (cert revoke: nodes' TLS directories, comma-separated)")
+	valid := fs.Duration("valid", 0, "how long the client certificate is valid (default two years)")
+	certFile := fs.String("cert", "", "the certificate to revoke (cert revoke)")
 	pos, err := parse(fs, rest)
 	if err != nil {
 		return err
@@ -63,10 +69,19 @@ func runCert(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		if *ca == "" || *out == "" || *name == "" {
 			return fmt.Errorf("%w: cert client needs --ca, --name and --out", errUsage)
 		}
-		if err := gridtls.IssueClient(*ca, *out, *name, splitAddrs(*roles)); err != nil {
+		if err := gridtls.IssueClientFor(*ca, *out, *name, splitAddrs(*roles), *valid); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "client %s (roles %s): certificate in %s (--tls-dir %s, or ZEROGRID_TLS_DIR)\n", *name, strings.Join(splitAddrs(*roles), ","), *out, *out)
+	case "revoke":
+		if *certFile == "" || *out == "" {
+			return fmt.Errorf("%w: cert revoke needs --cert and --out", errUsage)
+		}
+		serial, err := gridtls.Revoke(*certFile, splitAddrs(*out))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "certificate %s revoked in %s (connections already open stay until they close)\n", serial, *out)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, certUsage)
 	default:

@@ -13,7 +13,10 @@
 // to issue certificates, never to run a node.
 //
 // Key pairs are read again when their files change, so certificates can be
-// replaced without a restart.
+// replaced without a restart. A node's TLS directory may also hold
+// "revoked", the serial numbers of certificates it refuses (Revoke), read
+// again when it changes; expired certificates are refused by the standard
+// verification.
 package gridtls
 
 import (
@@ -48,6 +51,9 @@ const (
 	NodeKey    = "node.key"
 	ClientCert = "client.crt"
 	ClientKey  = "client.key"
+	// Revoked lists revoked certificates' serial numbers (hex, one per
+	// line, '#' starts a comment) in a node's TLS directory.
+	Revoked = "revoked"
 )
 
 // Kinds of certificate, as one of the subject's organizational units.
@@ -127,8 +133,15 @@ func IssueNode(caDir, outDir, id string, hosts []string) error {
 }
 
 // IssueClient issues a certificate for user name with roles into outDir as
-// client.crt and client.key, with a copy of the CA certificate.
+// client.crt and client.key, with a copy of the CA certificate, valid for
+// two years (IssueClientFor to choose).
 func IssueClient(caDir, outDir, name string, roles []string) error {
+	return IssueClientFor(caDir, outDir, name, roles, 0)
+}
+
+// IssueClientFor is IssueClient valid for validity from now (0: two years;
+// never past the CA's own expiry).
+func IssueClientFor(caDir, outDir, name string, roles []string, validity time.Duration) error {
 	if name == "" {
 		return errors.New("gridtls: a client certificate needs a name")
 	}
@@ -141,6 +154,9 @@ func IssueClient(caDir, outDir, name string, roles []string) error {
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: name, OrganizationalUnit: units},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if validity != 0 {
+		tmpl.NotAfter = time.Now().Add(validity)
 	}
 	return issue(caDir, outDir, ClientCert, ClientKey, tmpl)
 }
@@ -158,7 +174,12 @@ func issue(caDir, outDir, certName, keyName string, tmpl *x509.Certificate) erro
 		return err
 	}
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(certValidity)
+	if tmpl.NotAfter.IsZero() {
+		tmpl.NotAfter = time.Now().Add(certValidity)
+	}
+	if tmpl.NotAfter.Before(tmpl.NotBefore) {
+		tmpl.NotBefore = tmpl.NotAfter.Add(-time.Hour) // an already expired certificate (tests)
+	}
 	if caCert.NotAfter.Before(tmpl.NotAfter) {
 		tmpl.NotAfter = caCert.NotAfter
 	}
@@ -240,6 +261,10 @@ type Material struct {
 	mu      sync.Mutex
 	pair    *tls.Certificate
 	modTime time.Time
+
+	revMu      sync.Mutex
+	revModTime time.Time
+	revoked    map[string]bool // serial numbers, lower-case hex
 }
 
 // LoadNode reads a node's TLS directory (ca.crt, node.crt, node.key).
@@ -305,6 +330,75 @@ func (m *Material) keyPair() (*tls.Certificate, error) {
 	return m.pair, nil
 }
 
+// isRevoked reports whether the certificate's serial is in the directory's
+// revoked list (read again when the file changes).
+func (m *Material) isRevoked(c *x509.Certificate) bool {
+	path := filepath.Join(m.dir, Revoked)
+	st, err := os.Stat(path)
+	m.revMu.Lock()
+	defer m.revMu.Unlock()
+	switch {
+	case err != nil:
+		m.revoked, m.revModTime = nil, time.Time{}
+	case !st.ModTime().Equal(m.revModTime):
+		if b, err := os.ReadFile(path); err == nil {
+			m.revoked, m.revModTime = parseRevoked(string(b)), st.ModTime()
+		}
+	}
+	return m.revoked[c.SerialNumber.Text(16)]
+}
+
+func parseRevoked(text string) map[string]bool {
+	out := map[string]bool{}
+	for _, line := range strings.Split(text, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.ToLower(strings.TrimSpace(line)); line != "" {
+			out[strings.TrimPrefix(line, "0x")] = true
+		}
+	}
+	return out
+}
+
+// Revoke appends the serial number of the certificate in certFile to the
+// revoked list in each of dirs (nodes' TLS directories), with a comment
+// naming it. Nodes refuse new connections made with it at once.
+func Revoke(certFile string, dirs []string) (serialHex string, err error) {
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		return "", fmt.Errorf("gridtls: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", fmt.Errorf("gridtls: %s holds no PEM certificate", certFile)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("gridtls: %s: %w", certFile, err)
+	}
+	serialHex = c.SerialNumber.Text(16)
+	line := fmt.Sprintf("%s # %s %q revoked %s\n", serialHex, identityOf(c).Kind, c.Subject.CommonName, time.Now().UTC().Format(time.RFC3339))
+	for _, d := range dirs {
+		f, err := os.OpenFile(filepath.Join(d, Revoked), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return "", fmt.Errorf("gridtls: %w", err)
+		}
+		_, werr := f.WriteString(line)
+		cerr := f.Close()
+		if err := errors.Join(werr, cerr); err != nil {
+			return "", fmt.Errorf("gridtls: %w", err)
+		}
+	}
+	return serialHex, nil
+}
+
+// checkRevoked refuses a verified chain whose leaf is revoked.
+func (m *Material) checkRevoked(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > 0 && m.isRevoked(cs.PeerCertificates[0]) {
+		return fmt.Errorf("gridtls: certificate %s (%q) is revoked", cs.PeerCertificates[0].SerialNumber.Text(16), cs.PeerCertificates[0].Subject.CommonName)
+	}
+	return nil
+}
+
 // Identity is what a verified certificate says about its holder.
 type Identity struct {
 	Kind  string   // KindNode or KindClient
@@ -362,6 +456,7 @@ func (m *Material) ServerConfig() *tls.Config {
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return m.keyPair()
 		},
+		VerifyConnection: m.checkRevoked, // after the chain (and its expiry) is verified
 	}
 }
 
@@ -385,7 +480,7 @@ func (m *Material) ClientConfig() *tls.Config {
 			if id := identityOf(cs.PeerCertificates[0]); id.Kind != KindNode {
 				return fmt.Errorf("gridtls: the server's certificate (%q) is not a zerogrid node certificate", id.Name)
 			}
-			return nil
+			return m.checkRevoked(cs)
 		},
 	}
 }
