@@ -89,7 +89,22 @@ func DialWith(ctx context.Context, addrs []string, opts ...Option) (*Client, err
 		id = binary.LittleEndian.Uint64(b[:])
 	}
 	creds := insecure.NewCredentials()
-	if o.tlsDir != "" {
+	var secOpts []grpc.DialOption
+	switch {
+	case o.tokenFile != "" && o.tlsDir == "":
+		return nil, fmt.Errorf("%w: a token needs TLS: WithTLSDir naming a directory with the cluster's ca.crt", grid.ErrBadConfig)
+	case o.tokenFile != "":
+		m, err := gridtls.LoadCA(o.tlsDir)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", grid.ErrBadConfig, err)
+		}
+		tc, err := gridtls.TokenCreds(o.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", grid.ErrBadConfig, err)
+		}
+		creds = credentials.NewTLS(m.ClientConfig())
+		secOpts = append(secOpts, grpc.WithPerRPCCredentials(tc))
+	case o.tlsDir != "":
 		m, err := gridtls.LoadClient(o.tlsDir)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", grid.ErrBadConfig, err)
@@ -99,10 +114,10 @@ func DialWith(ctx context.Context, addrs []string, opts ...Option) (*Client, err
 	c := &Client{
 		opts: o,
 		log:  o.logger,
-		dialOpts: append([]grpc.DialOption{
+		dialOpts: append(append([]grpc.DialOption{
 			grpc.WithTransportCredentials(creds),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgBytes)),
-		}, o.dialOpts...),
+		}, secOpts...), o.dialOpts...),
 		clientID: id,
 		seeds:    seeds,
 		conns:    map[string]*grpc.ClientConn{},

@@ -67,6 +67,7 @@ type options struct {
 	clientID     uint64
 	scanPageSize int
 	tlsDir       string
+	tokenFile    string
 }
 
 func defaultOptions() options {
@@ -98,6 +99,11 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // 'zerogrid cert client' writes them. The key pair is read again when its
 // files change. An empty dir leaves connections insecure.
 func WithTLSDir(dir string) Option { return func(o *options) { o.tlsDir = dir } }
+
+// WithTokenFile authenticates every call with the bearer token in the
+// file at path ('zerogrid cert token') instead of a client certificate;
+// it needs WithTLSDir naming a directory with the cluster's ca.crt.
+func WithTokenFile(path string) Option { return func(o *options) { o.tokenFile = path } }
 
 // WithLogger sets where the client logs retries and table refreshes (at debug
 // and warn level). By default it logs nothing.

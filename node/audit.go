@@ -184,9 +184,13 @@ func (s *security) auditCall(ctx context.Context, method string, req any, start 
 	r := grid.AuditRecord{Time: start.UTC(), Node: s.audit.node, Who: "anonymous", Method: method, Role: role,
 		What: gist(req), Outcome: "ok", Took: time.Since(start).Round(time.Microsecond).String()}
 	if who, ok := gridtls.FromContext(ctx); ok {
-		r.Who = "client:" + who.Name
-		if who.Kind == gridtls.KindNode {
+		switch who.Kind {
+		case gridtls.KindNode:
 			r.Who = "node:" + who.Name
+		case gridtls.KindToken:
+			r.Who = "token:" + who.Name
+		default:
+			r.Who = "client:" + who.Name
 		}
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {

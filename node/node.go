@@ -165,7 +165,7 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
-	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true), grpc.Creds(n.sec.serverCreds()),
+	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true), grpc.Creds(n.sec.serverCreds()), grpc.InTapHandle(n.sec.tap),
 		grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired))...)
 	n.trans.Register(n.srv)
 	registerServices(n.srv, n)

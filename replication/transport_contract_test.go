@@ -120,14 +120,20 @@ func TestTransportGRPC(t *testing.T) {
 		if sent == 0 || batches*2 > sent {
 			t.Fatalf("%d heartbeats in %d messages: not coalesced", sent, batches)
 		}
-		for _, g := range groups {
-			leader := c.leaderNode(g)
-			for _, nd := range nodes {
-				if nd != leader && nd.heartbeats[g].Load() == 0 {
-					t.Errorf("group %s: follower %s heard no heartbeat", g, nd.id)
+		// Every follower hears its leader (a loaded machine, such as -race
+		// on two cores, may need longer than the idle period above).
+		deaf := func() string {
+			for _, g := range groups {
+				leader := c.leaderNode(g)
+				for _, nd := range nodes {
+					if nd != leader && nd.heartbeats[g].Load() == 0 {
+						return fmt.Sprintf("group %s: follower %s heard no heartbeat", g, nd.id)
+					}
 				}
 			}
+			return ""
 		}
+		waitFor(t, 10*time.Second, "every follower hears its leader's heartbeats", func() bool { return deaf() == "" })
 		t.Logf("%d heartbeats of %d groups in %d messages", sent, len(groups), batches)
 	})
 

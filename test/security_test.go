@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/client"
@@ -84,7 +85,7 @@ func TestMutualTLS(t *testing.T) {
 	wantCode("a backup read over plain TCP", call(insecure.NewCredentials(), readAll), codes.Unavailable)
 	wantCode("a Raft vote over plain TCP", call(insecure.NewCredentials(), vote), codes.Unavailable)
 	noCert := credentials.NewTLS(&tls.Config{InsecureSkipVerify: true}) // a TLS client that shows no certificate
-	wantCode("a backup read with TLS but no certificate", call(noCert, readAll), codes.Unavailable)
+	wantCode("a backup read with TLS but no certificate", call(noCert, readAll), codes.Unauthenticated)
 
 	// A certificate from another CA.
 	other := t.TempDir()
@@ -212,6 +213,62 @@ func TestMutualTLS(t *testing.T) {
 	wantCode("a backup read with a revoked certificate", call(leaver(), readAll), codes.Unavailable)
 	if err := call(mine, readAll); err != nil && status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("another certificate after a revocation: %v", err)
+	}
+
+	// Bearer tokens signed by the CA: roles as certificates have them; a
+	// token from another CA, a garbled one and a revoked one are refused.
+	caOnly := filepath.Join(certs, "ca-only")
+	if err := os.MkdirAll(caOnly, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(caDir, gridtls.CACert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(caOnly, gridtls.CACert), caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runCLI(t, ctx, "cert", "token", "--ca", caDir, "--name", "dashboard", "--roles", "read", "--out", filepath.Join(certs, "dashboard.token"))
+	withToken := func(file string) *client.Client {
+		tc, err := client.DialWith(ctx, lc.Addrs(), client.WithTLSDir(caOnly), client.WithTokenFile(file))
+		if err != nil {
+			t.Fatalf("dial with %s: %v", file, err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		return tc
+	}
+	dash := withToken(filepath.Join(certs, "dashboard.token"))
+	if v, _, err := dash.Map("kv").Get(ctx, []byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("read with a read token: %q, %v", v, err)
+	}
+	if _, err := dash.Map("kv").Put(ctx, []byte("k"), []byte("by token")); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("put with a read token: %v", err)
+	}
+	forged, err := gridtls.IssueToken(filepath.Join(other, "ca"), "dashboard", []string{"admin"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{"forged": forged, "garbled": forged[:len(forged)-8] + "AAAAAAAA", "not a token": "hello"} {
+		f := filepath.Join(certs, strings.ReplaceAll(name, " ", "-")+".token")
+		if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		call := func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := gridpb.NewAdminClient(cc).GetTable(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), &gridpb.GetTableRequest{})
+			return err
+		}
+		caCreds := credentials.NewTLS(mustLoad(t, gridtls.LoadCA, caOnly).ClientConfig())
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(caCreds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = call(ctx, conn)
+		conn.Close()
+		wantCode("a "+name+" token", err, codes.Unauthenticated)
+	}
+	runCLI(t, ctx, "cert", "revoke", "--cert", filepath.Join(certs, "dashboard.token"), "--out", strings.Join(nodeDirs, ","))
+	if _, _, err := dash.Map("kv").Get(ctx, []byte("k")); status.Code(errors.Unwrap(err)) != codes.Unauthenticated && !strings.Contains(fmt.Sprint(err), "revoked") {
+		t.Fatalf("read with a revoked token: %v", err)
 	}
 
 	// A node's certificate does not speak for another node.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -20,9 +21,15 @@ zerogrid cert client --ca DIR --name NAME [--roles ROLE,...] [--valid 720h] --ou
     issue a client certificate into --out (ca.crt, client.crt, client.key):
     the CLI's --tls-dir ($ZEROGRID_TLS_DIR), client.WithTLSDir in Go.
     Roles: read, write, compute, admin (admin includes the others).
+zerogrid cert token --ca DIR --name NAME [--roles ROLE,...] [--valid 2160h] --out FILE
+    sign a bearer token (an alternative to a client certificate, for
+    clients that cannot hold one) into FILE: the CLI's --token-file
+    ($ZEROGRID_TOKEN_FILE) with a --tls-dir holding only ca.crt,
+    client.WithTokenFile in Go.
 zerogrid cert revoke --cert FILE --out DIR[,DIR...]
-    add the certificate's serial number to the revoked list of each node
-    TLS directory given: those nodes refuse new connections made with it.
+    add the certificate's serial number (or the token's id, when FILE is a
+    token) to the revoked list of each node TLS directory given: those nodes
+    refuse it at once.
 `
 
 func runCert(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -38,8 +45,8 @@ func runCert(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	id := fs.String("id", "", "node id (cert node)")
 	hosts := fs.String("host", "", "addresses the node serves on, comma-separated (cert node)")
 	roles := fs.String("roles", "", "roles, comma-separated (cert client): read, write, compute, admin")
-	out := fs.String("out", "", "directory to write the certificate, its key and ca.crt to (cert revoke: nodes' TLS directories, comma-separated)")
-	valid := fs.Duration("valid", 0, "how long the client certificate is valid (default two years)")
+	out := fs.String("out", "", "directory to write the certificate, its key and ca.crt to (cert token: the token file; cert revoke: nodes' TLS directories, comma-separated)")
+	valid := fs.Duration("valid", 0, "how long the client certificate (default two years) or token (default 90 days) is valid")
 	certFile := fs.String("cert", "", "the certificate to revoke (cert revoke)")
 	pos, err := parse(fs, rest)
 	if err != nil {
@@ -73,6 +80,19 @@ func runCert(_ context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "client %s (roles %s): certificate in %s (--tls-dir %s, or ZEROGRID_TLS_DIR)\n", *name, strings.Join(splitAddrs(*roles), ","), *out, *out)
+	case "token":
+		if *ca == "" || *out == "" || *name == "" {
+			return fmt.Errorf("%w: cert token needs --ca, --name and --out", errUsage)
+		}
+		tok, err := gridtls.IssueToken(*ca, *name, splitAddrs(*roles), *valid)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*out, []byte(tok+"\n"), 0o600); err != nil {
+			return err
+		}
+		id, _, _ := gridtls.TokenID(tok)
+		fmt.Fprintf(stdout, "token %s for %s (roles %s) in %s (--token-file %s)\n", id, *name, strings.Join(splitAddrs(*roles), ","), *out, *out)
 	case "revoke":
 		if *certFile == "" || *out == "" {
 			return fmt.Errorf("%w: cert revoke needs --cert and --out", errUsage)

@@ -16,16 +16,18 @@ import (
 
 // clientFlags are the flags every client command shares.
 type clientFlags struct {
-	addr     string
-	timeout  time.Duration
-	tlsDir   string
-	insecure bool
+	addr      string
+	timeout   time.Duration
+	tlsDir    string
+	tokenFile string
+	insecure  bool
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:7101", "cluster member address(es), comma-separated")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up after this long")
 	fs.StringVar(&c.tlsDir, "tls-dir", os.Getenv("ZEROGRID_TLS_DIR"), "your certificates: ca.crt, client.crt, client.key ('zerogrid cert client'); default $ZEROGRID_TLS_DIR")
+	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("ZEROGRID_TOKEN_FILE"), "authenticate with this bearer token ('zerogrid cert token') instead of a client certificate; --tls-dir then needs only ca.crt; default $ZEROGRID_TOKEN_FILE")
 	fs.BoolVar(&c.insecure, "insecure", false, "connect without TLS (to nodes started with --insecure)")
 }
 
@@ -35,11 +37,14 @@ func (c *clientFlags) dial(ctx context.Context) (*client.Client, error) {
 	case c.tlsDir == "" && !c.insecure:
 		return nil, fmt.Errorf("%w: say which certificates to connect with (--tls-dir DIR or $ZEROGRID_TLS_DIR), or --insecure for a cluster without TLS", errUsage)
 	}
-	dir := c.tlsDir
 	if c.insecure {
-		dir = ""
+		return client.DialWith(ctx, splitAddrs(c.addr))
 	}
-	return client.DialWith(ctx, splitAddrs(c.addr), client.WithTLSDir(dir))
+	opts := []client.Option{client.WithTLSDir(c.tlsDir)}
+	if c.tokenFile != "" {
+		opts = append(opts, client.WithTokenFile(c.tokenFile))
+	}
+	return client.DialWith(ctx, splitAddrs(c.addr), opts...)
 }
 
 // longTimeout gives a long-running command its own --timeout default (and

@@ -255,8 +255,9 @@ func serial() (*big.Int, error) {
 // Material is a TLS directory's CA and key pair, read again when the key
 // pair's files change.
 type Material struct {
-	dir, certFile, keyFile string
+	dir, certFile, keyFile string // no key pair (LoadCA): certFile is empty
 	roots                  *x509.CertPool
+	ca                     *x509.Certificate
 
 	mu      sync.Mutex
 	pair    *tls.Certificate
@@ -273,22 +274,20 @@ func LoadNode(dir string) (*Material, error) { return load(dir, NodeCert, NodeKe
 // LoadClient reads a client's TLS directory: ca.crt with client.crt and
 // client.key, or a node's key pair when there is no client one.
 func LoadClient(dir string) (*Material, error) {
-	if _, err := os.Stat(filepath.Join(dir, ClientCert)); errors.Is(err, os.ErrNotExist) {
-		return load(dir, NodeCert, NodeKey)
+	for _, pair := range [][2]string{{ClientCert, ClientKey}, {NodeCert, NodeKey}} {
+		if _, err := os.Stat(filepath.Join(dir, pair[0])); err == nil {
+			return load(dir, pair[0], pair[1])
+		}
 	}
-	return load(dir, ClientCert, ClientKey)
+	return nil, fmt.Errorf("gridtls: %s holds no client.crt or node.crt (a client with a token needs only ca.crt: LoadCA)", dir)
 }
 
 func load(dir, certName, keyName string) (*Material, error) {
-	caPEM, err := os.ReadFile(filepath.Join(dir, CACert))
+	m, err := loadRoots(dir)
 	if err != nil {
-		return nil, fmt.Errorf("gridtls: %w (a TLS directory holds ca.crt and a key pair: see 'zerogrid cert')", err)
+		return nil, err
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("gridtls: %s holds no PEM certificate", filepath.Join(dir, CACert))
-	}
-	m := &Material{dir: dir, certFile: filepath.Join(dir, certName), keyFile: filepath.Join(dir, keyName), roots: roots}
+	m.certFile, m.keyFile = filepath.Join(dir, certName), filepath.Join(dir, keyName)
 	if _, err := m.keyPair(); err != nil {
 		return nil, err
 	}
@@ -297,6 +296,9 @@ func load(dir, certName, keyName string) (*Material, error) {
 
 // keyPair returns the key pair, reading it again if its files changed.
 func (m *Material) keyPair() (*tls.Certificate, error) {
+	if m.certFile == "" {
+		return &tls.Certificate{}, nil // a token client shows no certificate
+	}
 	st, err := os.Stat(m.certFile)
 	if err != nil {
 		return nil, fmt.Errorf("gridtls: %w", err)
@@ -348,6 +350,14 @@ func (m *Material) isRevoked(c *x509.Certificate) bool {
 	return m.revoked[c.SerialNumber.Text(16)]
 }
 
+// isRevokedID reports whether a token id is in the revoked list.
+func (m *Material) isRevokedID(id string) bool {
+	m.isRevoked(&x509.Certificate{SerialNumber: big.NewInt(0)}) // refresh the list
+	m.revMu.Lock()
+	defer m.revMu.Unlock()
+	return m.revoked[strings.ToLower(id)]
+}
+
 func parseRevoked(text string) map[string]bool {
 	out := map[string]bool{}
 	for _, line := range strings.Split(text, "\n") {
@@ -359,13 +369,17 @@ func parseRevoked(text string) map[string]bool {
 	return out
 }
 
-// Revoke appends the serial number of the certificate in certFile to the
-// revoked list in each of dirs (nodes' TLS directories), with a comment
-// naming it. Nodes refuse new connections made with it at once.
+// Revoke appends the serial number of the certificate in certFile (or the
+// id of the token in it) to the revoked list in each of dirs (nodes' TLS
+// directories), with a comment naming it. Nodes refuse new connections
+// made with the certificate, and calls made with the token, at once.
 func Revoke(certFile string, dirs []string) (serialHex string, err error) {
 	b, err := os.ReadFile(certFile)
 	if err != nil {
 		return "", fmt.Errorf("gridtls: %w", err)
+	}
+	if id, name, err := TokenID(string(b)); err == nil {
+		return id, appendRevoked(dirs, fmt.Sprintf("%s # token %q revoked %s\n", id, name, time.Now().UTC().Format(time.RFC3339)))
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil {
@@ -377,18 +391,23 @@ func Revoke(certFile string, dirs []string) (serialHex string, err error) {
 	}
 	serialHex = c.SerialNumber.Text(16)
 	line := fmt.Sprintf("%s # %s %q revoked %s\n", serialHex, identityOf(c).Kind, c.Subject.CommonName, time.Now().UTC().Format(time.RFC3339))
+	return serialHex, appendRevoked(dirs, line)
+}
+
+// appendRevoked appends line to the revoked list in each of dirs.
+func appendRevoked(dirs []string, line string) error {
 	for _, d := range dirs {
 		f, err := os.OpenFile(filepath.Join(d, Revoked), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
-			return "", fmt.Errorf("gridtls: %w", err)
+			return fmt.Errorf("gridtls: %w", err)
 		}
 		_, werr := f.WriteString(line)
 		cerr := f.Close()
 		if err := errors.Join(werr, cerr); err != nil {
-			return "", fmt.Errorf("gridtls: %w", err)
+			return fmt.Errorf("gridtls: %w", err)
 		}
 	}
-	return serialHex, nil
+	return nil
 }
 
 // checkRevoked refuses a verified chain whose leaf is revoked.
@@ -433,8 +452,12 @@ func identityOf(c *x509.Certificate) Identity {
 }
 
 // FromContext returns the identity of a gRPC call's verified peer
-// certificate; false when the call did not come over mutual TLS.
+// certificate, or of its verified bearer token (WithTokenIdentity); false
+// when the call has neither.
 func FromContext(ctx context.Context) (Identity, bool) {
+	if id, ok := ctx.Value(tokenKey{}).(Identity); ok {
+		return id, true
+	}
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return Identity{}, false
@@ -451,7 +474,10 @@ func FromContext(ctx context.Context) (Identity, bool) {
 func (m *Material) ServerConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		ClientAuth: tls.RequireAndVerifyClientCert,
+		// A certificate is verified when shown; a caller without one must
+		// bring a bearer token signed by the CA, or every call is refused
+		// (see the node's authorization).
+		ClientAuth: tls.VerifyClientCertIfGiven,
 		ClientCAs:  m.roots,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return m.keyPair()

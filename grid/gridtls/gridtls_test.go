@@ -3,6 +3,7 @@ package gridtls
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -73,5 +74,48 @@ func TestIssueLoadAndReload(t *testing.T) {
 	p3, err := n.keyPair()
 	if err != nil || p3 != p2 {
 		t.Errorf("a damaged certificate file replaced the good pair (%v)", err)
+	}
+}
+
+func TestTokens(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if err := NewCA(ca, ""); err != nil {
+		t.Fatal(err)
+	}
+	m, err := LoadCA(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := IssueToken(ca, "ci", []string{"read", "write"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	who, err := m.VerifyBearer("Bearer " + tok)
+	if err != nil || who.Kind != KindToken || who.Name != "ci" || !who.HasRole("write") {
+		t.Fatalf("token identity %+v, %v", who, err)
+	}
+	if _, err := m.verifyToken(tok, time.Now().Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("an expired token: %v", err)
+	}
+	if _, err := m.VerifyBearer(tok); err == nil {
+		t.Error("a token without the Bearer scheme was accepted")
+	}
+	// A changed payload breaks the signature.
+	body, sig, _ := strings.Cut(strings.TrimPrefix(tok, tokenPrefix), ".")
+	if _, err := m.VerifyBearer("Bearer " + tokenPrefix + body + "x." + sig); err == nil {
+		t.Error("a token with an altered payload was accepted")
+	}
+	// Revoked by id.
+	f := filepath.Join(dir, "ci.token")
+	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, err := Revoke(f, []string{ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.VerifyBearer("Bearer " + tok); err == nil || !strings.Contains(err.Error(), id) {
+		t.Errorf("a revoked token: %v", err)
 	}
 }
