@@ -281,8 +281,13 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 		return nil, err
 	}
 	var keys [][]byte
+	compared := 0
 	for _, c := range req.Compares {
 		keys = append(keys, c.Key)
+		compared += len(c.Key) + len(c.Value)
+	}
+	if compared > s.n.cfg.Limits.MaxValueBytes {
+		return nil, fmt.Errorf("%w: a transaction's compares carry %d bytes, limit %d", grid.ErrValueTooLarge, compared, s.n.cfg.Limits.MaxValueBytes)
 	}
 	for _, branch := range [][]*gridpb.TxnWrite{req.ThenOps, req.ElseOps} {
 		size := 0

@@ -106,4 +106,10 @@ func TestTransactionsAllOrNothing(t *testing.T) {
 	if _, _, err := m.Get(ctx, crossed); !errors.Is(err, grid.ErrNotFound) {
 		t.Fatalf("refused txn wrote: %v", err)
 	}
+	// Compares carry bounded values too.
+	huge := make([]byte, grid.DefaultLimits().MaxValueBytes+1)
+	_, _, err = m.Txn(ctx).If(client.ValueIs([]byte(accounts[0]), huge)).Then(client.OpPut([]byte(accounts[0]), []byte("0"))).Commit()
+	if !errors.Is(err, grid.ErrValueTooLarge) {
+		t.Fatalf("a compare with an oversized value: %v, want ErrValueTooLarge", err)
+	}
 }
