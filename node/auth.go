@@ -231,8 +231,12 @@ func (s *security) authorizeSender(ctx context.Context, id string) error {
 }
 
 // admit counts a call (or a stream) against its caller's cap and returns
-// the function that releases it; other nodes are not capped.
-func (s *security) admit(ctx context.Context, stream bool) (func(), error) {
+// the function that releases it; other nodes, and the nodes' own methods
+// (Raft streams above all: one per group and peer), are not capped.
+func (s *security) admit(ctx context.Context, method string, stream bool) (func(), error) {
+	if roleFor(method) == rolePeer {
+		return func() {}, nil
+	}
 	key := ""
 	if who, ok := gridtls.FromContext(ctx); ok {
 		if who.Kind == gridtls.KindNode {
@@ -270,7 +274,7 @@ func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 		s.auditCall(ctx, info.FullMethod, req, start, err, true)
 		return nil, err
 	}
-	release, err := s.admit(ctx, false)
+	release, err := s.admit(ctx, info.FullMethod, false)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +293,7 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		s.auditCall(ss.Context(), info.FullMethod, nil, start, err, true)
 		return err
 	}
-	release, err := s.admit(ss.Context(), true)
+	release, err := s.admit(ss.Context(), info.FullMethod, true)
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,13 @@
 package node
 
 import (
+	"context"
+	"errors"
 	"testing"
 
 	"google.golang.org/grpc"
 
+	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 	"github.com/zerogrid/zerogrid/grid/gridtls"
 )
@@ -69,5 +72,35 @@ func TestRoleGrants(t *testing.T) {
 		if got := grants(tc.who, roleFor(tc.method)); got != tc.ok {
 			t.Errorf("%s %q roles %v calling %s: granted %v, want %v", tc.who.Kind, tc.who.Name, tc.who.Roles, tc.method, got, tc.ok)
 		}
+	}
+}
+
+// TestCapsSpareNodeMethods: a client's streams are capped, the nodes' own
+// (Raft: one pipeline per group and peer) are not, also when insecure,
+// where every caller on a host shares one count.
+func TestCapsSpareNodeMethods(t *testing.T) {
+	s := &security{maxCalls: 1, maxStreams: 1, running: map[string]int{}}
+	ctx := context.Background()
+	var releases []func()
+	for range 3 {
+		rel, err := s.admit(ctx, gridpb.Raft_AppendEntriesPipeline_FullMethodName, true)
+		if err != nil {
+			t.Fatalf("a Raft stream was capped: %v", err)
+		}
+		releases = append(releases, rel)
+	}
+	rel, err := s.admit(ctx, gridpb.Watch_Watch_FullMethodName, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.admit(ctx, gridpb.Watch_Watch_FullMethodName, true); !errors.Is(gridpb.FromStatus(err), grid.ErrTooManyRequests) {
+		t.Fatalf("a second watch over a cap of one: %v", err)
+	}
+	rel()
+	if _, err := s.admit(ctx, gridpb.Watch_Watch_FullMethodName, true); err != nil {
+		t.Fatalf("a watch after one closed: %v", err)
+	}
+	for _, r := range releases {
+		r()
 	}
 }
