@@ -266,6 +266,9 @@ type Material struct {
 	revMu      sync.Mutex
 	revModTime time.Time
 	revoked    map[string]bool // serial numbers, lower-case hex
+
+	tokMu  sync.Mutex
+	tokens map[string]verifiedToken // bearer tokens whose signature checked out
 }
 
 // LoadNode reads a node's TLS directory (ca.crt, node.crt, node.key).

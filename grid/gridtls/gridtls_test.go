@@ -95,11 +95,14 @@ func TestTokens(t *testing.T) {
 	if err != nil || who.Kind != KindToken || who.Name != "ci" || !who.HasRole("write") {
 		t.Fatalf("token identity %+v, %v", who, err)
 	}
-	if _, err := m.verifyToken(tok, time.Now().Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
+	if _, _, err := m.verifyToken(tok, time.Now().Add(2*time.Hour)); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("an expired token: %v", err)
 	}
 	if _, err := m.VerifyBearer(tok); err == nil {
 		t.Error("a token without the Bearer scheme was accepted")
+	}
+	if again, err := m.VerifyBearer("Bearer " + tok); err != nil || again.Name != "ci" {
+		t.Fatalf("a remembered token: %+v, %v", again, err)
 	}
 	// A changed payload breaks the signature.
 	body, sig, _ := strings.Cut(strings.TrimPrefix(tok, tokenPrefix), ".")

@@ -73,8 +73,10 @@ func IssueToken(caDir, name string, roles []string, validity time.Duration) (str
 
 // verifyToken checks a token's signature against the CA, its expiry and
 // the revoked list, and returns the identity it carries.
-func (m *Material) verifyToken(tok string, now time.Time) (Identity, error) {
-	bad := func(why string) (Identity, error) { return Identity{}, fmt.Errorf("gridtls: bad token: %s", why) }
+func (m *Material) verifyToken(tok string, now time.Time) (Identity, TokenClaims, error) {
+	bad := func(why string) (Identity, TokenClaims, error) {
+		return Identity{}, TokenClaims{}, fmt.Errorf("gridtls: bad token: %s", why)
+	}
 	if !strings.HasPrefix(tok, tokenPrefix) {
 		return bad("not a zerogrid token")
 	}
@@ -108,7 +110,7 @@ func (m *Material) verifyToken(tok string, now time.Time) (Identity, error) {
 	if m.isRevokedID(c.ID) {
 		return bad(fmt.Sprintf("token %s (%q) is revoked", c.ID, c.Name))
 	}
-	return Identity{Kind: KindToken, Name: c.Name, Roles: c.Roles}, nil
+	return Identity{Kind: KindToken, Name: c.Name, Roles: c.Roles}, c, nil
 }
 
 // KindToken is the kind of an identity that came from a bearer token.
@@ -116,12 +118,49 @@ const KindToken = "zerogrid-token"
 
 // VerifyBearer checks an "authorization" header value ("Bearer TOKEN")
 // and returns the identity its token carries.
+// Verified tokens are remembered (their signature is checked once: an
+// ECDSA verification costs milliseconds on a Pi Zero, and a token is sent
+// with every call); expiry and revocation are checked on every use.
 func (m *Material) VerifyBearer(header string) (Identity, error) {
 	tok, found := strings.CutPrefix(header, "Bearer ")
 	if !found {
 		return Identity{}, errors.New("gridtls: authorization is not a Bearer token")
 	}
-	return m.verifyToken(strings.TrimSpace(tok), time.Now())
+	tok = strings.TrimSpace(tok)
+	now := time.Now()
+	m.tokMu.Lock()
+	v, ok := m.tokens[tok]
+	m.tokMu.Unlock()
+	if ok {
+		switch {
+		case now.Unix() >= v.expires:
+			return Identity{}, fmt.Errorf("gridtls: bad token: expired at %s", time.Unix(v.expires, 0).UTC().Format(time.RFC3339))
+		case m.isRevokedID(v.id):
+			return Identity{}, fmt.Errorf("gridtls: bad token: token %s (%q) is revoked", v.id, v.who.Name)
+		}
+		return v.who, nil
+	}
+	who, c, err := m.verifyToken(tok, now)
+	if err != nil {
+		return Identity{}, err
+	}
+	m.tokMu.Lock()
+	if m.tokens == nil || len(m.tokens) >= maxVerifiedTokens {
+		m.tokens = map[string]verifiedToken{}
+	}
+	m.tokens[tok] = verifiedToken{who: who, id: c.ID, expires: c.Expires}
+	m.tokMu.Unlock()
+	return who, nil
+}
+
+// maxVerifiedTokens bounds the remembered tokens (all are forgotten at
+// once when it is reached).
+const maxVerifiedTokens = 1024
+
+type verifiedToken struct {
+	who     Identity
+	id      string
+	expires int64
 }
 
 // tokenKey marks a call's token identity in its context.
