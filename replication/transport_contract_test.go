@@ -117,7 +117,11 @@ func TestTransportGRPC(t *testing.T) {
 			tr := nd.trans.(*grpcContractNode).GRPCTransport
 			sent, batches = sent+tr.hbSent.Load(), batches+tr.hbBatches.Load()
 		}
-		if sent == 0 || batches*2 > sent {
+		// One message per heartbeat would be 1 per message; 12 groups led
+		// from 3 nodes give about 4 per message when idle. Under -race on a
+		// loaded machine timers drift apart and fewer share a window (1.98
+		// seen), so the bound is 1.5.
+		if sent == 0 || batches*3 > sent*2 {
 			t.Fatalf("%d heartbeats in %d messages: not coalesced", sent, batches)
 		}
 		// Every follower hears its leader (a loaded machine, such as -race
