@@ -129,14 +129,21 @@ func TestCorruptionInjection(t *testing.T) {
 	}
 	defer conn.Close()
 	kv := gridpb.NewKVClient(conn)
-	refused := 0
+	refused, behind := 0, 0
 	for _, k := range append(append([]string(nil), engineKeys...), logKeys...) {
 		r, err := kv.Get(ctx, &gridpb.GetRequest{Map: "kv", Key: []byte(k), Consistency: gridpb.Consistency_STALE})
 		switch {
 		case err != nil:
 			refused++
-		case !r.Found || !bytes.Equal(r.Value, want[k]):
-			t.Errorf("stale read of %q on %s returned a wrong value (found %v)", k, victim, r.Found)
+		case !r.Found:
+			// The damaged replica may already be rebuilding from its leader
+			// (it starts empty): a stale read then shows an earlier state
+			// of the log, which stale reads allow (the applied index says
+			// how far it is); what must never come back is a damaged value.
+			behind++
+			t.Logf("stale read of %q on %s: not found at applied index %d (a replica being rebuilt)", k, victim, r.AppliedIndex)
+		case !bytes.Equal(r.Value, want[k]):
+			t.Errorf("stale read of %q on %s returned a wrong value", k, victim)
 		}
 		for _, opts := range [][]client.ReadOption{nil, {client.Stale()}} {
 			v, _, err := m.Get(ctx, []byte(k), opts...)
@@ -148,7 +155,7 @@ func TestCorruptionInjection(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("stale reads on %s: %d of %d refused, none wrong", victim, refused, len(engineKeys)+len(logKeys))
+	t.Logf("stale reads on %s: %d of %d refused, %d behind (rebuilding), none wrong", victim, refused, len(engineKeys)+len(logKeys), behind)
 
 	// 3. Repair: the check quarantines what differs, the scrub finds the
 	// damaged log, and the cluster rebuilds the victim's replicas.
