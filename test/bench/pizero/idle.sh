@@ -5,8 +5,8 @@
 # Prints each container's CPU as a percentage of its quota (0.125 core),
 # averaged over SECONDS after a settling time.
 #
-# Usage: test/bench/pizero/idle.sh [PARTITIONS] [SECONDS] [PROFILE] (PROFILE=small: also
-# gives the nodes --profile small)
+# Usage: [INSECURE=1] test/bench/pizero/idle.sh [PARTITIONS] [SECONDS] [PROFILE] (PROFILE=small:
+# also gives the nodes --profile small; INSECURE=1: nodes without TLS)
 set -euo pipefail
 parts=${1:-32}; secs=${2:-60}; profile=${3:-default}
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../../.." && pwd)
@@ -56,12 +56,14 @@ cpu_pct() {
 
 limits=(--cpus 0.125 --memory 512m --network "$net")
 peers=n1=z1:7100,n2=z2:7100,n3=z3:7100
-# Mutual TLS, as nodes run by default: a CA and one certificate per node.
+# Mutual TLS, as nodes run by default: a CA and one certificate per node
+# (INSECURE=1: --insecure instead).
 "$tmp/zerogrid" cert ca --dir "$tmp/ca" >/dev/null
 for i in 1 2 3; do
   "$tmp/zerogrid" cert node --ca "$tmp/ca" --id n$i --host z$i --out "$tmp/tls$i" >/dev/null
+  sec=(--tls-dir /tls); [ "${INSECURE:-}" = 1 ] && sec=(--insecure)
   docker run -d --name z$i "${limits[@]}" -v "$tmp/tls$i:/tls:ro" zerogrid-pizero node --id n$i --listen 0.0.0.0:7100 \
-    --data-dir /data --tls-dir /tls --peers $peers --partitions "$parts" --replicas 3 --profile "$profile" >/dev/null
+    --data-dir /data "${sec[@]}" --peers $peers --partitions "$parts" --replicas 3 --profile "$profile" >/dev/null
 done
 sleep 30
 echo "zerogrid, $parts partitions, $profile profile:"
