@@ -286,7 +286,7 @@ func LoadClient(dir string) (*Material, error) {
 }
 
 func load(dir, certName, keyName string) (*Material, error) {
-	m, err := loadRoots(dir)
+	m, err := LoadCA(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -336,8 +336,18 @@ func (m *Material) keyPair() (*tls.Certificate, error) {
 }
 
 // isRevoked reports whether the certificate's serial is in the directory's
-// revoked list (read again when the file changes).
+// revoked list.
 func (m *Material) isRevoked(c *x509.Certificate) bool {
+	return m.revokedList()[c.SerialNumber.Text(16)]
+}
+
+// isRevokedID reports whether a token id is in the revoked list.
+func (m *Material) isRevokedID(id string) bool { return m.revokedList()[strings.ToLower(id)] }
+
+// revokedList is the directory's revoked list, read again when the file
+// changes. The map is replaced, never changed, so callers may read it
+// without the lock.
+func (m *Material) revokedList() map[string]bool {
 	path := filepath.Join(m.dir, Revoked)
 	st, err := os.Stat(path)
 	m.revMu.Lock()
@@ -350,15 +360,7 @@ func (m *Material) isRevoked(c *x509.Certificate) bool {
 			m.revoked, m.revModTime = parseRevoked(string(b)), st.ModTime()
 		}
 	}
-	return m.revoked[c.SerialNumber.Text(16)]
-}
-
-// isRevokedID reports whether a token id is in the revoked list.
-func (m *Material) isRevokedID(id string) bool {
-	m.isRevoked(&x509.Certificate{SerialNumber: big.NewInt(0)}) // refresh the list
-	m.revMu.Lock()
-	defer m.revMu.Unlock()
-	return m.revoked[strings.ToLower(id)]
+	return m.revoked
 }
 
 func parseRevoked(text string) map[string]bool {

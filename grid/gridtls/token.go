@@ -197,14 +197,6 @@ func (bearer) RequireTransportSecurity() bool { return true }
 // LoadCA reads only a TLS directory's ca.crt: the material of a client that
 // authenticates with a token instead of a certificate.
 func LoadCA(dir string) (*Material, error) {
-	m, err := loadRoots(dir)
-	if err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-func loadRoots(dir string) (*Material, error) {
 	caPEM, err := os.ReadFile(filepath.Join(dir, CACert))
 	if err != nil {
 		return nil, fmt.Errorf("gridtls: %w (a TLS directory holds ca.crt and a key pair: see 'zerogrid cert')", err)
