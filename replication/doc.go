@@ -3,11 +3,12 @@
 // node's storage engine (badger, or bbolt on 32-bit ARM, behind Engine) and
 // one transport (GRPCTransport multiplexes every group over one gRPC server
 // and one connection per peer; InmemNetwork does the same in memory for
-// tests). Every group's Raft log and stable state live in one bbolt file per
-// node (logDB): a single committer puts the appends of all groups waiting
-// at that moment into one bbolt transaction (group commit), and each
-// record carries a CRC32C, so a damaged record quarantines only its group.
-// Per-group raft-boltdb files of earlier versions are migrated at open.
+// tests). Every group's Raft log and stable state live in one append-only
+// log of segment files per node (logDB): a single committer writes the
+// records of all groups waiting at that moment with one write and one
+// fdatasync (group commit), and each record carries CRC32Cs, so a damaged
+// record quarantines only its group. The shared bbolt file and per-group
+// raft-boltdb files of earlier versions are migrated at open.
 //
 // Each group's state machine owns one key prefix of the engine and writes
 // its applied index in the same atomic batch as the data, so raft runs with

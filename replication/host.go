@@ -165,8 +165,12 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("replication: host directory: %w", err)
 	}
-	logs, err := openLogDB(filepath.Join(cfg.Dir, logDBFile))
+	logs, err := openLogDB(filepath.Join(cfg.Dir, logDir))
 	if err != nil {
+		return nil, err
+	}
+	if err := migrateBoltLog(context.Background(), logs, filepath.Join(cfg.Dir, oldLogDBFile)); err != nil {
+		logs.Close()
 		return nil, err
 	}
 	h := &Host{cfg: cfg, logs: logs, checks: newChecks(), groups: map[GroupID]*Group{}, busy: map[GroupID]bool{}, stop: make(chan struct{}),
@@ -179,8 +183,13 @@ func NewHost(cfg HostConfig) (*Host, error) {
 	return h, nil
 }
 
-// logDBFile is the node's one Raft log store, in HostConfig.Dir.
-const logDBFile = "raft-log.db"
+// logDir is the node's one Raft log store (segment files), in
+// HostConfig.Dir; oldLogDBFile is the shared bbolt file of earlier
+// versions, migrated into it at open.
+const (
+	logDir       = "raft-log"
+	oldLogDBFile = "raft-log.db"
+)
 
 // GroupKind selects a group's state machine.
 type GroupKind int

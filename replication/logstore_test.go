@@ -46,7 +46,7 @@ func sameLog(a, b *raft.Log) bool {
 // and stable-state writes; it survives a reopen; and dropping one group
 // leaves the others whole.
 func TestLogStoreMatchesRaftInmemStore(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "log.db")
+	path := filepath.Join(t.TempDir(), "raft-log")
 	s := openTestLogDB(t, path)
 	const groups = 5
 	ref := make([]*raft.InmemStore, groups)
@@ -131,26 +131,33 @@ func TestLogStoreMatchesRaftInmemStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = openTestLogDB(t, path)
-	defer s.Close()
 	check(s, -1)
 	if err := s.dropGroup(2); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.View(func(tx *bbolt.Tx) error {
-		if tx.Bucket(logBucket(2)) != nil || tx.Bucket(stableBucket(2)) != nil {
-			return errors.New("group 2 still there after drop")
+	gone := func(s *logDB) {
+		t.Helper()
+		gl := s.group(2, nil)
+		if last, _ := gl.LastIndex(); last != 0 {
+			t.Fatalf("group 2 holds entries up to %d after drop", last)
 		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+		if _, err := gl.Get([]byte("CurrentTerm")); err == nil {
+			t.Fatal("group 2 keeps its raft state after drop")
+		}
 	}
+	gone(s)
+	check(s, 2)
+	s.Close()
+	s = openTestLogDB(t, path)
+	defer s.Close()
+	gone(s)
 	check(s, 2)
 }
 
 // Appends of many groups at once share commits (one sync each), and each
 // returns only once its commit is done.
 func TestLogStoreGroupCommit(t *testing.T) {
-	s := openTestLogDB(t, filepath.Join(t.TempDir(), "log.db"))
+	s := openTestLogDB(t, filepath.Join(t.TempDir(), "raft-log"))
 	defer s.Close()
 	const groups, per = 32, 40
 	var wg sync.WaitGroup
@@ -181,7 +188,7 @@ func TestLogStoreGroupCommit(t *testing.T) {
 
 // A damaged record is reported to its group alone; the others read on.
 func TestLogStoreDamagedRecordBlamesItsGroup(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "log.db")
+	path := filepath.Join(t.TempDir(), "raft-log")
 	s := openTestLogDB(t, path)
 	marker := []byte("MARKER-OF-GROUP-SEVEN")
 	for g := GroupID(5); g <= 8; g++ {
@@ -193,21 +200,23 @@ func TestLogStoreDamagedRecordBlamesItsGroup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// One more record after it, so that the damaged one is not the
+	// torn tail of the last segment.
+	if err := s.group(9, nil).StoreLog(testLog(1, 1, 64)); err != nil {
+		t.Fatal(err)
+	}
 	s.Close()
-	b, err := os.ReadFile(path)
+	seg := filepath.Join(path, segName(1))
+	b, err := os.ReadFile(seg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// bbolt copies pages on write: flip every copy of the record.
-	n := 0
-	for i := bytes.Index(b, marker); i >= 0; i = bytes.Index(b, marker) {
-		b[i] ^= 0xFF
-		n++
-	}
-	if n == 0 {
+	i := bytes.Index(b, marker)
+	if i < 0 {
 		t.Fatal("record not found in the file")
 	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	b[i] ^= 0xFF
+	if err := os.WriteFile(seg, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s = openTestLogDB(t, path)
@@ -308,5 +317,187 @@ func TestLogRecordRoundTrip(t *testing.T) {
 	}
 	if !reflect.DeepEqual(fmt.Sprint(errStableNotFound), "not found") {
 		t.Fatal("raft tells a missing key by the text \"not found\"")
+	}
+}
+
+// A write cut short by a crash (the last segment's tail) is cut off at
+// open, wherever it was cut; everything before it is intact, and the store
+// takes appends after it that survive the next open.
+func TestLogStoreCutsTornTail(t *testing.T) {
+	base := t.TempDir()
+	path := filepath.Join(base, "raft-log")
+	s := openTestLogDB(t, path)
+	for g := GroupID(1); g <= 3; g++ {
+		for i := uint64(1); i <= 5; i++ {
+			if err := s.group(g, nil).StoreLog(testLog(i, 1, 100)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	before, err := os.Stat(filepath.Join(path, segName(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.group(2, nil).StoreLog(testLog(6, 1, 300)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	whole, err := os.ReadFile(filepath.Join(path, segName(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cut := range []int64{before.Size() + 1, before.Size() + recHeaderSize - 1, before.Size() + recHeaderSize + 10, int64(len(whole)) - 1} {
+		dir := filepath.Join(base, fmt.Sprint("cut", cut))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, segName(1)), whole[:cut], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := openTestLogDB(t, dir)
+		for g := GroupID(1); g <= 3; g++ {
+			if last, _ := s.group(g, nil).LastIndex(); last != 5 {
+				t.Fatalf("cut at %d: group %d ends at %d, want 5 (entry 6 of group 2 was torn)", cut, g, last)
+			}
+			if bad, _ := s.verifyGroup(g, 1); bad != "" {
+				t.Fatalf("cut at %d: group %d blamed: %s", cut, g, bad)
+			}
+		}
+		if err := s.group(2, nil).StoreLog(testLog(6, 2, 50)); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		s = openTestLogDB(t, dir)
+		var l raft.Log
+		if err := s.group(2, nil).GetLog(6, &l); err != nil || l.Term != 2 {
+			t.Fatalf("cut at %d: entry 6 appended after the cut: %v %+v", cut, err, l)
+		}
+		s.Close()
+	}
+}
+
+// Segments whose records are all dead are deleted; a quiet group that
+// holds the oldest segment is copied forward once dead records outweigh
+// live ones, and reads the same before and after a reopen.
+func TestLogStoreCollectsSegments(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "raft-log")
+	const segBytes = 64 << 10
+	s, err := openLogDBSized(path, segBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet, busy := s.group(1, nil), s.group(2, nil)
+	for i := uint64(1); i <= 3; i++ {
+		if err := quiet.StoreLog(testLog(i, 1, 500)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := quiet.SetUint64([]byte("CurrentTerm"), 9); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 2000; i++ {
+		if err := busy.StoreLog(testLog(i, 1, 1000)); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 0 {
+			if err := busy.DeleteRange(1, i-10); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// 2 MB written; what is live is about 10 KB of the busy group and
+	// the quiet group's 1.5 KB.
+	segs := s.segments()
+	if len(segs) > 8 {
+		t.Fatalf("%d segments of %d KiB left for ~12 KB of live records", len(segs), segBytes>>10)
+	}
+	check := func(s *logDB) {
+		t.Helper()
+		q := s.group(1, nil)
+		for i := uint64(1); i <= 3; i++ {
+			var l raft.Log
+			if err := q.GetLog(i, &l); err != nil || !sameLog(&l, testLog(i, 1, 500)) {
+				t.Fatalf("quiet group entry %d: %v", i, err)
+			}
+		}
+		if v, err := q.GetUint64([]byte("CurrentTerm")); v != 9 || err != nil {
+			t.Fatalf("quiet group term %d, %v", v, err)
+		}
+		b := s.group(2, nil)
+		if f, _ := b.FirstIndex(); f != 1991 {
+			t.Fatalf("busy group starts at %d, want 1991", f)
+		}
+		if l, _ := b.LastIndex(); l != 2000 {
+			t.Fatalf("busy group ends at %d, want 2000", l)
+		}
+		if bad, _ := s.verifyGroup(1, 1); bad != "" {
+			t.Fatal(bad)
+		}
+	}
+	check(s)
+	s.Close()
+	s = openTestLogDB(t, path)
+	defer s.Close()
+	check(s)
+	if segs[0] == 1 {
+		t.Fatal("the first segment, where the quiet group was written, is still there")
+	}
+}
+
+// Every group of the shared bbolt file of the previous version is moved
+// into the segment log, and the file removed.
+func TestLogStoreMigratesSharedBoltFile(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, oldLogDBFile)
+	db, err := bbolt.Open(old, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		for _, g := range []GroupID{3, MetaGroup} {
+			lb, err := tx.CreateBucket(binary.BigEndian.AppendUint32([]byte{'l'}, uint32(g)))
+			if err != nil {
+				return err
+			}
+			for i := uint64(4); i <= 9; i++ {
+				if err := lb.Put(binary.BigEndian.AppendUint64(nil, i), encodeLog(testLog(i, 2, 80))); err != nil {
+					return err
+				}
+			}
+			sb, err := tx.CreateBucket(binary.BigEndian.AppendUint32([]byte{'s'}, uint32(g)))
+			if err != nil {
+				return err
+			}
+			if err := sb.Put([]byte("CurrentTerm"), sealRecord(binary.BigEndian.AppendUint64(nil, 2))); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s := openTestLogDB(t, filepath.Join(dir, logDir))
+	defer s.Close()
+	if err := migrateBoltLog(context.Background(), s, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("old file still there: %v", err)
+	}
+	for _, g := range []GroupID{3, MetaGroup} {
+		gl := s.group(g, nil)
+		if f, _ := gl.FirstIndex(); f != 4 {
+			t.Fatalf("%s starts at %d after migration", g, f)
+		}
+		for i := uint64(4); i <= 9; i++ {
+			var l raft.Log
+			if err := gl.GetLog(i, &l); err != nil || !sameLog(&l, testLog(i, 2, 80)) {
+				t.Fatalf("%s entry %d after migration: %v", g, i, err)
+			}
+		}
+		if term, err := gl.GetUint64([]byte("CurrentTerm")); term != 2 || err != nil {
+			t.Fatalf("%s term after migration: %d, %v", g, term, err)
+		}
 	}
 }
