@@ -25,8 +25,9 @@ import (
 // committer that appends the records of all writes waiting at that moment
 // — leaders' own appends and followers' AppendEntries alike, at most one
 // write per group — in one write and one fdatasync, and acknowledges them
-// only after the sync. An index in memory maps each group's entries to
-// their place on disk; reads are preads.
+// only after the sync. Segments are written with zeros when they start, so
+// that a sync flushes data alone, not the file's growth. An index in memory
+// maps each group's entries to their place on disk; reads are preads.
 //
 // Compacting a group's prefix and dropping a group append one small
 // record; a segment file is deleted once no group has live records in it.
@@ -131,6 +132,10 @@ const (
 
 // segmentBytes is the size past which the committer starts a new segment.
 const segmentBytes = 8 << 20
+
+// preallocMargin is the free space, beyond a few segments, below which a
+// new segment is not preallocated.
+const preallocMargin = 64 << 20
 
 // maxRecordBody bounds a record's body (a sane-length check at open).
 const maxRecordBody = MaxRaftMessageBytes
@@ -270,7 +275,7 @@ func (s *logDB) replay(seq uint64, last bool) error {
 		}
 		loc := recLoc{seg: seq, off: off + recHeaderSize, n: n}
 		_, cerr := openRecord(body)
-		if cerr != nil && last && off+recHeaderSize+int64(n) == fi.Size() {
+		if cerr != nil && last && s.endsAt(r, off+recHeaderSize+int64(n), fi.Size()) {
 			// The last record, damaged: torn as it was written.
 			return s.cut(seg, off)
 		}
@@ -285,6 +290,21 @@ func (s *logDB) replay(seq uint64, last bool) error {
 		s.active = seg
 	}
 	return nil
+}
+
+// endsAt tells whether nothing follows a record ending at end: the file
+// ends there, or the preallocated zeros start.
+func (s *logDB) endsAt(r *bufio.Reader, end, size int64) bool {
+	if end >= size {
+		return true
+	}
+	next, _ := r.Peek(recHeaderSize)
+	for _, c := range next {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // brokenAt handles a segment whose records cannot be followed past off: the
@@ -302,13 +322,18 @@ func (s *logDB) brokenAt(seg *segment, off int64, last bool, inSeg map[GroupID]b
 	return nil
 }
 
-// cut truncates the last segment at off and makes it the active one.
+// cut zeroes the last segment from off on (what a torn write left there,
+// and the preallocated rest) and makes it the active one.
 func (s *logDB) cut(seg *segment, off int64) error {
-	if err := seg.f.Truncate(off); err != nil {
-		return fmt.Errorf("replication: cut torn tail of raft log segment %s: %w", segName(seg.seq), err)
+	err := seg.f.Truncate(off)
+	if err == nil {
+		err = s.preallocate(seg.f, off)
 	}
-	if err := seg.f.Sync(); err != nil {
-		return fmt.Errorf("replication: sync raft log segment %s: %w", segName(seg.seq), err)
+	if err == nil {
+		err = seg.f.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("replication: cut torn tail of raft log segment %s: %w", segName(seg.seq), err)
 	}
 	seg.size = off
 	s.total += off
@@ -415,15 +440,31 @@ func (st *groupState) liveBytes(from, to int) int64 {
 	return n
 }
 
-// rotate starts segment seq and makes it the active one.
+// rotate starts segment seq, its space written with zeros beforehand (so
+// that a commit's fdatasync writes data only, not the file's size) unless
+// the disk is nearly full (filling it would take what the node's other
+// files need, badger's mapped ones among them), and makes it the active one. The segment it follows is cut to its records
+// first: only the last segment has zeros after them.
 func (s *logDB) rotate(seq uint64) error {
+	if old := s.active; old != nil {
+		err := old.f.Truncate(old.size)
+		if err == nil {
+			err = old.f.Sync()
+		}
+		if err != nil {
+			return fmt.Errorf("replication: finish raft log segment %s: %w", segName(old.seq), err)
+		}
+	}
 	path := filepath.Join(s.dir, segName(seq))
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("replication: create raft log segment: %w", err)
 	}
 	head := binary.BigEndian.AppendUint64([]byte(segMagic), seq)
-	if _, err := f.WriteAt(head, 0); err == nil {
+	if _, err = f.WriteAt(head, 0); err == nil {
+		err = s.preallocate(f, segHeaderSize)
+	}
+	if err == nil {
 		err = f.Sync()
 	}
 	if err == nil {
@@ -440,6 +481,22 @@ func (s *logDB) rotate(seq uint64) error {
 	s.active = seg
 	s.total += segHeaderSize
 	s.mu.Unlock()
+	return nil
+}
+
+// preallocate writes zeros over segment file f from from to the segment
+// size, when the disk has room to spare.
+func (s *logDB) preallocate(f *os.File, from int64) error {
+	free, err := freeBytes(s.dir)
+	if err != nil || free <= 4*s.segBytes+preallocMargin || s.segBytes <= from {
+		return nil
+	}
+	zeros := make([]byte, min(s.segBytes-from, 1<<20))
+	for off := from; off < s.segBytes; off += int64(len(zeros)) {
+		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), s.segBytes-off)], off); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

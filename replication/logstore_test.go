@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -334,24 +335,36 @@ func TestLogStoreCutsTornTail(t *testing.T) {
 			}
 		}
 	}
-	before, err := os.Stat(filepath.Join(path, segName(1)))
-	if err != nil {
+	end := func() int64 {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return s.active.size
+	}
+	before := end()
+	torn := testLog(6, 1, 300)
+	torn.Extensions = []byte("no zeros at the end")
+	if err := s.group(2, nil).StoreLog(torn); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.group(2, nil).StoreLog(testLog(6, 1, 300)); err != nil {
-		t.Fatal(err)
-	}
+	after := end()
 	s.Close()
 	whole, err := os.ReadFile(filepath.Join(path, segName(1)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, cut := range []int64{before.Size() + 1, before.Size() + recHeaderSize - 1, before.Size() + recHeaderSize + 10, int64(len(whole)) - 1} {
-		dir := filepath.Join(base, fmt.Sprint("cut", cut))
+	for i, cut := range []int64{before + 1, before + recHeaderSize - 1, before + recHeaderSize + 10, after - 1,
+		before + 1, before + recHeaderSize + 10, after - 1} {
+		// The file ends where the write was cut, or (the last three)
+		// the rest of the preallocated segment reads as zeros.
+		data := whole[:cut]
+		if i >= 4 {
+			data = append(slices.Clone(whole[:cut]), make([]byte, len(whole)-int(cut))...)
+		}
+		dir := filepath.Join(base, fmt.Sprint("cut", i))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, segName(1)), whole[:cut], 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, segName(1)), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
 		s := openTestLogDB(t, dir)
