@@ -152,6 +152,9 @@ func (s *security) authorize(ctx context.Context, method string, req any) error 
 	if !ok {
 		return denied(grid.ErrUnauthenticated, "a certificate from the cluster CA is required")
 	}
+	if err := s.refuseRevoked(who); err != nil {
+		return err
+	}
 	if role := roleFor(method); !grants(who, role) {
 		switch role {
 		case "":
@@ -218,16 +221,77 @@ func (s *security) tap(ctx context.Context, info *tap.Info) (context.Context, er
 	return gridtls.WithTokenIdentity(ctx, who), nil
 }
 
-// authorizeSender is the Raft transport's AuthorizeSender: under TLS a
-// Raft message may name only the node whose certificate sent it.
+// authorizeSender is the Raft transport's AuthorizeSender, asked for every
+// Raft message: under TLS a Raft message may name only the node whose
+// certificate sent it, and that certificate must not have been revoked
+// since its connection was made.
 func (s *security) authorizeSender(ctx context.Context, id string) error {
 	if s.tls == nil {
 		return nil
 	}
-	if who, ok := gridtls.FromContext(ctx); !ok || !who.IsNode(id) {
+	who, ok := gridtls.FromContext(ctx)
+	if !ok || !who.IsNode(id) {
 		return fmt.Errorf("%w: sent with %s %q's certificate", grid.ErrPermissionDenied, who.Kind, who.Name)
 	}
+	return s.refuseRevoked(who)
+}
+
+// refuseRevoked refuses a caller whose certificate or token was revoked
+// after its connection was made (a handshake refuses those revoked
+// before). It is asked on every call and every stream message, so it is
+// a map lookup (gridtls.Material.Revoked).
+func (s *security) refuseRevoked(who gridtls.Identity) error {
+	if s.tls == nil || !s.tls.Revoked(who) {
+		return nil
+	}
+	return denied(grid.ErrUnauthenticated, "the %s of %q (%s) is revoked", credentialOf(who), who.Name, who.Serial)
+}
+
+func credentialOf(who gridtls.Identity) string {
+	if who.Kind == gridtls.KindToken {
+		return "token"
+	}
+	return "certificate"
+}
+
+// openStream is a stream as the interceptor hands it to its handler: it
+// keeps the first request, for the audit record, and ends the stream
+// (Unauthenticated) at the first message received or sent after the
+// caller's certificate or token is revoked — a watch or a Raft pipeline
+// opened before lives as long as its connection.
+type openStream struct {
+	grpc.ServerStream
+	sec     *security
+	who     gridtls.Identity
+	first   any
+	refused error
+}
+
+func (o *openStream) RecvMsg(m any) error {
+	if err := o.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	if o.first == nil {
+		o.first = m
+	}
 	return nil
+}
+
+func (o *openStream) SendMsg(m any) error {
+	if err := o.check(); err != nil {
+		return err
+	}
+	return o.ServerStream.SendMsg(m)
+}
+
+func (o *openStream) check() error {
+	if o.refused == nil {
+		o.refused = o.sec.refuseRevoked(o.who)
+	}
+	return o.refused
 }
 
 // admit counts a call (or a stream) against its caller's cap and returns
@@ -298,8 +362,12 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		return err
 	}
 	defer release()
-	fr := &firstRecv{ServerStream: ss}
-	err = gridpb.ToStatus(handler(srv, fr))
-	s.auditCall(ss.Context(), info.FullMethod, fr.first, start, err, false)
+	st := &openStream{ServerStream: ss, sec: s}
+	st.who, _ = gridtls.FromContext(ss.Context())
+	err = gridpb.ToStatus(handler(srv, st))
+	if st.refused != nil {
+		err = st.refused // whatever the handler made of it
+	}
+	s.auditCall(ss.Context(), info.FullMethod, st.first, start, err, st.refused != nil)
 	return err
 }
