@@ -32,6 +32,9 @@ var (
 	// ErrTooManyRequests: this client already has as many calls or
 	// streams running on a node as the node allows one client.
 	ErrTooManyRequests = grid.ErrTooManyRequests
+	// ErrRequestTooLarge: one request was larger than the node takes for
+	// its method (the client's own limit checks keep its requests under).
+	ErrRequestTooLarge = grid.ErrRequestTooLarge
 )
 
 // Errors of Backup and Restore, raised by the client itself.

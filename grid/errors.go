@@ -64,6 +64,9 @@ var (
 	// ErrTooManyRequests: the caller already has as many calls or streams
 	// running on the node as it may; nothing was done.
 	ErrTooManyRequests = errors.New("grid: too many requests from this client")
+	// ErrRequestTooLarge: one request message is larger than its method
+	// takes (see the node's receive limits); nothing was done.
+	ErrRequestTooLarge = errors.New("grid: request too large")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

@@ -27,9 +27,10 @@ import (
 // security is how a node's connections are protected: mutual TLS with
 // certificates from the cluster CA, or nothing (Config.Insecure).
 type security struct {
-	tls   *gridtls.Material // nil: insecure
-	audit *audit            // set once the data dir exists
-	log   *slog.Logger
+	tls    *gridtls.Material // nil: insecure
+	audit  *audit            // set once the data dir exists
+	log    *slog.Logger
+	limits requestLimits
 
 	maxCalls, maxStreams int
 	mu                   sync.Mutex
@@ -44,7 +45,7 @@ func newSecurity(cfg Config) (*security, error) {
 	if streams <= 0 {
 		streams = 1024
 	}
-	s := &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}}
+	s := &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}, limits: newRequestLimits(cfg.Limits)}
 	if cfg.Insecure {
 		return s, nil
 	}
@@ -64,20 +65,15 @@ func newSecurity(cfg Config) (*security, error) {
 	return s, nil
 }
 
-// serverCreds protects the node's listener.
-func (s *security) serverCreds() credentials.TransportCredentials {
+// dialCreds protects the node's connections to other nodes; the Raft
+// transport's ask for ALPN gridtls.ALPNRaft (see listen.go).
+func (s *security) dialCreds(alpn ...string) credentials.TransportCredentials {
 	if s.tls == nil {
 		return insecure.NewCredentials()
 	}
-	return credentials.NewTLS(s.tls.ServerConfig())
-}
-
-// dialCreds protects the node's connections to other nodes.
-func (s *security) dialCreds() credentials.TransportCredentials {
-	if s.tls == nil {
-		return insecure.NewCredentials()
-	}
-	return credentials.NewTLS(s.tls.ClientConfig())
+	cfg := s.tls.ClientConfig()
+	cfg.NextProtos = alpn // gRPC adds h2
+	return credentials.NewTLS(cfg)
 }
 
 // The roles a call may need. A node certificate holds all of them; a
@@ -221,6 +217,34 @@ func (s *security) tap(ctx context.Context, info *tap.Info) (context.Context, er
 	return gridtls.WithTokenIdentity(ctx, who), nil
 }
 
+// raftTap admits to the Raft server (connections that asked for ALPN
+// gridtls.ALPNRaft) unrevoked node certificates only, before a message of
+// up to replication.MaxRaftMessageBytes is read.
+func (s *security) raftTap(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	who, ok := gridtls.FromContext(ctx)
+	switch {
+	case !ok:
+		return nil, status.Error(codes.Unauthenticated, "zerogrid: Raft connections need a node certificate from the cluster CA")
+	case who.Kind != gridtls.KindNode:
+		return nil, status.Errorf(codes.PermissionDenied, "zerogrid: Raft connections are for cluster nodes; %q holds a %s certificate", who.Name, who.Kind)
+	}
+	if err := s.refuseRevoked(who); err != nil {
+		return nil, err
+	}
+	return ctx, nil
+}
+
+// notServedHere answers, once authorized, a call to a method the server it
+// reached does not serve: Raft asked on a connection that did not ask for
+// it (ALPN), or a method no service has.
+func notServedHere(_ any, ss grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(ss)
+	if strings.HasPrefix(method, raftMethods) {
+		return status.Errorf(codes.Unimplemented, "zerogrid: %s is served on connections that ask for ALPN protocol %q (nodes' Raft connections)", method, gridtls.ALPNRaft)
+	}
+	return status.Errorf(codes.Unimplemented, "zerogrid: no method %s", method)
+}
+
 // authorizeSender is the Raft transport's AuthorizeSender, asked for every
 // Raft message: under TLS a Raft message may name only the node whose
 // certificate sent it, and that certificate must not have been revoked
@@ -255,13 +279,15 @@ func credentialOf(who gridtls.Identity) string {
 }
 
 // openStream is a stream as the interceptor hands it to its handler: it
-// keeps the first request, for the audit record, and ends the stream
+// keeps the first request, for the audit record, refuses a message larger
+// than the method takes (ResourceExhausted), and ends the stream
 // (Unauthenticated) at the first message received or sent after the
 // caller's certificate or token is revoked — a watch or a Raft pipeline
 // opened before lives as long as its connection.
 type openStream struct {
 	grpc.ServerStream
 	sec     *security
+	method  string
 	who     gridtls.Identity
 	first   any
 	refused error
@@ -273,6 +299,10 @@ func (o *openStream) RecvMsg(m any) error {
 	}
 	if err := o.check(); err != nil {
 		return err
+	}
+	if err := o.sec.limits.check(o.method, m); err != nil {
+		o.refused = gridpb.ToStatus(err)
+		return o.refused
 	}
 	if o.first == nil {
 		o.first = m
@@ -338,6 +368,11 @@ func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 		s.auditCall(ctx, info.FullMethod, req, start, err, true)
 		return nil, err
 	}
+	if err := s.limits.check(info.FullMethod, req); err != nil {
+		err = gridpb.ToStatus(err)
+		s.auditCall(ctx, info.FullMethod, nil, start, err, true)
+		return nil, err
+	}
 	release, err := s.admit(ctx, info.FullMethod, false)
 	if err != nil {
 		return nil, err
@@ -362,7 +397,7 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		return err
 	}
 	defer release()
-	st := &openStream{ServerStream: ss, sec: s}
+	st := &openStream{ServerStream: ss, sec: s, method: info.FullMethod}
 	st.who, _ = gridtls.FromContext(ss.Context())
 	err = gridpb.ToStatus(handler(srv, st))
 	if st.refused != nil {

@@ -121,6 +121,11 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("a backup read with the client certificate: %v", err)
 	}
 	wantCode("a Raft vote with a client certificate", call(mine, vote), codes.PermissionDenied)
+	// Nor on a connection asking for Raft's (ALPN), refused before its
+	// message is read.
+	mineRaft := mustLoad(t, gridtls.LoadClient, clientTLSDir).ClientConfig()
+	mineRaft.NextProtos = []string{gridtls.ALPNRaft}
+	wantCode("a Raft vote with a client certificate on a Raft connection", call(credentials.NewTLS(mineRaft), vote), codes.PermissionDenied)
 	wantCode("a load report with a client certificate", call(mine, report("n1")), codes.PermissionDenied)
 
 	// Roles: each client certificate gets what its roles grant, and a
@@ -283,7 +288,8 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("n2 reporting for itself: %v", err)
 	}
 
-	// Nor in Raft: n2's certificate may not vote as n3.
+	// Nor in Raft: n2's certificate may not vote as n3. (A node's Raft
+	// connections ask for ALPN zerogrid-raft; others are not served Raft.)
 	voteAs := func(id string) func(context.Context, *grpc.ClientConn) error {
 		return func(ctx context.Context, cc *grpc.ClientConn) error {
 			_, err := gridpb.NewRaftClient(cc).RequestVote(ctx, &gridpb.RaftRequestVoteRequest{
@@ -291,6 +297,8 @@ func TestMutualTLS(t *testing.T) {
 			return err
 		}
 	}
+	wantCode("n2's certificate voting as n2 on a connection not asking for Raft's", call(asN2, voteAs("n2")), codes.Unimplemented)
+	asN2 = raftCreds(t, lc.TLSDir("n2"))
 	wantCode("n2's certificate voting as n3", call(asN2, voteAs("n3")), codes.PermissionDenied)
 	if err := call(asN2, voteAs("n2")); err != nil {
 		t.Fatalf("n2 asking for a (stale) vote as itself: %v", err)
@@ -573,6 +581,14 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 	t.Logf("%d methods refused to strangers", methods)
 }
 
+// raftCreds are a node certificate's credentials for a Raft connection:
+// it asks for ALPN gridtls.ALPNRaft, as the nodes' own do.
+func raftCreds(t *testing.T, nodeTLSDir string) credentials.TransportCredentials {
+	cfg := mustLoad(t, gridtls.LoadNode, nodeTLSDir).ClientConfig()
+	cfg.NextProtos = []string{gridtls.ALPNRaft}
+	return credentials.NewTLS(cfg)
+}
+
 // countingCreds counts the TLS handshakes of a client's connections: a
 // refusal over a connection made before a revocation must come without a
 // new one (a new handshake would be refused by the handshake itself).
@@ -705,7 +721,7 @@ func TestRevokedOnOpenConnections(t *testing.T) {
 	// and on n2, votes and appends (as a stale candidate and leader, which
 	// Raft turns down without effect) until it is revoked, then not even
 	// over the pipeline stream it opened before.
-	n3, err := grpc.NewClient(lc.Addr("n1"), grpc.WithTransportCredentials(credentials.NewTLS(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n3")).ClientConfig())))
+	n3, err := grpc.NewClient(lc.Addr("n1"), grpc.WithTransportCredentials(raftCreds(t, lc.TLSDir("n3"))))
 	if err != nil {
 		t.Fatal(err)
 	}

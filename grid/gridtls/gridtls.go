@@ -63,6 +63,11 @@ const (
 	KindClient = "zerogrid-client"
 )
 
+// ALPNRaft is the ALPN protocol a node asks for on its connections for
+// Raft: its peers serve those apart from every other call, with Raft's
+// large receive limit, to node certificates only.
+const ALPNRaft = "zerogrid-raft"
+
 // rolePrefix marks a role among a client certificate's units.
 const rolePrefix = "role:"
 
