@@ -33,8 +33,10 @@ type security struct {
 	limits requestLimits
 
 	maxCalls, maxStreams int
+	budget               int64 // bytes of requests admitted at once (Config.MaxRequestMemory)
 	mu                   sync.Mutex
 	running              map[string]int // per caller key: calls and streams running ("s:" prefix for streams)
+	reserved             int64          // bytes of the budget held by calls admitted
 }
 
 func newSecurity(cfg Config) (*security, error) {
@@ -45,7 +47,7 @@ func newSecurity(cfg Config) (*security, error) {
 	if streams <= 0 {
 		streams = 1024
 	}
-	s := &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}, limits: newRequestLimits(cfg.Limits)}
+	s := &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}, limits: newRequestLimits(cfg.Limits), budget: cfg.requestMemory()}
 	if cfg.Insecure {
 		return s, nil
 	}
@@ -198,8 +200,17 @@ func denied(err error, format string, args ...any) error {
 // tap runs before a call's request is read: under TLS a caller must have
 // shown a certificate from the cluster CA or bring a bearer token signed by
 // it ("authorization: Bearer ..."), whose identity it records for
-// authorize. Anyone else is refused before their message is decoded.
+// authorize. Anyone else is refused before their message is decoded. Then
+// the call must fit the node's request budget (reserve).
 func (s *security) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	ctx, err := s.authenticate(ctx, info)
+	if err != nil {
+		return nil, err
+	}
+	return s.reserve(ctx, info.FullMethodName)
+}
+
+func (s *security) authenticate(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if s.tls == nil {
 		return ctx, nil
 	}
@@ -215,6 +226,40 @@ func (s *security) tap(ctx context.Context, info *tap.Info) (context.Context, er
 		return nil, status.Errorf(codes.Unauthenticated, "zerogrid: %v", err)
 	}
 	return gridtls.WithTokenIdentity(ctx, who), nil
+}
+
+// reservedKey marks a call's release of its share of the request budget
+// in its context.
+type reservedKey struct{}
+
+// reserve admits a call into the node's budget for requests in progress
+// before its request is read, or refuses it (ResourceExhausted,
+// grid.ErrOverloaded). A call counts the most the server reads for one
+// request (requestLimits.server), whatever its method: a request over its
+// method's own limit is refused only once it is read. The share is
+// released when the call ends, or for a server stream once its request is
+// in (openStream). Calls from nodes are not counted (Raft has a server of
+// its own under TLS; insecure, its methods are spared by name).
+func (s *security) reserve(ctx context.Context, method string) (context.Context, error) {
+	if who, ok := gridtls.FromContext(ctx); (ok && who.Kind == gridtls.KindNode) || (s.tls == nil && roleFor(method) == rolePeer) {
+		return ctx, nil
+	}
+	charge := int64(s.limits.server())
+	s.mu.Lock()
+	if held := s.reserved; held+charge > s.budget {
+		s.mu.Unlock()
+		return nil, gridpb.ToStatus(fmt.Errorf("%w: requests worth %d bytes are being read or handled here, and one more may bring %d (the node's budget is %d); try again shortly",
+			grid.ErrOverloaded, held, charge, s.budget))
+	}
+	s.reserved += charge
+	s.mu.Unlock()
+	release := sync.OnceFunc(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.reserved -= charge
+	})
+	context.AfterFunc(ctx, release) // gRPC cancels a call's context when it ends, however it ends
+	return context.WithValue(ctx, reservedKey{}, release), nil
 }
 
 // raftTap admits to the Raft server (connections that asked for ALPN
@@ -286,11 +331,12 @@ func credentialOf(who gridtls.Identity) string {
 // opened before lives as long as its connection.
 type openStream struct {
 	grpc.ServerStream
-	sec     *security
-	method  string
-	who     gridtls.Identity
-	first   any
-	refused error
+	sec          *security
+	method       string
+	clientStream bool
+	who          gridtls.Identity
+	first        any
+	refused      error
 }
 
 func (o *openStream) RecvMsg(m any) error {
@@ -306,6 +352,9 @@ func (o *openStream) RecvMsg(m any) error {
 	}
 	if o.first == nil {
 		o.first = m
+		if release, ok := o.Context().Value(reservedKey{}).(func()); ok && !o.clientStream {
+			release() // the one request of a server stream is in
+		}
 	}
 	return nil
 }
@@ -397,7 +446,7 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		return err
 	}
 	defer release()
-	st := &openStream{ServerStream: ss, sec: s, method: info.FullMethod}
+	st := &openStream{ServerStream: ss, sec: s, method: info.FullMethod, clientStream: info.IsClientStream}
 	st.who, _ = gridtls.FromContext(ss.Context())
 	err = gridpb.ToStatus(handler(srv, st))
 	if st.refused != nil {

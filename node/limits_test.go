@@ -2,8 +2,12 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
@@ -58,3 +62,63 @@ func TestRequestLimits(t *testing.T) {
 		t.Errorf("the services' server takes %d bytes (transactions %d)", r.server(), r.txn)
 	}
 }
+
+// TestRequestBudget checks the node's budget for requests in progress: a
+// call is admitted while the calls admitted, each counted at the most one
+// request may bring, fit it; one more is refused (ErrOverloaded) until a
+// call ends; Raft calls of an insecure node are not counted.
+func TestRequestBudget(t *testing.T) {
+	r := newRequestLimits(grid.DefaultLimits())
+	s := &security{limits: r, budget: 2 * int64(r.server())}
+	var cancels []context.CancelFunc
+	for i := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		if _, err := s.reserve(ctx, gridpb.KV_Get_FullMethodName); err != nil {
+			t.Fatalf("call %d within the budget: %v", i, err)
+		}
+		cancels = append(cancels, cancel)
+	}
+	if _, err := s.reserve(context.Background(), gridpb.KV_Put_FullMethodName); !errors.Is(gridpb.FromStatus(err), grid.ErrOverloaded) {
+		t.Fatalf("a call over the budget: %v", err)
+	}
+	if _, err := s.reserve(context.Background(), gridpb.Raft_AppendEntries_FullMethodName); err != nil {
+		t.Fatalf("a Raft call of an insecure node: %v", err)
+	}
+	cancels[0]() // the call ends
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.reserve(context.Background(), gridpb.KV_Put_FullMethodName)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a call after one ended: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// A server stream gives its share back once its request is in.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.budget += int64(r.server())
+	ctx, err := s.reserve(ctx, gridpb.Watch_Watch_FullMethodName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &openStream{ServerStream: &oneRequest{ctx: ctx}, sec: s, method: gridpb.Watch_Watch_FullMethodName}
+	if err := st.RecvMsg(&gridpb.WatchRequest{Map: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.reserve(context.Background(), gridpb.KV_Put_FullMethodName); err != nil {
+		t.Fatalf("a call once a watch's request was in: %v", err)
+	}
+}
+
+// oneRequest is a server stream whose request arrives at once.
+type oneRequest struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (o *oneRequest) Context() context.Context { return o.ctx }
+func (o *oneRequest) RecvMsg(any) error        { return nil }

@@ -203,12 +203,12 @@ func firstStacks(all string, n int) string {
 }
 
 func TestConfigValidateReportsEverything(t *testing.T) {
-	cfg := node.Config{Partitions: 0, Replicas: 9, Profile: "huge", Engine: "rocks"}
+	cfg := node.Config{Partitions: 0, Replicas: 9, Profile: "huge", Engine: "rocks", Limits: grid.DefaultLimits(), MaxRequestMemory: 1 << 20}
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("empty config accepted")
 	}
-	for _, want := range []string{"node id", "listen address", "data dir", "peers", "partitions", "replicas", "profile", "engine", "TLS directory"} {
+	for _, want := range []string{"node id", "listen address", "data dir", "peers", "partitions", "replicas", "profile", "engine", "TLS directory", "request memory"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error does not mention %s: %v", want, err)
 		}
