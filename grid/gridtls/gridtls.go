@@ -375,9 +375,10 @@ func (m *Material) revokedList() map[string]bool {
 // revokedRecheck is how long one look at the revoked list's file serves
 // Revoked, the check made on every call and stream message of an open
 // connection: between looks it is a map lookup, not a stat (about 4 µs on
-// the development VM, far more on a Pi Zero, and Raft sends many messages).
+// the development VM, far more on a Pi Zero, and Raft sends many
+// messages), so a busy node stats the file ten times a second at most.
 // Handshakes and bearer tokens look at the file each time.
-const revokedRecheck = time.Second
+const revokedRecheck = 100 * time.Millisecond
 
 // revokedSeen is the revoked list as one look at its file found it.
 type revokedSeen struct {
