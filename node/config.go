@@ -108,8 +108,9 @@ type Config struct {
 	// reads and handles at once: each call (other than a node's) is
 	// admitted before its request is read only while the calls admitted,
 	// each counted at the most the node reads for one request, stay
-	// within it; others are refused with grid.ErrOverloaded. 0: by profile
-	// (256 MiB; 32 MiB small), and at least 8 requests' worth.
+	// within it; others are refused with grid.ErrOverloaded. 0: an eighth
+	// of the machine's memory, from 64 MiB to 1 GiB (32 MiB with the small
+	// profile), and at least 8 requests' worth.
 	MaxRequestMemory int64
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
@@ -228,12 +229,17 @@ func (c *Config) timing() replication.RaftTiming {
 
 // watchRetention bounds each partition's change log.
 // requestMemory is the node's budget for requests in progress
-// (MaxRequestMemory).
+// (MaxRequestMemory): by default an eighth of the machine's memory, from
+// 64 MiB to 1 GiB (256 MiB where it is not known), 32 MiB with the small
+// profile; at least 8 requests' worth.
 func (c *Config) requestMemory() int64 {
 	if c.MaxRequestMemory > 0 {
 		return c.MaxRequestMemory
 	}
 	budget := int64(256 << 20)
+	if total, _ := memInfo("/proc/meminfo"); total > 0 {
+		budget = min(max(int64(total/8), 64<<20), 1<<30)
+	}
 	if c.Profile == "small" {
 		budget = 32 << 20
 	}
