@@ -328,15 +328,18 @@ func credentialOf(who gridtls.Identity) string {
 // than the method takes (ResourceExhausted), and ends the stream
 // (Unauthenticated) at the first message received or sent after the
 // caller's certificate or token is revoked — a watch or a Raft pipeline
-// opened before lives as long as its connection.
+// opened before lives as long as its connection. gRPC lets one goroutine
+// receive while another sends: refused is guarded.
 type openStream struct {
 	grpc.ServerStream
 	sec          *security
 	method       string
 	clientStream bool
 	who          gridtls.Identity
-	first        any
-	refused      error
+	first        any // set by RecvMsg, read once the handler returned
+
+	mu      sync.Mutex
+	refused error
 }
 
 func (o *openStream) RecvMsg(m any) error {
@@ -347,8 +350,7 @@ func (o *openStream) RecvMsg(m any) error {
 		return err
 	}
 	if err := o.sec.limits.check(o.method, m); err != nil {
-		o.refused = gridpb.ToStatus(err)
-		return o.refused
+		return o.refuse(gridpb.ToStatus(err))
 	}
 	if o.first == nil {
 		o.first = m
@@ -366,9 +368,18 @@ func (o *openStream) SendMsg(m any) error {
 	return o.ServerStream.SendMsg(m)
 }
 
+// check refuses the stream's messages once its caller is revoked.
 func (o *openStream) check() error {
+	return o.refuse(o.sec.refuseRevoked(o.who))
+}
+
+// refuse records err (if not nil) as why the stream ends and returns the
+// first such reason.
+func (o *openStream) refuse(err error) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	if o.refused == nil {
-		o.refused = o.sec.refuseRevoked(o.who)
+		o.refused = err
 	}
 	return o.refused
 }
@@ -449,9 +460,10 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 	st := &openStream{ServerStream: ss, sec: s, method: info.FullMethod, clientStream: info.IsClientStream}
 	st.who, _ = gridtls.FromContext(ss.Context())
 	err = gridpb.ToStatus(handler(srv, st))
-	if st.refused != nil {
-		err = st.refused // whatever the handler made of it
+	refused := st.refuse(nil)
+	if refused != nil {
+		err = refused // whatever the handler made of it
 	}
-	s.auditCall(ss.Context(), info.FullMethod, st.first, start, err, st.refused != nil)
+	s.auditCall(ss.Context(), info.FullMethod, st.first, start, err, refused != nil)
 	return err
 }
