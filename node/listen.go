@@ -30,8 +30,8 @@ const splitHandshakeTimeout = 10 * time.Second
 
 // splitListener accepts a node's connections, completes their TLS
 // handshakes and hands each to the listener of the gRPC server its ALPN
-// protocol asks for. run is its one accepting goroutine; close stops it and
-// waits for the handshakes in progress.
+// protocol asks for. start runs its accepting goroutine, which starts one
+// per handshake; close stops them all and waits for them.
 type splitListener struct {
 	lis         net.Listener
 	cfg         *tls.Config
@@ -40,7 +40,7 @@ type splitListener struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // handshakes in progress
+	wg     sync.WaitGroup // the accepting goroutine and the handshakes in progress
 }
 
 func newSplitListener(lis net.Listener, cfg *tls.Config, log *slog.Logger) *splitListener {
@@ -51,7 +51,15 @@ func newSplitListener(lis net.Listener, cfg *tls.Config, log *slog.Logger) *spli
 		raft: newConnQueue(lis.Addr()), other: newConnQueue(lis.Addr())}
 }
 
-// run accepts connections until close.
+// start accepts connections until close.
+func (s *splitListener) start() {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.run()
+	}()
+}
+
 func (s *splitListener) run() {
 	for {
 		raw, err := s.lis.Accept()
@@ -98,7 +106,7 @@ func (s *splitListener) handshake(raw net.Conn) {
 }
 
 // close stops accepting, closes both servers' listeners and waits for the
-// handshakes in progress.
+// accepting goroutine and the handshakes in progress.
 func (s *splitListener) close() {
 	s.cancel()
 	s.lis.Close()

@@ -218,11 +218,7 @@ func (n *Node) start(ctx context.Context) error {
 	if n.split == nil {
 		serve(n.srv, n.lis)
 	} else {
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			n.split.run()
-		}()
+		n.split.start()
 		serve(n.raftSrv, n.split.raft)
 		serve(n.srv, n.split.other)
 	}
