@@ -21,10 +21,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 	"github.com/zerogrid/zerogrid/grid/gridtls"
 	"github.com/zerogrid/zerogrid/node/localcluster"
@@ -482,7 +484,10 @@ func TestClientStreamCap(t *testing.T) {
 // covered without editing this test) with an empty request: without a
 // certificate each is refused Unauthenticated, and with a client
 // certificate that holds no role PermissionDenied — all but the two that
-// any certificate may call (the routing table and the map names). Nothing
+// any certificate may call (the routing table and the map names). With a
+// node certificate, a request of every method but Raft's is refused
+// ResourceExhausted when it is over the method's receive limit (2 MiB; a
+// transaction takes it) and when it is over the server's (8 MiB). Nothing
 // changes meanwhile.
 func TestEveryMethodRefusesStrangers(t *testing.T) {
 	lc, c := startCluster(t, 2, "kv")
@@ -516,12 +521,22 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 	}
 	anonymous := dial(mustLoad(t, gridtls.LoadCA, filepath.Join(dir, "ca-only")))
 	noRoles := dial(mustLoad(t, gridtls.LoadClient, filepath.Join(dir, "noroles")))
+	asNode := dial(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n1"))) // every role: only the size refuses
 	anyCert := map[string]bool{"/zerogrid.v1.Admin/GetTable": true, "/zerogrid.v1.Admin/ListMaps": true}
 
-	invoke := func(conn *grpc.ClientConn, method string, md protoreflect.MethodDescriptor) error {
+	// invoke calls method with an empty request, or one padded with pad
+	// bytes of an unknown field (and naming node n1 where it names a node).
+	invoke := func(conn *grpc.ClientConn, method string, md protoreflect.MethodDescriptor, pad int) error {
 		in, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
 		if err != nil {
 			t.Fatal(err)
+		}
+		req := in.New()
+		if pad > 0 {
+			if f := req.Descriptor().Fields().ByName("node_id"); f != nil {
+				req.Set(f, protoreflect.ValueOfString("n1"))
+			}
+			req.SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 999, protowire.BytesType), make([]byte, pad)))
 		}
 		out, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
 		if err != nil {
@@ -530,13 +545,13 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		defer ccancel()
 		if !md.IsStreamingClient() && !md.IsStreamingServer() {
-			return conn.Invoke(cctx, method, in.New().Interface(), out.New().Interface())
+			return conn.Invoke(cctx, method, req.Interface(), out.New().Interface())
 		}
 		st, err := conn.NewStream(cctx, &grpc.StreamDesc{ServerStreams: md.IsStreamingServer(), ClientStreams: md.IsStreamingClient()}, method)
 		if err != nil {
 			return err
 		}
-		if err := st.SendMsg(in.New().Interface()); err != nil && !errors.Is(err, io.EOF) {
+		if err := st.SendMsg(req.Interface()); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 		_ = st.CloseSend()
@@ -550,16 +565,33 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 				md := sd.Methods().Get(j)
 				method := "/" + string(sd.FullName()) + "/" + string(md.Name())
 				methods++
-				if err := invoke(anonymous, method, md); status.Code(err) != codes.Unauthenticated {
+				if err := invoke(anonymous, method, md, 0); status.Code(err) != codes.Unauthenticated {
 					t.Errorf("%s without a certificate: %v, want Unauthenticated", method, err)
 				}
-				err := invoke(noRoles, method, md)
+				err := invoke(noRoles, method, md, 0)
 				if anyCert[method] {
 					if status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.Unauthenticated {
 						t.Errorf("%s with a certificate: %v", method, err)
 					}
 				} else if status.Code(err) != codes.PermissionDenied {
 					t.Errorf("%s with a certificate holding no role: %v, want PermissionDenied", method, err)
+				}
+				if sd.Name() == "Raft" {
+					continue // Raft's limit is Raft's, on connections of its own
+				}
+				// 2 MiB: over every method's own receive limit but a
+				// transaction's (3.1 MiB); 8 MiB: over the services'
+				// server's, refused before it is read.
+				err = invoke(asNode, method, md, 2<<20)
+				if method == gridpb.KV_Txn_FullMethodName {
+					if status.Code(err) == codes.ResourceExhausted {
+						t.Errorf("a 2 MiB %s: %v", method, err)
+					}
+				} else if !errors.Is(gridpb.FromStatus(err), grid.ErrRequestTooLarge) || !strings.Contains(fmt.Sprint(err), method) {
+					t.Errorf("a 2 MiB %s: %v, want ResourceExhausted naming the method's limit", method, err)
+				}
+				if err := invoke(asNode, method, md, 8<<20); status.Code(err) != codes.ResourceExhausted || !strings.Contains(fmt.Sprint(err), "larger than max") {
+					t.Errorf("an 8 MiB %s: %v, want ResourceExhausted (larger than the server's limit)", method, err)
 				}
 			}
 		}
