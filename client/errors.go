@@ -32,6 +32,12 @@ var (
 	// ErrTooManyRequests: this client already has as many calls or
 	// streams running on a node as the node allows one client.
 	ErrTooManyRequests = grid.ErrTooManyRequests
+	// ErrRequestTooLarge: one request was larger than the node takes for
+	// its method (the client's own limit checks keep its requests under).
+	ErrRequestTooLarge = grid.ErrRequestTooLarge
+	// ErrOverloaded: the node had as many requests in progress as its
+	// memory budget for them allows; nothing was done, try again later.
+	ErrOverloaded = grid.ErrOverloaded
 )
 
 // Errors of Backup and Restore, raised by the client itself.

@@ -64,6 +64,13 @@ var (
 	// ErrTooManyRequests: the caller already has as many calls or streams
 	// running on the node as it may; nothing was done.
 	ErrTooManyRequests = errors.New("grid: too many requests from this client")
+	// ErrRequestTooLarge: one request message is larger than its method
+	// takes (see the node's receive limits); nothing was done.
+	ErrRequestTooLarge = errors.New("grid: request too large")
+	// ErrOverloaded: the node is reading and handling as many requests as
+	// its memory budget for them allows; nothing was done, and a later
+	// attempt may pass.
+	ErrOverloaded = errors.New("grid: node overloaded")
 )
 
 // NotLeaderError says who the leader is believed to be, so a client can go

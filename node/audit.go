@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -209,18 +208,4 @@ func (s *security) auditCall(ctx context.Context, method string, req any, start 
 	if werr := s.audit.record(r, !refused); werr != nil && s.log != nil {
 		s.log.Error("audit record not written", "method", method, "who", r.Who, "err", werr)
 	}
-}
-
-// firstRecv keeps a stream's first request, for the audit record.
-type firstRecv struct {
-	grpc.ServerStream
-	first any
-}
-
-func (f *firstRecv) RecvMsg(m any) error {
-	err := f.ServerStream.RecvMsg(m)
-	if err == nil && f.first == nil {
-		f.first = m
-	}
-	return err
 }

@@ -27,13 +27,16 @@ import (
 // security is how a node's connections are protected: mutual TLS with
 // certificates from the cluster CA, or nothing (Config.Insecure).
 type security struct {
-	tls   *gridtls.Material // nil: insecure
-	audit *audit            // set once the data dir exists
-	log   *slog.Logger
+	tls    *gridtls.Material // nil: insecure
+	audit  *audit            // set once the data dir exists
+	log    *slog.Logger
+	limits requestLimits
 
 	maxCalls, maxStreams int
+	budget               int64 // bytes of requests admitted at once (Config.MaxRequestMemory)
 	mu                   sync.Mutex
 	running              map[string]int // per caller key: calls and streams running ("s:" prefix for streams)
+	reserved             int64          // bytes of the budget held by calls admitted
 }
 
 func newSecurity(cfg Config) (*security, error) {
@@ -44,7 +47,7 @@ func newSecurity(cfg Config) (*security, error) {
 	if streams <= 0 {
 		streams = 1024
 	}
-	s := &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}}
+	s := &security{maxCalls: calls, maxStreams: streams, running: map[string]int{}, limits: newRequestLimits(cfg.Limits), budget: cfg.requestMemory()}
 	if cfg.Insecure {
 		return s, nil
 	}
@@ -64,20 +67,15 @@ func newSecurity(cfg Config) (*security, error) {
 	return s, nil
 }
 
-// serverCreds protects the node's listener.
-func (s *security) serverCreds() credentials.TransportCredentials {
+// dialCreds protects the node's connections to other nodes; the Raft
+// transport's ask for ALPN gridtls.ALPNRaft (see listen.go).
+func (s *security) dialCreds(alpn ...string) credentials.TransportCredentials {
 	if s.tls == nil {
 		return insecure.NewCredentials()
 	}
-	return credentials.NewTLS(s.tls.ServerConfig())
-}
-
-// dialCreds protects the node's connections to other nodes.
-func (s *security) dialCreds() credentials.TransportCredentials {
-	if s.tls == nil {
-		return insecure.NewCredentials()
-	}
-	return credentials.NewTLS(s.tls.ClientConfig())
+	cfg := s.tls.ClientConfig()
+	cfg.NextProtos = alpn // gRPC adds h2
+	return credentials.NewTLS(cfg)
 }
 
 // The roles a call may need. A node certificate holds all of them; a
@@ -152,6 +150,9 @@ func (s *security) authorize(ctx context.Context, method string, req any) error 
 	if !ok {
 		return denied(grid.ErrUnauthenticated, "a certificate from the cluster CA is required")
 	}
+	if err := s.refuseRevoked(who); err != nil {
+		return err
+	}
 	if role := roleFor(method); !grants(who, role) {
 		switch role {
 		case "":
@@ -199,8 +200,17 @@ func denied(err error, format string, args ...any) error {
 // tap runs before a call's request is read: under TLS a caller must have
 // shown a certificate from the cluster CA or bring a bearer token signed by
 // it ("authorization: Bearer ..."), whose identity it records for
-// authorize. Anyone else is refused before their message is decoded.
+// authorize. Anyone else is refused before their message is decoded. Then
+// the call must fit the node's request budget (reserve).
 func (s *security) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	ctx, err := s.authenticate(ctx, info)
+	if err != nil {
+		return nil, err
+	}
+	return s.reserve(ctx, info.FullMethodName)
+}
+
+func (s *security) authenticate(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if s.tls == nil {
 		return ctx, nil
 	}
@@ -218,16 +228,160 @@ func (s *security) tap(ctx context.Context, info *tap.Info) (context.Context, er
 	return gridtls.WithTokenIdentity(ctx, who), nil
 }
 
-// authorizeSender is the Raft transport's AuthorizeSender: under TLS a
-// Raft message may name only the node whose certificate sent it.
+// reservedKey marks a call's release of its share of the request budget
+// in its context.
+type reservedKey struct{}
+
+// reserve admits a call into the node's budget for requests in progress
+// before its request is read, or refuses it (ResourceExhausted,
+// grid.ErrOverloaded). A call counts the most the server reads for one
+// request (requestLimits.server), whatever its method: a request over its
+// method's own limit is refused only once it is read. The share is
+// released when the call ends, or for a server stream once its request is
+// in (openStream). Calls from nodes are not counted (Raft has a server of
+// its own under TLS; insecure, its methods are spared by name).
+func (s *security) reserve(ctx context.Context, method string) (context.Context, error) {
+	if who, ok := gridtls.FromContext(ctx); (ok && who.Kind == gridtls.KindNode) || (s.tls == nil && roleFor(method) == rolePeer) {
+		return ctx, nil
+	}
+	charge := int64(s.limits.server())
+	s.mu.Lock()
+	if held := s.reserved; held+charge > s.budget {
+		s.mu.Unlock()
+		return nil, gridpb.ToStatus(fmt.Errorf("%w: requests worth %d bytes are being read or handled here, and one more may bring %d (the node's budget is %d); try again shortly",
+			grid.ErrOverloaded, held, charge, s.budget))
+	}
+	s.reserved += charge
+	s.mu.Unlock()
+	release := sync.OnceFunc(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.reserved -= charge
+	})
+	context.AfterFunc(ctx, release) // gRPC cancels a call's context when it ends, however it ends
+	return context.WithValue(ctx, reservedKey{}, release), nil
+}
+
+// raftTap admits to the Raft server (connections that asked for ALPN
+// gridtls.ALPNRaft) unrevoked node certificates only, before a message of
+// up to replication.MaxRaftMessageBytes is read.
+func (s *security) raftTap(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	who, ok := gridtls.FromContext(ctx)
+	switch {
+	case !ok:
+		return nil, status.Error(codes.Unauthenticated, "zerogrid: Raft connections need a node certificate from the cluster CA")
+	case who.Kind != gridtls.KindNode:
+		return nil, status.Errorf(codes.PermissionDenied, "zerogrid: Raft connections are for cluster nodes; %q holds a %s certificate", who.Name, who.Kind)
+	}
+	if err := s.refuseRevoked(who); err != nil {
+		return nil, err
+	}
+	return ctx, nil
+}
+
+// notServedHere answers, once authorized, a call to a method the server it
+// reached does not serve: Raft asked on a connection that did not ask for
+// it (ALPN), or a method no service has.
+func notServedHere(_ any, ss grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(ss)
+	if strings.HasPrefix(method, raftMethods) {
+		return status.Errorf(codes.Unimplemented, "zerogrid: %s is served on connections that ask for ALPN protocol %q (nodes' Raft connections)", method, gridtls.ALPNRaft)
+	}
+	return status.Errorf(codes.Unimplemented, "zerogrid: no method %s", method)
+}
+
+// authorizeSender is the Raft transport's AuthorizeSender, asked for every
+// Raft message: under TLS a Raft message may name only the node whose
+// certificate sent it, and that certificate must not have been revoked
+// since its connection was made.
 func (s *security) authorizeSender(ctx context.Context, id string) error {
 	if s.tls == nil {
 		return nil
 	}
-	if who, ok := gridtls.FromContext(ctx); !ok || !who.IsNode(id) {
+	who, ok := gridtls.FromContext(ctx)
+	if !ok || !who.IsNode(id) {
 		return fmt.Errorf("%w: sent with %s %q's certificate", grid.ErrPermissionDenied, who.Kind, who.Name)
 	}
+	return s.refuseRevoked(who)
+}
+
+// refuseRevoked refuses a caller whose certificate or token was revoked
+// after its connection was made (a handshake refuses those revoked
+// before). It is asked on every call and every stream message, so it is
+// a map lookup (gridtls.Material.Revoked).
+func (s *security) refuseRevoked(who gridtls.Identity) error {
+	if s.tls == nil || !s.tls.Revoked(who) {
+		return nil
+	}
+	return denied(grid.ErrUnauthenticated, "the %s of %q (%s) is revoked", credentialOf(who), who.Name, who.Serial)
+}
+
+func credentialOf(who gridtls.Identity) string {
+	if who.Kind == gridtls.KindToken {
+		return "token"
+	}
+	return "certificate"
+}
+
+// openStream is a stream as the interceptor hands it to its handler: it
+// keeps the first request, for the audit record, refuses a message larger
+// than the method takes (ResourceExhausted), and ends the stream
+// (Unauthenticated) at the first message received or sent after the
+// caller's certificate or token is revoked — a watch or a Raft pipeline
+// opened before lives as long as its connection. gRPC lets one goroutine
+// receive while another sends: refused is guarded.
+type openStream struct {
+	grpc.ServerStream
+	sec          *security
+	method       string
+	clientStream bool
+	who          gridtls.Identity
+	first        any // set by RecvMsg, read once the handler returned
+
+	mu      sync.Mutex
+	refused error
+}
+
+func (o *openStream) RecvMsg(m any) error {
+	if err := o.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	if err := o.sec.limits.check(o.method, m); err != nil {
+		return o.refuse(gridpb.ToStatus(err))
+	}
+	if o.first == nil {
+		o.first = m
+		if release, ok := o.Context().Value(reservedKey{}).(func()); ok && !o.clientStream {
+			release() // the one request of a server stream is in
+		}
+	}
 	return nil
+}
+
+func (o *openStream) SendMsg(m any) error {
+	if err := o.check(); err != nil {
+		return err
+	}
+	return o.ServerStream.SendMsg(m)
+}
+
+// check refuses the stream's messages once its caller is revoked.
+func (o *openStream) check() error {
+	return o.refuse(o.sec.refuseRevoked(o.who))
+}
+
+// refuse records err (if not nil) as why the stream ends and returns the
+// first such reason.
+func (o *openStream) refuse(err error) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.refused == nil {
+		o.refused = err
+	}
+	return o.refused
 }
 
 // admit counts a call (or a stream) against its caller's cap and returns
@@ -274,6 +428,11 @@ func (s *security) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 		s.auditCall(ctx, info.FullMethod, req, start, err, true)
 		return nil, err
 	}
+	if err := s.limits.check(info.FullMethod, req); err != nil {
+		err = gridpb.ToStatus(err)
+		s.auditCall(ctx, info.FullMethod, nil, start, err, true)
+		return nil, err
+	}
 	release, err := s.admit(ctx, info.FullMethod, false)
 	if err != nil {
 		return nil, err
@@ -298,8 +457,13 @@ func (s *security) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServer
 		return err
 	}
 	defer release()
-	fr := &firstRecv{ServerStream: ss}
-	err = gridpb.ToStatus(handler(srv, fr))
-	s.auditCall(ss.Context(), info.FullMethod, fr.first, start, err, false)
+	st := &openStream{ServerStream: ss, sec: s, method: info.FullMethod, clientStream: info.IsClientStream}
+	st.who, _ = gridtls.FromContext(ss.Context())
+	err = gridpb.ToStatus(handler(srv, st))
+	refused := st.refuse(nil)
+	if refused != nil {
+		err = refused // whatever the handler made of it
+	}
+	s.auditCall(ss.Context(), info.FullMethod, st.first, start, err, refused != nil)
 	return err
 }

@@ -21,10 +21,6 @@ type backupService struct {
 }
 
 func (b *backupService) ReadPartition(req *gridpb.ReadPartitionRequest, stream gridpb.Backup_ReadPartitionServer) error {
-	return b.readPartition(req, stream)
-}
-
-func (b *backupService) readPartition(req *gridpb.ReadPartitionRequest, stream gridpb.Backup_ReadPartitionServer) error {
 	ctx := stream.Context()
 	g, err := b.s.group(int(req.Partition))
 	if err != nil {
@@ -60,14 +56,9 @@ func (b *backupService) readPartition(req *gridpb.ReadPartitionRequest, stream g
 	return send(&gridpb.ReadPartitionResponse{Done: true, Count: count, AppliedIndex: applied, ServedBy: b.s.n.cfg.ID})
 }
 
-func (b *backupService) Restore(ctx context.Context, req *gridpb.RestoreRequest) (*gridpb.RestoreResponse, error) {
-	resp, err := b.restore(ctx, req)
-	return resp, err
-}
-
-// restore validates every entry (map, limits, checksum, partition) before
+// Restore validates every entry (map, limits, checksum, partition) before
 // proposing the batch, so a bad request changes nothing.
-func (b *backupService) restore(ctx context.Context, req *gridpb.RestoreRequest) (*gridpb.RestoreResponse, error) {
+func (b *backupService) Restore(ctx context.Context, req *gridpb.RestoreRequest) (*gridpb.RestoreResponse, error) {
 	if req.ClientId == 0 {
 		return nil, fmt.Errorf("%w: a restore batch needs a client id", grid.ErrBadRequest)
 	}

@@ -85,6 +85,14 @@ func TestRestoreRequestsValidated(t *testing.T) {
 	badCRC.Crc++
 	big := bytes.Repeat([]byte("v"), 1<<20)
 	tooMany := []*gridpb.BackupEntry{entry("r", keyIn("big-a", true), big), entry("r", keyIn("big-b", true), big)}
+	// Small entries whose message fits the method's receive limit but whose
+	// cost (grid.RestoreEntryCost) exceeds a batch's budget.
+	var tooCostly []*gridpb.BackupEntry
+	for cost := 0; cost <= grid.DefaultLimits().MaxRestoreBatch(); {
+		e := entry("r", keyIn(fmt.Sprintf("small-%d-", len(tooCostly)), true), []byte("v"))
+		tooCostly = append(tooCostly, e)
+		cost += grid.RestoreEntryCost(e.Map, e.Key, e.Value, e.Expiry)
+	}
 	cases := []struct {
 		name string
 		req  *gridpb.RestoreRequest
@@ -95,7 +103,8 @@ func TestRestoreRequestsValidated(t *testing.T) {
 		{"unknown map", &gridpb.RestoreRequest{ClientId: 1, Seq: 3, Partition: uint32(part), Entries: []*gridpb.BackupEntry{entry("nope", key, []byte("v"))}}, grid.ErrUnknownMap},
 		{"empty batch", &gridpb.RestoreRequest{ClientId: 1, Seq: 4, Partition: uint32(part)}, grid.ErrBadRequest},
 		{"no client id", &gridpb.RestoreRequest{Seq: 5, Partition: uint32(part), Entries: []*gridpb.BackupEntry{entry("r", key, []byte("v"))}}, grid.ErrBadRequest},
-		{"batch over the limit", &gridpb.RestoreRequest{ClientId: 1, Seq: 6, Partition: uint32(part), Entries: tooMany}, grid.ErrValueTooLarge},
+		{"batch over the receive limit", &gridpb.RestoreRequest{ClientId: 1, Seq: 6, Partition: uint32(part), Entries: tooMany}, grid.ErrRequestTooLarge},
+		{"batch over the budget", &gridpb.RestoreRequest{ClientId: 1, Seq: 8, Partition: uint32(part), Entries: tooCostly}, grid.ErrValueTooLarge},
 		{"empty key", &gridpb.RestoreRequest{ClientId: 1, Seq: 7, Partition: uint32(part), Entries: []*gridpb.BackupEntry{entry("r", nil, []byte("v"))}}, grid.ErrEmptyKey},
 	}
 	for _, tc := range cases {

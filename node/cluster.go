@@ -116,14 +116,6 @@ func (c *clusterService) NodeOp(ctx context.Context, req *gridpb.NodeOpRequest) 
 // idempotent, so the reconciler may repeat a step whose outcome it did not
 // see.
 func (c *clusterService) Membership(ctx context.Context, req *gridpb.MembershipRequest) (*gridpb.MembershipResponse, error) {
-	resp, err := c.membership(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
-}
-
-func (c *clusterService) membership(ctx context.Context, req *gridpb.MembershipRequest) (*gridpb.MembershipResponse, error) {
 	g, err := c.s.group(int(req.Partition))
 	if err != nil {
 		return nil, err

@@ -345,11 +345,6 @@ func humanSize(b float64) string {
 }
 
 func (c *computeService) Explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
-	resp, err := c.explain(ctx, req)
-	return resp, err
-}
-
-func (c *computeService) explain(ctx context.Context, req *gridpb.SubmitRequest) (*gridpb.ExplainResponse, error) {
 	if _, _, err := c.compile(ctx, req.Job); err != nil {
 		return nil, err
 	}
@@ -380,10 +375,6 @@ func (c *computeService) explain(ctx context.Context, req *gridpb.SubmitRequest)
 }
 
 func (c *computeService) Submit(req *gridpb.SubmitRequest, stream gridpb.Compute_SubmitServer) error {
-	return c.submit(req, stream)
-}
-
-func (c *computeService) submit(req *gridpb.SubmitRequest, stream gridpb.Compute_SubmitServer) error {
 	ctx := stream.Context()
 	prog, _, err := c.compile(ctx, req.Job)
 	if err != nil {
@@ -644,11 +635,6 @@ func (co *coordinator) hedgeStragglers(tasks []*taskState, launch func(*taskStat
 	}
 }
 
-func (c *computeService) Apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
-	resp, err := c.apply(ctx, req)
-	return resp, err
-}
-
 // crcOf is the CRC32C a write carries, so a damaged log entry is caught
 // at apply; a delete carries none.
 func crcOf(value []byte, del bool) uint32 {
@@ -662,12 +648,12 @@ func crcOf(value []byte, del bool) uint32 {
 // changed between its read and its conditional write.
 const maxApplyRaces = 16
 
-// apply runs an entry processor at the key's leader: read the entry, run the
+// Apply runs an entry processor at the key's leader: read the entry, run the
 // function, commit the result as a compare-and-swap on the version read. A
 // lost race re-runs the function on the new value. The CAS carries the
 // caller's request id but records it only if it swapped, so a retry of an
 // Apply that did commit returns the first result instead of running again.
-func (c *computeService) apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
+func (c *computeService) Apply(ctx context.Context, req *gridpb.ApplyRequest) (*gridpb.ApplyResponse, error) {
 	s := c.s
 	h := req.Header
 	g, err := s.writeTarget(ctx, h, req.Key)

@@ -104,6 +104,14 @@ type Config struct {
 	// capped. 0: 1024 of each (a watch holds a stream per partition).
 	MaxClientRequests int
 	MaxClientStreams  int
+	// MaxRequestMemory bounds the memory of the clients' requests a node
+	// reads and handles at once: each call (other than a node's) is
+	// admitted before its request is read only while the calls admitted,
+	// each counted at the most the node reads for one request, stay
+	// within it; others are refused with grid.ErrOverloaded. 0: an eighth
+	// of the machine's memory, from 64 MiB to 1 GiB (32 MiB with the small
+	// profile), and at least 8 requests' worth.
+	MaxRequestMemory int64
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration
@@ -203,6 +211,8 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
+	} else if one := int64(newRequestLimits(c.Limits).server()); c.MaxRequestMemory < 0 || (c.MaxRequestMemory > 0 && c.MaxRequestMemory < one) {
+		bad("request memory %d must hold at least one request (%d bytes with these limits)", c.MaxRequestMemory, one)
 	}
 	return errors.Join(errs...)
 }
@@ -218,6 +228,24 @@ func (c *Config) timing() replication.RaftTiming {
 }
 
 // watchRetention bounds each partition's change log.
+// requestMemory is the node's budget for requests in progress
+// (MaxRequestMemory): by default an eighth of the machine's memory, from
+// 64 MiB to 1 GiB (256 MiB where it is not known), 32 MiB with the small
+// profile; at least 8 requests' worth.
+func (c *Config) requestMemory() int64 {
+	if c.MaxRequestMemory > 0 {
+		return c.MaxRequestMemory
+	}
+	budget := int64(256 << 20)
+	if total, _ := memInfo("/proc/meminfo"); total > 0 {
+		budget = min(max(int64(total/8), 64<<20), 1<<30)
+	}
+	if c.Profile == "small" {
+		budget = 32 << 20
+	}
+	return max(budget, 8*int64(newRequestLimits(c.Limits).server()))
+}
+
 func (c *Config) watchRetention() replication.WatchRetention {
 	r := replication.DefaultWatchRetention()
 	if c.Profile == "small" {

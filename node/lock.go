@@ -31,11 +31,6 @@ func (l *lockService) lockGroup(name string, owner []byte) (*replication.Group, 
 }
 
 func (l *lockService) Acquire(ctx context.Context, req *gridpb.AcquireLockRequest) (*gridpb.AcquireLockResponse, error) {
-	resp, err := l.acquire(ctx, req)
-	return resp, err
-}
-
-func (l *lockService) acquire(ctx context.Context, req *gridpb.AcquireLockRequest) (*gridpb.AcquireLockResponse, error) {
 	if err := grid.ValidateLeaseTTL(time.Duration(req.TtlNs)); err != nil {
 		return nil, err
 	}

@@ -8,15 +8,18 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 	"github.com/zerogrid/zerogrid/query"
 	"github.com/zerogrid/zerogrid/replication"
 )
@@ -36,7 +39,9 @@ type Node struct {
 	// suspects is host, for the transport's peer-down callback (which may
 	// run before start has set host).
 	suspects atomic.Pointer[replication.Host]
-	srv      *grpc.Server
+	srv      *grpc.Server // every service; Raft's too when insecure
+	raftSrv  *grpc.Server // Raft, under TLS (see listen.go)
+	split    *splitListener
 	meta     *replication.Group
 	static   *grid.Table // the table computed from the static peer list (empty when joining)
 	caps     grid.Capabilities
@@ -148,7 +153,7 @@ func (n *Node) start(ctx context.Context) error {
 		return fmt.Errorf("node: open engine: %w", err)
 	}
 	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log,
-		DialOptions:     []grpc.DialOption{grpc.WithTransportCredentials(n.sec.dialCreds())},
+		DialOptions:     []grpc.DialOption{grpc.WithTransportCredentials(n.sec.dialCreds(gridtls.ALPNRaft))},
 		HeartbeatWindow: cfg.timing().HeartbeatWindow(),
 		RefuseGrowth:    n.disk.refuseGrowth,
 		AuthorizeSender: n.sec.authorizeSender,
@@ -165,9 +170,22 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
-	n.srv = grpc.NewServer(append(replication.ServerOptions(), grpc.WaitForHandlers(true), grpc.Creds(n.sec.serverCreds()), grpc.InTapHandle(n.sec.tap),
-		grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired))...)
-	n.trans.Register(n.srv)
+	server := func(opts ...grpc.ServerOption) *grpc.Server {
+		return grpc.NewServer(slices.Concat(replication.ServerOptions(), []grpc.ServerOption{grpc.WaitForHandlers(true),
+			grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired)}, opts)...)
+	}
+	if n.sec.tls == nil {
+		// One server: Raft's receive limit for every service (the
+		// interceptor holds each method to its own once a message is read).
+		n.srv = server(grpc.Creds(insecure.NewCredentials()), grpc.InTapHandle(n.sec.tap))
+		n.trans.Register(n.srv)
+	} else {
+		n.split = newSplitListener(n.lis, n.sec.tls.ServerConfig(), n.log)
+		n.raftSrv = server(grpc.Creds(handshaken{}), grpc.InTapHandle(n.sec.raftTap))
+		n.trans.Register(n.raftSrv)
+		n.srv = server(grpc.Creds(handshaken{}), grpc.InTapHandle(n.sec.tap), grpc.MaxRecvMsgSize(n.sec.limits.server()),
+			grpc.UnknownServiceHandler(notServedHere))
+	}
 	registerServices(n.srv, n)
 
 	n.host, err = replication.NewHost(replication.HostConfig{
@@ -188,13 +206,22 @@ func (n *Node) start(ctx context.Context) error {
 	// Serve before opening the partitions so peers' votes and heartbeats
 	// are answered as soon as their raft starts; handlers may then use the
 	// metadata group and the manager.
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		if err := n.srv.Serve(n.lis); err != nil && !n.closing.Load() {
-			n.log.Error("grpc server stopped", "err", err)
-		}
-	}()
+	serve := func(srv *grpc.Server, lis net.Listener) {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			if err := srv.Serve(lis); err != nil && !n.closing.Load() {
+				n.log.Error("grpc server stopped", "err", err)
+			}
+		}()
+	}
+	if n.split == nil {
+		serve(n.srv, n.lis)
+	} else {
+		n.split.start()
+		serve(n.raftSrv, n.split.raft)
+		serve(n.srv, n.split.other)
+	}
 
 	if n.meta.Meta().Table() == nil && len(n.static.Partitions) > 0 {
 		// A founding node of a new cluster: every founder bootstraps each of
@@ -329,6 +356,12 @@ func (n *Node) cleanup() error {
 	var errs []error
 	if n.host != nil {
 		errs = append(errs, n.host.Close(ctx))
+	}
+	if n.split != nil {
+		n.split.close() // closes n.lis
+	}
+	if n.raftSrv != nil {
+		n.raftSrv.Stop()
 	}
 	if n.srv != nil {
 		n.srv.Stop()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/zerogrid/zerogrid/client"
 	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/grid/gridtls"
 	"github.com/zerogrid/zerogrid/node"
 )
 
@@ -182,7 +184,13 @@ func TestEmbeddedClusterFailoverAndNoLeaks(t *testing.T) {
 	for id := range e.nodes {
 		e.stop(id)
 	}
-	// Every goroutine the nodes started has ended.
+	noGoroutinesLeft(t, before)
+}
+
+// noGoroutinesLeft waits until every goroutine started since there were
+// before has ended.
+func noGoroutinesLeft(t *testing.T, before int) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for runtime.NumGoroutine() > before+2 {
 		if time.Now().After(deadline) {
@@ -194,6 +202,54 @@ func TestEmbeddedClusterFailoverAndNoLeaks(t *testing.T) {
 	}
 }
 
+// TestEmbeddedTLSNoLeaks runs an in-process cluster with mutual TLS, each
+// node's listener split between its Raft server and the server of its
+// other services: it serves a client with a certificate, and once every
+// node is shut down — n1 with a connection that never began its TLS
+// handshake — no goroutine the nodes started is left.
+func TestEmbeddedTLSNoLeaks(t *testing.T) {
+	before := runtime.NumGoroutine()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if err := gridtls.NewCA(ca, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := gridtls.IssueClient(ca, filepath.Join(dir, "client"), "tests", []string{"admin"}); err != nil {
+		t.Fatal(err)
+	}
+	e := startEmbedded(t, 3, func(id string, cfg *node.Config) {
+		cfg.Insecure, cfg.TLSDir = false, filepath.Join(dir, id)
+		if err := gridtls.IssueNode(ca, cfg.TLSDir, id, []string{cfg.Peers[id]}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	c, err := client.DialWith(context.Background(), e.addrs(), client.WithTLSDir(filepath.Join(dir, "client")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	createMap(t, c, "m")
+	m := c.Map("m")
+	for i := range 20 {
+		k := []byte(fmt.Sprintf("key-%02d", i))
+		retry(t, 10*time.Second, func(ctx context.Context) error { _, err := m.Put(ctx, k, k); return err })
+		retry(t, 10*time.Second, func(ctx context.Context) error {
+			v, _, err := m.Get(ctx, k)
+			if err == nil && string(v) != string(k) {
+				return fmt.Errorf("%s = %q", k, v)
+			}
+			return err
+		})
+	}
+	stuck, err := net.Dial("tcp", e.peers["n1"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	c.Close()
+	e.stopAll()
+	noGoroutinesLeft(t, before)
+}
+
 func firstStacks(all string, n int) string {
 	parts := strings.Split(all, "\n\n")
 	if len(parts) > n {
@@ -203,12 +259,12 @@ func firstStacks(all string, n int) string {
 }
 
 func TestConfigValidateReportsEverything(t *testing.T) {
-	cfg := node.Config{Partitions: 0, Replicas: 9, Profile: "huge", Engine: "rocks"}
+	cfg := node.Config{Partitions: 0, Replicas: 9, Profile: "huge", Engine: "rocks", Limits: grid.DefaultLimits(), MaxRequestMemory: 1 << 20}
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("empty config accepted")
 	}
-	for _, want := range []string{"node id", "listen address", "data dir", "peers", "partitions", "replicas", "profile", "engine", "TLS directory"} {
+	for _, want := range []string{"node id", "listen address", "data dir", "peers", "partitions", "replicas", "profile", "engine", "TLS directory", "request memory"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error does not mention %s: %v", want, err)
 		}

@@ -168,11 +168,6 @@ func (s *service) propose(ctx context.Context, g *replication.Group, h *gridpb.W
 }
 
 func (s *service) Put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
-	resp, err := s.put(ctx, req)
-	return resp, err
-}
-
-func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutResponse, error) {
 	if err := s.checkValue(req.Value, req.Crc); err != nil {
 		return nil, err
 	}
@@ -196,11 +191,6 @@ func (s *service) put(ctx context.Context, req *gridpb.PutRequest) (*gridpb.PutR
 	return &gridpb.PutResponse{Version: res.Version}, nil
 }
 
-func (s *service) Delete(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
-	resp, err := s.del(ctx, req)
-	return resp, err
-}
-
 // checkFence validates a write's optional fencing token.
 func checkFence(f *gridpb.Fence) error {
 	if f == nil {
@@ -209,7 +199,7 @@ func checkFence(f *gridpb.Fence) error {
 	return grid.ValidateFence(f.Name, f.Token)
 }
 
-func (s *service) del(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
+func (s *service) Delete(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.DeleteResponse, error) {
 	if err := checkFence(req.Fence); err != nil {
 		return nil, err
 	}
@@ -226,11 +216,6 @@ func (s *service) del(ctx context.Context, req *gridpb.DeleteRequest) (*gridpb.D
 }
 
 func (s *service) CompareAndSwap(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
-	resp, err := s.cas(ctx, req)
-	return resp, err
-}
-
-func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*gridpb.CompareAndSwapResponse, error) {
 	if req.Delete && len(req.Value) > 0 {
 		return nil, fmt.Errorf("%w: a compare-and-delete carries no value", grid.ErrBadRequest)
 	}
@@ -265,11 +250,6 @@ func (s *service) cas(ctx context.Context, req *gridpb.CompareAndSwapRequest) (*
 const maxTxnOps = 128
 
 func (s *service) Txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
-	resp, err := s.txn(ctx, req)
-	return resp, err
-}
-
-func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnResponse, error) {
 	h := req.Header
 	if h == nil {
 		return nil, fmt.Errorf("%w: missing write header", grid.ErrBadRequest)
@@ -331,11 +311,6 @@ func (s *service) txn(ctx context.Context, req *gridpb.TxnRequest) (*gridpb.TxnR
 }
 
 func (s *service) Get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
-	resp, err := s.get(ctx, req)
-	return resp, err
-}
-
-func (s *service) get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetResponse, error) {
 	g, err := s.partitionFor(ctx, req.Map, req.Key)
 	if err != nil {
 		return nil, err
@@ -351,10 +326,6 @@ func (s *service) get(ctx context.Context, req *gridpb.GetRequest) (*gridpb.GetR
 }
 
 func (s *service) Scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
-	return s.scan(req, stream)
-}
-
-func (s *service) scan(req *gridpb.ScanRequest, stream gridpb.KV_ScanServer) error {
 	ctx := stream.Context()
 	if err := grid.ValidateMapName(req.Map); err != nil {
 		return err

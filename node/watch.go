@@ -30,10 +30,6 @@ type watchService struct {
 }
 
 func (w *watchService) Watch(req *gridpb.WatchRequest, stream gridpb.Watch_WatchServer) error {
-	return w.watch(req, stream)
-}
-
-func (w *watchService) watch(req *gridpb.WatchRequest, stream gridpb.Watch_WatchServer) error {
 	ctx := stream.Context()
 	if err := grid.ValidateMapName(req.Map); err != nil {
 		return err

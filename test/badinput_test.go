@@ -98,7 +98,15 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err = s.Recv()
 			return err
 		}, grid.ErrBadPartition, codes.InvalidArgument},
-		{"oversized message (over the server's receive limit)", func() error {
+		{"oversized message (over the put's receive limit)", func() error {
+			_, err := kv.Put(ctx, &gridpb.PutRequest{Header: hdr("good"), Key: []byte("k"), Value: bytes.Repeat([]byte("x"), 2<<20)})
+			return err
+		}, grid.ErrRequestTooLarge, codes.ResourceExhausted},
+		{"oversized message (over the services' server's receive limit, refused before it is read)", func() error {
+			_, err := kv.Put(ctx, &gridpb.PutRequest{Header: hdr("good"), Key: []byte("k"), Value: bytes.Repeat([]byte("x"), 8<<20)})
+			return err
+		}, nil, codes.ResourceExhausted},
+		{"oversized message (over Raft's receive limit)", func() error {
 			_, err := kv.Put(ctx, &gridpb.PutRequest{Header: hdr("good"), Key: []byte("k"), Value: bytes.Repeat([]byte("x"), replication.MaxRaftMessageBytes+1)})
 			return err
 		}, nil, codes.ResourceExhausted},

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,10 +21,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 	"github.com/zerogrid/zerogrid/grid/gridtls"
 	"github.com/zerogrid/zerogrid/node/localcluster"
@@ -119,6 +123,11 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("a backup read with the client certificate: %v", err)
 	}
 	wantCode("a Raft vote with a client certificate", call(mine, vote), codes.PermissionDenied)
+	// Nor on a connection asking for Raft's (ALPN), refused before its
+	// message is read.
+	mineRaft := mustLoad(t, gridtls.LoadClient, clientTLSDir).ClientConfig()
+	mineRaft.NextProtos = []string{gridtls.ALPNRaft}
+	wantCode("a Raft vote with a client certificate on a Raft connection", call(credentials.NewTLS(mineRaft), vote), codes.PermissionDenied)
 	wantCode("a load report with a client certificate", call(mine, report("n1")), codes.PermissionDenied)
 
 	// Roles: each client certificate gets what its roles grant, and a
@@ -281,7 +290,8 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("n2 reporting for itself: %v", err)
 	}
 
-	// Nor in Raft: n2's certificate may not vote as n3.
+	// Nor in Raft: n2's certificate may not vote as n3. (A node's Raft
+	// connections ask for ALPN zerogrid-raft; others are not served Raft.)
 	voteAs := func(id string) func(context.Context, *grpc.ClientConn) error {
 		return func(ctx context.Context, cc *grpc.ClientConn) error {
 			_, err := gridpb.NewRaftClient(cc).RequestVote(ctx, &gridpb.RaftRequestVoteRequest{
@@ -289,6 +299,8 @@ func TestMutualTLS(t *testing.T) {
 			return err
 		}
 	}
+	wantCode("n2's certificate voting as n2 on a connection not asking for Raft's", call(asN2, voteAs("n2")), codes.Unimplemented)
+	asN2 = raftCreds(t, lc.TLSDir("n2"))
 	wantCode("n2's certificate voting as n3", call(asN2, voteAs("n3")), codes.PermissionDenied)
 	if err := call(asN2, voteAs("n2")); err != nil {
 		t.Fatalf("n2 asking for a (stale) vote as itself: %v", err)
@@ -472,7 +484,10 @@ func TestClientStreamCap(t *testing.T) {
 // covered without editing this test) with an empty request: without a
 // certificate each is refused Unauthenticated, and with a client
 // certificate that holds no role PermissionDenied — all but the two that
-// any certificate may call (the routing table and the map names). Nothing
+// any certificate may call (the routing table and the map names). With a
+// node certificate, a request of every method but Raft's is refused
+// ResourceExhausted when it is over the method's receive limit (2 MiB; a
+// transaction takes it) and when it is over the server's (8 MiB). Nothing
 // changes meanwhile.
 func TestEveryMethodRefusesStrangers(t *testing.T) {
 	lc, c := startCluster(t, 2, "kv")
@@ -506,12 +521,22 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 	}
 	anonymous := dial(mustLoad(t, gridtls.LoadCA, filepath.Join(dir, "ca-only")))
 	noRoles := dial(mustLoad(t, gridtls.LoadClient, filepath.Join(dir, "noroles")))
+	asNode := dial(mustLoad(t, gridtls.LoadNode, lc.TLSDir("n1"))) // every role: only the size refuses
 	anyCert := map[string]bool{"/zerogrid.v1.Admin/GetTable": true, "/zerogrid.v1.Admin/ListMaps": true}
 
-	invoke := func(conn *grpc.ClientConn, method string, md protoreflect.MethodDescriptor) error {
+	// invoke calls method with an empty request, or one padded with pad
+	// bytes of an unknown field (and naming node n1 where it names a node).
+	invoke := func(conn *grpc.ClientConn, method string, md protoreflect.MethodDescriptor, pad int) error {
 		in, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
 		if err != nil {
 			t.Fatal(err)
+		}
+		req := in.New()
+		if pad > 0 {
+			if f := req.Descriptor().Fields().ByName("node_id"); f != nil {
+				req.Set(f, protoreflect.ValueOfString("n1"))
+			}
+			req.SetUnknown(protowire.AppendBytes(protowire.AppendTag(nil, 999, protowire.BytesType), make([]byte, pad)))
 		}
 		out, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
 		if err != nil {
@@ -520,13 +545,13 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		defer ccancel()
 		if !md.IsStreamingClient() && !md.IsStreamingServer() {
-			return conn.Invoke(cctx, method, in.New().Interface(), out.New().Interface())
+			return conn.Invoke(cctx, method, req.Interface(), out.New().Interface())
 		}
 		st, err := conn.NewStream(cctx, &grpc.StreamDesc{ServerStreams: md.IsStreamingServer(), ClientStreams: md.IsStreamingClient()}, method)
 		if err != nil {
 			return err
 		}
-		if err := st.SendMsg(in.New().Interface()); err != nil && !errors.Is(err, io.EOF) {
+		if err := st.SendMsg(req.Interface()); err != nil && !errors.Is(err, io.EOF) {
 			return err
 		}
 		_ = st.CloseSend()
@@ -540,16 +565,33 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 				md := sd.Methods().Get(j)
 				method := "/" + string(sd.FullName()) + "/" + string(md.Name())
 				methods++
-				if err := invoke(anonymous, method, md); status.Code(err) != codes.Unauthenticated {
+				if err := invoke(anonymous, method, md, 0); status.Code(err) != codes.Unauthenticated {
 					t.Errorf("%s without a certificate: %v, want Unauthenticated", method, err)
 				}
-				err := invoke(noRoles, method, md)
+				err := invoke(noRoles, method, md, 0)
 				if anyCert[method] {
 					if status.Code(err) == codes.PermissionDenied || status.Code(err) == codes.Unauthenticated {
 						t.Errorf("%s with a certificate: %v", method, err)
 					}
 				} else if status.Code(err) != codes.PermissionDenied {
 					t.Errorf("%s with a certificate holding no role: %v, want PermissionDenied", method, err)
+				}
+				if sd.Name() == "Raft" {
+					continue // Raft's limit is Raft's, on connections of its own
+				}
+				// 2 MiB: over every method's own receive limit but a
+				// transaction's (3.1 MiB); 8 MiB: over the services'
+				// server's, refused before it is read.
+				err = invoke(asNode, method, md, 2<<20)
+				if method == gridpb.KV_Txn_FullMethodName {
+					if status.Code(err) == codes.ResourceExhausted {
+						t.Errorf("a 2 MiB %s: %v", method, err)
+					}
+				} else if !errors.Is(gridpb.FromStatus(err), grid.ErrRequestTooLarge) || !strings.Contains(fmt.Sprint(err), method) {
+					t.Errorf("a 2 MiB %s: %v, want ResourceExhausted naming the method's limit", method, err)
+				}
+				if err := invoke(asNode, method, md, 8<<20); status.Code(err) != codes.ResourceExhausted || !strings.Contains(fmt.Sprint(err), "larger than max") {
+					t.Errorf("an 8 MiB %s: %v, want ResourceExhausted (larger than the server's limit)", method, err)
 				}
 			}
 		}
@@ -569,4 +611,191 @@ func TestEveryMethodRefusesStrangers(t *testing.T) {
 		t.Errorf("data changed: %q, %v", v, err)
 	}
 	t.Logf("%d methods refused to strangers", methods)
+}
+
+// raftCreds are a node certificate's credentials for a Raft connection:
+// it asks for ALPN gridtls.ALPNRaft, as the nodes' own do.
+func raftCreds(t *testing.T, nodeTLSDir string) credentials.TransportCredentials {
+	cfg := mustLoad(t, gridtls.LoadNode, nodeTLSDir).ClientConfig()
+	cfg.NextProtos = []string{gridtls.ALPNRaft}
+	return credentials.NewTLS(cfg)
+}
+
+// countingCreds counts the TLS handshakes of a client's connections: a
+// refusal over a connection made before a revocation must come without a
+// new one (a new handshake would be refused by the handshake itself).
+type countingCreds struct {
+	credentials.TransportCredentials
+	handshakes *atomic.Int32
+}
+
+func (c countingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	c.handshakes.Add(1)
+	return c.TransportCredentials.ClientHandshake(ctx, authority, raw)
+}
+
+func (c countingCreds) Clone() credentials.TransportCredentials {
+	return countingCreds{TransportCredentials: c.TransportCredentials.Clone(), handshakes: c.handshakes}
+}
+
+// TestRevokedOnOpenConnections revokes certificates while their holders
+// are connected. A client's next calls over the connections it already
+// has are refused (Unauthenticated, no new handshake) and change nothing,
+// and its open watch ends instead of delivering the next change. A node
+// certificate revoked on the other nodes can no longer vote or append
+// over its open connections, Raft pipeline included, and the cluster
+// goes on without it.
+func TestRevokedOnOpenConnections(t *testing.T) {
+	lc, c := startCluster(t, 1, "kv")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	certs := t.TempDir()
+	if err := gridtls.IssueClient(caDir, filepath.Join(certs, "leaver"), "leaver", []string{"read", "write"}); err != nil {
+		t.Fatal(err)
+	}
+	var handshakes atomic.Int32
+	creds := countingCreds{credentials.NewTLS(mustLoad(t, gridtls.LoadClient, filepath.Join(certs, "leaver")).ClientConfig()), &handshakes}
+	var conns []*grpc.ClientConn
+	for _, addr := range lc.Addrs() {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conns = append(conns, conn)
+	}
+	put := func(conn *grpc.ClientConn, key string, seq uint64) error {
+		_, err := gridpb.NewKVClient(conn).Put(ctx, &gridpb.PutRequest{Header: &gridpb.WriteHeader{Map: "kv", ClientId: 4242, Seq: seq}, Key: []byte(key), Value: []byte("by leaver")})
+		return err
+	}
+	get := func(conn *grpc.ClientConn, key string) error {
+		_, err := gridpb.NewKVClient(conn).Get(ctx, &gridpb.GetRequest{Map: "kv", Key: []byte(key), Consistency: gridpb.Consistency_STALE})
+		return err
+	}
+	// Before: the leaver reads on every node and writes through the leader.
+	eventually(t, 20*time.Second, func() error {
+		var errs []error
+		for _, conn := range conns {
+			if err := put(conn, "before", 1); err == nil {
+				return nil
+			} else {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+	for i, conn := range conns {
+		if err := get(conn, "before"); err != nil {
+			t.Fatalf("a read on %s before the revocation: %v", lc.IDs()[i], err)
+		}
+	}
+	watch, err := gridpb.NewWatchClient(conns[0]).Watch(ctx, &gridpb.WatchRequest{Map: "kv", Partition: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatalf("the watch's first response: %v", err)
+	}
+	opened := handshakes.Load()
+	if opened != int32(len(conns)) {
+		t.Fatalf("%d handshakes for %d connections", opened, len(conns))
+	}
+
+	var nodeDirs []string
+	for _, id := range lc.IDs() {
+		nodeDirs = append(nodeDirs, lc.TLSDir(id))
+	}
+	runCLI(t, ctx, "cert", "revoke", "--cert", filepath.Join(certs, "leaver", gridtls.ClientCert), "--out", strings.Join(nodeDirs, ","))
+	// Each node sees the list within a tenth of a second of its change (a
+	// look at the file serves the checks of the next 100 ms: they are map
+	// lookups).
+	eventually(t, 10*time.Second, func() error {
+		for i, conn := range conns {
+			if err := get(conn, "before"); status.Code(err) != codes.Unauthenticated {
+				return fmt.Errorf("a read on %s after the revocation: %v", lc.IDs()[i], err)
+			}
+		}
+		return nil
+	})
+	for i, conn := range conns {
+		err := put(conn, "after", 2)
+		if status.Code(err) != codes.Unauthenticated || !strings.Contains(fmt.Sprint(err), "revoked") {
+			t.Fatalf("a put on %s after the revocation: %v, want Unauthenticated (revoked)", lc.IDs()[i], err)
+		}
+	}
+	if v, _, err := c.Map("kv").Get(ctx, []byte("after")); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("after the refused put: %q, %v, want not found", v, err)
+	}
+	// The watch opened before ends at the next change instead of showing it.
+	if _, err := c.Map("kv").Put(ctx, []byte("watched"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		resp, err := watch.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("the watch after the revocation ended with %v, want Unauthenticated", err)
+			}
+			break
+		}
+		for _, ch := range resp.Changes {
+			for _, ev := range ch.Events {
+				if string(ev.Key) == "watched" {
+					t.Fatal("a revoked certificate's watch was shown a change made after the revocation")
+				}
+			}
+		}
+	}
+	if n := handshakes.Load(); n != opened {
+		t.Fatalf("%d handshakes after the revocation, %d before: the refusals did not come over the open connections", n, opened)
+	}
+
+	// A node: n3's certificate, connected to n1 before it is revoked there
+	// and on n2, votes and appends (as a stale candidate and leader, which
+	// Raft turns down without effect) until it is revoked, then not even
+	// over the pipeline stream it opened before.
+	n3, err := grpc.NewClient(lc.Addr("n1"), grpc.WithTransportCredentials(raftCreds(t, lc.TLSDir("n3"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n3.Close()
+	header := &gridpb.RaftHeader{ProtocolVersion: 3, Id: []byte("n3"), Addr: []byte(lc.Addr("n3"))}
+	vote := func() error {
+		_, err := gridpb.NewRaftClient(n3).RequestVote(ctx, &gridpb.RaftRequestVoteRequest{Group: 0, Header: header, Term: 0, Candidate: []byte(lc.Addr("n3"))})
+		return err
+	}
+	appendReq := &gridpb.RaftAppendEntriesRequest{Group: 0, Header: header, Term: 0, Leader: []byte(lc.Addr("n3"))}
+	if err := vote(); err != nil {
+		t.Fatalf("n3's stale vote request before its revocation: %v", err)
+	}
+	pipe, err := gridpb.NewRaftClient(n3).AppendEntriesPipeline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipe.Send(appendReq); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := pipe.Recv(); err != nil || resp.Success {
+		t.Fatalf("n3's stale append before its revocation: %v, %v", resp, err)
+	}
+	runCLI(t, ctx, "cert", "revoke", "--cert", filepath.Join(lc.TLSDir("n3"), gridtls.NodeCert), "--out", lc.TLSDir("n1")+","+lc.TLSDir("n2"))
+	eventually(t, 10*time.Second, func() error {
+		if err := vote(); status.Code(err) != codes.Unauthenticated {
+			return fmt.Errorf("n3's vote request after its revocation: %v", err)
+		}
+		return nil
+	})
+	if err := pipe.Send(appendReq); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if _, err := pipe.Recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("n3's append on its open pipeline after its revocation: %v, want Unauthenticated", err)
+	}
+	// The real n3 is cut off from n1 and n2 the same way; they go on.
+	eventually(t, 30*time.Second, func() error {
+		wctx, wcancel := context.WithTimeout(ctx, 3*time.Second)
+		defer wcancel()
+		_, err := c.Map("kv").Put(wctx, []byte("without n3"), []byte("v"))
+		return err
+	})
 }

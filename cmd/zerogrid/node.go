@@ -39,6 +39,14 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&cfg.TLSDir, "tls-dir", os.Getenv("ZEROGRID_NODE_TLS_DIR"), "the node's certificates: ca.crt, node.crt, node.key ('zerogrid cert'); default $ZEROGRID_NODE_TLS_DIR")
 	fs.IntVar(&cfg.MaxClientRequests, "max-client-requests", 0, "calls one client (certificate) may have running on this node at once (default 1024)")
 	fs.IntVar(&cfg.MaxClientStreams, "max-client-streams", 0, "streams (scans, watches, jobs, backups) one client may have open on this node (default 1024; a watch holds one per partition)")
+	fs.Func("max-request-memory", "memory for the clients' requests being read and handled at once, each counted at the most one may bring (3.1 MiB with the default limits); more are refused as overloaded (e.g. 64MiB; default an eighth of the machine's memory, 64 MiB-1 GiB; 32 MiB with --profile small)", func(v string) error {
+		b, err := humanize.ParseBytes(v)
+		if err != nil || b == 0 || b > 1<<50 {
+			return fmt.Errorf("want a size such as 64MiB")
+		}
+		cfg.MaxRequestMemory = int64(b)
+		return nil
+	})
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "no TLS and no authentication: anyone who reaches the port has full control; loopback experiments only")
 	var labels labelFlag
 	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")

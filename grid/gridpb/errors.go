@@ -62,6 +62,8 @@ var errorTable = []struct {
 	{grid.ErrUnauthenticated, codes.Unauthenticated, "UNAUTHENTICATED"},
 	{grid.ErrPermissionDenied, codes.PermissionDenied, "PERMISSION_DENIED"},
 	{grid.ErrTooManyRequests, codes.ResourceExhausted, "TOO_MANY_REQUESTS"},
+	{grid.ErrRequestTooLarge, codes.ResourceExhausted, "REQUEST_TOO_LARGE"},
+	{grid.ErrOverloaded, codes.ResourceExhausted, "OVERLOADED"},
 }
 
 // ToStatus converts an error from the node into a gRPC status error. A

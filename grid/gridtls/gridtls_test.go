@@ -122,3 +122,64 @@ func TestTokens(t *testing.T) {
 		t.Errorf("a revoked token: %v", err)
 	}
 }
+
+// TestRevokedIdentity checks the check made on open connections: a
+// certificate's or a token's identity is revoked once its serial or id is
+// in the list, and others are not.
+func TestRevokedIdentity(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if err := NewCA(ca, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"alice", "bob"} {
+		if err := IssueClient(ca, filepath.Join(dir, name), name, []string{"read"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := IssueNode(ca, filepath.Join(dir, "n1"), "n1", []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := mustLoad(t, LoadNode, filepath.Join(dir, "n1"))
+	n1.revRecheck = time.Nanosecond // every check looks at the file
+	alice, _ := mustLoad(t, LoadClient, filepath.Join(dir, "alice")).Self()
+	bob, _ := mustLoad(t, LoadClient, filepath.Join(dir, "bob")).Self()
+	tok, err := IssueToken(ca, "ci", []string{"read"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci, err := n1.VerifyBearer("Bearer " + tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range []Identity{alice, bob, ci} {
+		if who.Serial == "" || n1.Revoked(who) {
+			t.Fatalf("%+v revoked before any revocation", who)
+		}
+	}
+	if _, err := Revoke(filepath.Join(dir, "alice", ClientCert), []string{filepath.Join(dir, "n1")}); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "ci.token")
+	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Revoke(f, []string{filepath.Join(dir, "n1")}); err != nil {
+		t.Fatal(err)
+	}
+	if !n1.Revoked(alice) || !n1.Revoked(ci) || n1.Revoked(bob) {
+		t.Fatalf("after revoking alice and the token: alice %v, token %v, bob %v", n1.Revoked(alice), n1.Revoked(ci), n1.Revoked(bob))
+	}
+	if n1.Revoked(Identity{Kind: KindClient, Name: "alice"}) {
+		t.Error("an identity without a serial is revoked")
+	}
+}
+
+func mustLoad(t *testing.T, load func(string) (*Material, error), dir string) *Material {
+	t.Helper()
+	m, err := load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

@@ -110,7 +110,7 @@ func (m *Material) verifyToken(tok string, now time.Time) (Identity, TokenClaims
 	if m.isRevokedID(c.ID) {
 		return bad(fmt.Sprintf("token %s (%q) is revoked", c.ID, c.Name))
 	}
-	return Identity{Kind: KindToken, Name: c.Name, Roles: c.Roles}, c, nil
+	return Identity{Kind: KindToken, Name: c.Name, Roles: c.Roles, Serial: strings.ToLower(c.ID)}, c, nil
 }
 
 // KindToken is the kind of an identity that came from a bearer token.

@@ -325,6 +325,17 @@ func (c *Cluster) Running(id string) bool {
 	}
 }
 
+// PID is the process id of a running node, 0 if it is not running (for
+// reading its memory from /proc/PID/status).
+func (c *Cluster) PID(id string) int {
+	if !c.Running(id) {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.procs[id].cmd.Process.Pid
+}
+
 // Stop terminates every node and waits for all of them.
 func (c *Cluster) Stop() {
 	var wg sync.WaitGroup
