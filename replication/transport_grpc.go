@@ -105,7 +105,8 @@ type GRPCTransportConfig struct {
 	RefuseGrowth func() error
 	// AuthorizeSender, if set, is asked whether the caller of a Raft RPC
 	// (its connection's credentials, in ctx) may speak as the server id
-	// its message names; an error refuses the RPC with PermissionDenied.
+	// its message names; an error refuses the RPC with PermissionDenied,
+	// or with the code of the gRPC status it carries.
 	// Nodes check the caller's node certificate, so that one member's
 	// certificate cannot be used to vote or append as another.
 	AuthorizeSender func(ctx context.Context, id string) error
@@ -927,7 +928,13 @@ func (s *raftService) checkSender(ctx context.Context, h *gridpb.RaftHeader) err
 		return nil
 	}
 	if err := s.t.cfg.AuthorizeSender(ctx, string(h.GetId())); err != nil {
-		return status.Errorf(codes.PermissionDenied, "replication: a Raft message as %q: %v", h.GetId(), err)
+		// A refusal that names its code (a revoked certificate:
+		// Unauthenticated) keeps it; any other is PermissionDenied.
+		code := codes.PermissionDenied
+		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+			code = st.Code()
+		}
+		return status.Errorf(code, "replication: a Raft message as %q: %v", h.GetId(), err)
 	}
 	return nil
 }
