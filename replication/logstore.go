@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,7 +56,6 @@ type logDB struct {
 	groups map[GroupID]*groupState
 	active *segment // the segment appended to; only the committer changes it
 	live   int64    // bytes of live records, all groups
-	total  int64    // bytes of all segment files
 
 	commits atomic.Uint64 // writes to disk (each one sync)
 	writes  atomic.Uint64 // caller writes those carried
@@ -275,7 +273,7 @@ func (s *logDB) replay(seq uint64, last bool) error {
 		}
 		loc := recLoc{seg: seq, off: off + recHeaderSize, n: n}
 		_, cerr := openRecord(body)
-		if cerr != nil && last && s.endsAt(r, off+recHeaderSize+int64(n), fi.Size()) {
+		if cerr != nil && last && endsAt(r, off+recHeaderSize+int64(n), fi.Size()) {
 			// The last record, damaged: torn as it was written.
 			return s.cut(seg, off)
 		}
@@ -285,7 +283,6 @@ func (s *logDB) replay(seq uint64, last bool) error {
 		off += recHeaderSize + int64(n)
 	}
 	seg.size = off
-	s.total += off
 	if last {
 		s.active = seg
 	}
@@ -294,7 +291,7 @@ func (s *logDB) replay(seq uint64, last bool) error {
 
 // endsAt tells whether nothing follows a record ending at end: the file
 // ends there, or the preallocated zeros start.
-func (s *logDB) endsAt(r *bufio.Reader, end, size int64) bool {
+func endsAt(r *bufio.Reader, end, size int64) bool {
 	if end >= size {
 		return true
 	}
@@ -318,7 +315,6 @@ func (s *logDB) brokenAt(seg *segment, off int64, last bool, inSeg map[GroupID]b
 		s.state(g).blame(fmt.Sprintf("raft log segment %s: %s at offset %d; what follows it is lost", segName(seg.seq), what, off))
 	}
 	seg.size = off
-	s.total += off
 	return nil
 }
 
@@ -336,7 +332,6 @@ func (s *logDB) cut(seg *segment, off int64) error {
 		return fmt.Errorf("replication: cut torn tail of raft log segment %s: %w", segName(seg.seq), err)
 	}
 	seg.size = off
-	s.total += off
 	s.active = seg
 	return nil
 }
@@ -479,7 +474,6 @@ func (s *logDB) rotate(seq uint64) error {
 	s.mu.Lock()
 	s.segs[seq] = seg
 	s.active = seg
-	s.total += segHeaderSize
 	s.mu.Unlock()
 	return nil
 }
@@ -615,7 +609,6 @@ func (s *logDB) write(b *logBatch) error {
 		s.apply(r.kind, r.g, r.index, recLoc{seg: seg.seq, off: base + int64(r.off), n: uint32(r.n)}, b.buf[r.off:r.off+r.n])
 	}
 	seg.size += int64(len(b.buf))
-	s.total += int64(len(b.buf))
 	s.mu.Unlock()
 	return nil
 }
@@ -624,34 +617,30 @@ func (s *logDB) write(b *logBatch) error {
 // records outweigh live ones and a group still holds the oldest segment,
 // that group's live records are copied forward first.
 func (s *logDB) collect() {
-	for {
+	for len(s.segs) > 1 { // only the committer adds or drops segments
 		s.mu.RLock()
-		oldest := s.active.seq
-		for seq := range s.segs {
-			oldest = min(oldest, seq)
+		oldest, total := s.active.seq, int64(0)
+		for seq, seg := range s.segs {
+			oldest, total = min(oldest, seq), total+seg.size
 		}
-		var pinned []GroupID
+		pinned, pinning := GroupID(0), false // the lowest group holding the oldest segment
 		for g, st := range s.groups {
-			if st.oldestSeg() <= oldest {
-				pinned = append(pinned, g)
+			if st.oldestSeg() <= oldest && (!pinning || g < pinned) {
+				pinned, pinning = g, true
 			}
 		}
-		crowded := s.total > 2*s.live+4*s.segBytes
+		crowded := total > 2*s.live+4*s.segBytes
 		s.mu.RUnlock()
-		if oldest == s.active.seq {
+		var err error
+		switch {
+		case !pinning:
+			err = s.dropSegment(oldest)
+		case crowded:
+			err = s.copyForward(pinned)
+		default:
 			return
 		}
-		if len(pinned) == 0 {
-			if err := s.dropSegment(oldest); err != nil {
-				return
-			}
-			continue
-		}
-		if !crowded {
-			return
-		}
-		sort.Slice(pinned, func(i, j int) bool { return pinned[i] < pinned[j] })
-		if err := s.copyForward(pinned[0]); err != nil {
+		if err != nil {
 			return
 		}
 	}
@@ -661,7 +650,6 @@ func (s *logDB) dropSegment(seq uint64) error {
 	s.mu.Lock()
 	seg := s.segs[seq]
 	delete(s.segs, seq)
-	s.total -= seg.size
 	s.mu.Unlock()
 	seg.f.Close()
 	if err := os.Remove(filepath.Join(s.dir, segName(seq))); err != nil {

@@ -77,12 +77,29 @@ func TestIssueLoadAndReload(t *testing.T) {
 	}
 }
 
-func TestTokens(t *testing.T) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
+// newTestCA makes a CA in a new temp dir and returns the dir and the CA's.
+func newTestCA(t *testing.T) (dir, ca string) {
+	t.Helper()
+	dir = t.TempDir()
+	ca = filepath.Join(dir, "ca")
 	if err := NewCA(ca, ""); err != nil {
 		t.Fatal(err)
 	}
+	return dir, ca
+}
+
+// tokenFile writes tok to a file in dir, as a client keeps it, and returns its path.
+func tokenFile(t *testing.T, dir, tok string) string {
+	t.Helper()
+	f := filepath.Join(dir, "ci.token")
+	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestTokens(t *testing.T) {
+	dir, ca := newTestCA(t)
 	m, err := LoadCA(ca)
 	if err != nil {
 		t.Fatal(err)
@@ -110,11 +127,7 @@ func TestTokens(t *testing.T) {
 		t.Error("a token with an altered payload was accepted")
 	}
 	// Revoked by id.
-	f := filepath.Join(dir, "ci.token")
-	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	id, err := Revoke(f, []string{ca})
+	id, err := Revoke(tokenFile(t, dir, tok), []string{ca})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,11 +140,7 @@ func TestTokens(t *testing.T) {
 // certificate's or a token's identity is revoked once its serial or id is
 // in the list, and others are not.
 func TestRevokedIdentity(t *testing.T) {
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca")
-	if err := NewCA(ca, ""); err != nil {
-		t.Fatal(err)
-	}
+	dir, ca := newTestCA(t)
 	for _, name := range []string{"alice", "bob"} {
 		if err := IssueClient(ca, filepath.Join(dir, name), name, []string{"read"}); err != nil {
 			t.Fatal(err)
@@ -160,11 +169,7 @@ func TestRevokedIdentity(t *testing.T) {
 	if _, err := Revoke(filepath.Join(dir, "alice", ClientCert), []string{filepath.Join(dir, "n1")}); err != nil {
 		t.Fatal(err)
 	}
-	f := filepath.Join(dir, "ci.token")
-	if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Revoke(f, []string{filepath.Join(dir, "n1")}); err != nil {
+	if _, err := Revoke(tokenFile(t, dir, tok), []string{filepath.Join(dir, "n1")}); err != nil {
 		t.Fatal(err)
 	}
 	if !n1.Revoked(alice) || !n1.Revoked(ci) || n1.Revoked(bob) {
