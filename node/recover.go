@@ -126,7 +126,10 @@ func (n *Node) replicaStates(ctx context.Context, t *grid.Table, p grid.Partitio
 				return
 			}
 			err := n.withPeer(ctx, nd.Addr, func(ctx context.Context, cc *grpc.ClientConn) error {
-				r, err := gridpb.NewIntegrityClient(cc).Replica(ctx, &gridpb.ReplicaRequest{Partition: uint32(p.ID)})
+				// A connection that broke when the peer restarted may be
+				// between redials: wait for it (withPeer bounds the wait)
+				// rather than call a live replica unreachable.
+				r, err := gridpb.NewIntegrityClient(cc).Replica(ctx, &gridpb.ReplicaRequest{Partition: uint32(p.ID)}, grpc.WaitForReady(true))
 				if err == nil {
 					out[i] = r.Replica
 					out[i].Node = id
@@ -223,7 +226,11 @@ func chooseRecovery(p grid.Partition, states []*gridpb.ReplicaState, req *gridpb
 	for _, s := range states {
 		switch {
 		case s.State == "unreachable":
-			unreachable = append(unreachable, s.Node)
+			who := s.Node
+			if s.Reason != "" {
+				who += " (" + s.Reason + ")"
+			}
+			unreachable = append(unreachable, who)
 		case s.State == "open" && s.Role == "Leader":
 			return nil, fmt.Errorf("%w: partition %d has a leader (%s): nothing to recover", grid.ErrRefused, p.ID, s.Node)
 		case s.State == "open" && s.Leader != "":

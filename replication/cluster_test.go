@@ -141,7 +141,10 @@ func (c *testCluster) putRetry(g GroupID, key, value string, client, seq uint64)
 // waitApplied waits until group g on host id has applied at least index.
 func (c *testCluster) waitApplied(id string, g GroupID, index uint64) {
 	c.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	// raft backs off a peer that kept failing by up to ~10 s between
+	// tries (failureWait doubled to maxFailureScale), and a replica that
+	// was away may then need a snapshot: allow for both on a loaded machine.
+	deadline := time.Now().Add(45 * time.Second)
 	for time.Now().Before(deadline) {
 		if grp, ok := c.hosts[id].Group(g); ok && grp.Applied() >= index {
 			return
