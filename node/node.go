@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -58,6 +59,11 @@ type Node struct {
 
 	conns peerConns
 	sec   *security
+	// metrics is the node's Prometheus registry; ops serves it (and the
+	// health checks) when Config.OpsListen is set (ops.go).
+	metrics *metrics
+	ops     *http.Server
+	opsAddr string
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -86,6 +92,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.integrity = newIntegrity(n)
 	n.disk = newDiskGuard(n)
+	n.metrics = newMetrics(n)
 	if err := n.start(ctx); err != nil {
 		n.cleanup()
 		return nil, err
@@ -171,8 +178,12 @@ func (n *Node) start(ctx context.Context) error {
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
 	server := func(opts ...grpc.ServerOption) *grpc.Server {
+		// The metrics interceptors come first, so they count what the
+		// caller sees (the security interceptor makes every error a status).
 		return grpc.NewServer(slices.Concat(replication.ServerOptions(), []grpc.ServerOption{grpc.WaitForHandlers(true),
-			grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired)}, opts)...)
+			grpc.StatsHandler(n.metrics.bytes),
+			grpc.ChainUnaryInterceptor(n.metrics.rpcs.UnaryServerInterceptor(), n.sec.unary, n.refuseIfRetired),
+			grpc.ChainStreamInterceptor(n.metrics.rpcs.StreamServerInterceptor(), n.sec.stream, n.refuseStreamIfRetired)}, opts)...)
 	}
 	if n.sec.tls == nil {
 		// One server: Raft's receive limit for every service (the
@@ -221,6 +232,9 @@ func (n *Node) start(ctx context.Context) error {
 		n.split.start()
 		serve(n.raftSrv, n.split.raft)
 		serve(n.srv, n.split.other)
+	}
+	if err := n.startOps(); err != nil {
+		return err
 	}
 
 	if n.meta.Meta().Table() == nil && len(n.static.Partitions) > 0 {
@@ -354,6 +368,7 @@ func (n *Node) cleanup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
+	n.stopOps(ctx)
 	if n.host != nil {
 		errs = append(errs, n.host.Close(ctx))
 	}

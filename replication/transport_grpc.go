@@ -221,6 +221,16 @@ func NewGRPCTransport(cfg GRPCTransportConfig) (*GRPCTransport, error) {
 	}, nil
 }
 
+// TransportStats counts what went on the heartbeat streams: requests
+// (heartbeats and idle leaders' commit-index updates), the messages that
+// carried them, and the commit-index updates among them.
+type TransportStats struct{ BatchedRequests, BatchMessages, BatchedCommitUpdates uint64 }
+
+// Stats returns the transport's counters.
+func (t *GRPCTransport) Stats() TransportStats {
+	return TransportStats{BatchedRequests: t.hbSent.Load(), BatchMessages: t.hbBatches.Load(), BatchedCommitUpdates: t.hbAppends.Load()}
+}
+
 // Register registers the Raft service on the node's shared gRPC server
 // (normally a *grpc.Server built with ServerOptions).
 func (t *GRPCTransport) Register(s grpc.ServiceRegistrar) {

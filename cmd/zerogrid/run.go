@@ -16,7 +16,8 @@ Usage:
   zerogrid cert ca|node|client ...        create the cluster CA, node and client certificates
   zerogrid node --id ID --listen ADDR --data-dir DIR --tls-dir DIR --peers ID=ADDR,...
                 [--join-token-file F] [--partitions 32] [--replicas 3] [--profile default|small|test]
-                                          run a founding node of a new cluster
+                [--ops-listen ADDR]       run a founding node of a new cluster (--ops-listen:
+                                          /metrics, /healthz, /readyz over HTTP)
   zerogrid node --id ID --listen ADDR --data-dir DIR --tls-dir DIR --join ADDR --join-token-file F
                 [--label zone=a]          join a running cluster through any member
   zerogrid nodes            --addr ADDR   nodes: capabilities, state, load

@@ -33,6 +33,9 @@ type Config struct {
 	// node gets a certificate from a cluster CA (CADir, or one created
 	// under Dir/tls/ca) and clients connect with ClientTLSDir.
 	Insecure bool
+	// Ops gives every node an ops listener (--ops-listen) on a loopback
+	// port of its own: /metrics, /healthz, /readyz (see OpsAddr).
+	Ops bool
 	// CADir is a CA directory (ca.crt, ca.key: 'zerogrid cert ca') to issue
 	// the cluster's certificates from; empty: one of its own.
 	CADir string
@@ -46,6 +49,7 @@ type Cluster struct {
 	mu    sync.Mutex
 	ids   []string
 	addrs []string
+	ops   map[string]string   // ops listener addresses, when Config.Ops
 	extra map[string][]string // per-node arguments of joined nodes
 	procs map[string]*proc
 }
@@ -82,7 +86,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("localcluster: %w", err)
 		}
 	}
-	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}}
+	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}, ops: map[string]string{}}
 	for i := 1; i <= cfg.Nodes; i++ {
 		addr, err := freePort()
 		if err != nil {
@@ -127,6 +131,13 @@ func (c *Cluster) Join(ctx context.Context, id string, extra ...string) (string,
 	c.extra[id] = extra
 	c.mu.Unlock()
 	return id, c.StartNode(ctx, id)
+}
+
+// OpsAddr is node id's ops listener address ("" without Config.Ops).
+func (c *Cluster) OpsAddr(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ops[id]
 }
 
 // IDs lists node ids (n1, n2, ...).
@@ -213,6 +224,16 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 		return fmt.Errorf("localcluster: no node %s", id)
 	}
 	args := []string{"node", "--id", id, "--listen", addr, "--data-dir", c.DataDir(id)}
+	if c.cfg.Ops {
+		if c.ops[id] == "" {
+			ops, err := freePort()
+			if err != nil {
+				return err
+			}
+			c.ops[id] = ops
+		}
+		args = append(args, "--ops-listen", c.ops[id])
+	}
 	if extra, joined := c.extra[id]; joined {
 		args = append(args, "--join", strings.Join(c.addrs[:c.founders], ","))
 		args = append(args, extra...)
