@@ -178,12 +178,19 @@ func (n *Node) start(ctx context.Context) error {
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
 	server := func(opts ...grpc.ServerOption) *grpc.Server {
-		// The metrics interceptors come first, so they count what the
-		// caller sees (the security interceptor makes every error a status).
-		return grpc.NewServer(slices.Concat(replication.ServerOptions(), []grpc.ServerOption{grpc.WaitForHandlers(true),
-			grpc.StatsHandler(n.metrics.bytes),
-			grpc.ChainUnaryInterceptor(n.metrics.rpcs.UnaryServerInterceptor(), n.sec.unary, n.refuseIfRetired),
-			grpc.ChainStreamInterceptor(n.metrics.rpcs.StreamServerInterceptor(), n.sec.stream, n.refuseStreamIfRetired)}, opts)...)
+		unary := []grpc.UnaryServerInterceptor{n.sec.unary, n.refuseIfRetired}
+		stream := []grpc.StreamServerInterceptor{n.sec.stream, n.refuseStreamIfRetired}
+		base := []grpc.ServerOption{grpc.WaitForHandlers(true)}
+		if cfg.OpsListen != "" {
+			// Counted only when someone can read the counts. The metrics
+			// interceptors come first, so they count what the caller sees
+			// (the security interceptor makes every error a status).
+			unary = slices.Insert(unary, 0, n.metrics.rpcs.UnaryServerInterceptor())
+			stream = slices.Insert(stream, 0, n.metrics.rpcs.StreamServerInterceptor())
+			base = append(base, grpc.StatsHandler(n.metrics.bytes))
+		}
+		base = append(base, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+		return grpc.NewServer(slices.Concat(replication.ServerOptions(), base, opts)...)
 	}
 	if n.sec.tls == nil {
 		// One server: Raft's receive limit for every service (the

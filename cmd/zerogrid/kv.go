@@ -87,8 +87,12 @@ func clientCommand(ctx context.Context, args []string, stderr io.Writer, name, s
 func exactly(n int) func(int) bool { return func(got int) bool { return got == n } }
 
 func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return clientCommand(ctx, args, stderr, "map", "map create NAME | map list  [--addr ADDR]",
-		func(n int) bool { return n == 1 || n == 2 }, nil,
+	var asJSON bool
+	return clientCommand(ctx, args, stderr, "map", "map create NAME | map list [--json]  [--addr ADDR]",
+		func(n int) bool { return n == 1 || n == 2 },
+		func(fs *flag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "map list: print the names as a JSON array")
+		},
 		func(ctx context.Context, cl *client.Client, pos []string) error {
 			switch {
 			case pos[0] == "create" && len(pos) == 2:
@@ -101,6 +105,9 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				names, err := cl.ListMaps(ctx)
 				if err != nil {
 					return err
+				}
+				if asJSON {
+					return printJSON(stdout, append([]string{}, names...))
 				}
 				for _, n := range names {
 					fmt.Fprintln(stdout, n)
