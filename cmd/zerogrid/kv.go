@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,7 +25,7 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.addr, "addr", "127.0.0.1:7101", "cluster member address(es), comma-separated")
+	fs.StringVar(&c.addr, "addr", cmp.Or(os.Getenv("ZEROGRID_ADDR"), "127.0.0.1:7101"), "cluster member address(es), comma-separated; default $ZEROGRID_ADDR, else 127.0.0.1:7101")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up after this long")
 	fs.StringVar(&c.tlsDir, "tls-dir", os.Getenv("ZEROGRID_TLS_DIR"), "your certificates: ca.crt, client.crt, client.key ('zerogrid cert client'); default $ZEROGRID_TLS_DIR")
 	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("ZEROGRID_TOKEN_FILE"), "authenticate with this bearer token ('zerogrid cert token') instead of a client certificate; --tls-dir then needs only ca.crt; default $ZEROGRID_TOKEN_FILE")
