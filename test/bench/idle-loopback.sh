@@ -5,7 +5,8 @@
 # Usage: test/bench/idle-loopback.sh BINARY [PARTITIONS] [SECONDS]
 # BINARY may be an etcd server binary: 3 etcd members with their defaults.
 # zerogrid nodes run with mutual TLS (their default); INSECURE=1 runs them
-# with --insecure instead.
+# with --insecure instead. NODE_ARGS are added to every node's command line
+# (e.g. NODE_ARGS="--ops-listen 127.0.0.1:0 --ops-pprof" to profile one).
 set -euo pipefail
 bin=$1; parts=${2:-32}; secs=${3:-20}
 d=$(mktemp -d); base=$((7300 + RANDOM % 500))
@@ -36,7 +37,7 @@ else
          "$bin" cert node --ca "$d/ca" --id n$i --host 127.0.0.1 --out "$d/tls$i" >/dev/null ;;
     esac
     "$bin" node --id n$i --listen 127.0.0.1:$((base+i-1)) --data-dir "$d/n$i" --peers "$peers" \
-      ${sec[@]+"${sec[@]}"} --partitions "$parts" --replicas 3 > "$d/n$i.log" 2>&1 &
+      ${sec[@]+"${sec[@]}"} --partitions "$parts" --replicas 3 ${NODE_ARGS:-} > "$d/n$i.log" 2>&1 &
     pids+=($!)
   done
 fi
