@@ -33,6 +33,9 @@ type Config struct {
 	// node gets a certificate from a cluster CA (CADir, or one created
 	// under Dir/tls/ca) and clients connect with ClientTLSDir.
 	Insecure bool
+	// RESP gives every node a Redis front door (--resp-listen) on a port of
+	// its own: RESPAddr.
+	RESP bool
 	// CADir is a CA directory (ca.crt, ca.key: 'zerogrid cert ca') to issue
 	// the cluster's certificates from; empty: one of its own.
 	CADir string
@@ -46,6 +49,7 @@ type Cluster struct {
 	mu    sync.Mutex
 	ids   []string
 	addrs []string
+	resp  map[string]string   // node id → Redis front door address (Config.RESP)
 	extra map[string][]string // per-node arguments of joined nodes
 	procs map[string]*proc
 }
@@ -82,7 +86,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("localcluster: %w", err)
 		}
 	}
-	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}}
+	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}, resp: map[string]string{}}
 	for i := 1; i <= cfg.Nodes; i++ {
 		addr, err := freePort()
 		if err != nil {
@@ -90,6 +94,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 		c.ids = append(c.ids, fmt.Sprintf("n%d", i))
 		c.addrs = append(c.addrs, addr)
+		if err := c.addRESP(c.ids[i-1]); err != nil {
+			return nil, err
+		}
 	}
 	for _, id := range c.ids {
 		if err := c.StartNode(ctx, id); err != nil {
@@ -125,8 +132,32 @@ func (c *Cluster) Join(ctx context.Context, id string, extra ...string) (string,
 	c.ids = append(c.ids, id)
 	c.addrs = append(c.addrs, addr)
 	c.extra[id] = extra
+	err = c.addRESP(id)
 	c.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
 	return id, c.StartNode(ctx, id)
+}
+
+// addRESP picks the Redis front door port of node id (Config.RESP).
+func (c *Cluster) addRESP(id string) error {
+	if !c.cfg.RESP {
+		return nil
+	}
+	addr, err := freePort()
+	if err != nil {
+		return err
+	}
+	c.resp[id] = addr
+	return nil
+}
+
+// RESPAddr is node id's Redis front door address ("" without Config.RESP).
+func (c *Cluster) RESPAddr(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resp[id]
 }
 
 // IDs lists node ids (n1, n2, ...).
@@ -233,6 +264,9 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 			}
 		}
 		args = append(args, "--tls-dir", dir)
+	}
+	if a := c.resp[id]; a != "" {
+		args = append(args, "--resp-listen", a)
 	}
 	if c.cfg.Partitions > 0 {
 		args = append(args, "--partitions", fmt.Sprint(c.cfg.Partitions))
