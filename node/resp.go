@@ -47,7 +47,7 @@ const (
 	respMaxArgs       = 4096     // arguments of one command (MSET of 2047 pairs)
 	respMaxInline     = 64 << 10 // an inline (telnet) command line
 	respHardBulk      = 1 << 30  // a bulk longer than this is a protocol error: the connection closes
-	respHoldOver      = 64 << 10 // arguments larger than this are counted in the node's request budget
+	respHoldOver      = 64 << 10 // a command's arguments beyond this many bytes are counted in the node's request budget
 	respFlushAt       = 64 << 10 // replies are written out once this much is pending
 	respWriteTimeout  = 30 * time.Second
 	respHandshake     = 10 * time.Second
@@ -259,13 +259,14 @@ func (e *respRefusal) Error() string { return respErrorText(e.err) }
 // key) or a command larger than the largest gRPC request is read and
 // dropped, not kept; a multi-bulk count over respMaxArgs, a bulk over
 // respHardBulk or an inline line over respMaxInline is a protocol error.
-// Large arguments are counted in the node's request budget (hold) until
-// release.
+// What a command brings beyond its first respHoldOver bytes is counted in
+// the node's request budget (hold) until release, so the connections
+// together hold at most that budget plus respHoldOver each.
 type respReader struct {
 	br       *bufio.Reader
 	maxBulk  int // the largest key or value
 	maxTotal int // the largest command, all arguments together
-	holdOver int // arguments larger than this are held in the budget
+	holdOver int // a command's arguments beyond this many bytes are held in the budget
 	hold     func(int64) (func(), error)
 	releases []func()
 }
@@ -362,7 +363,7 @@ func (rd *respReader) next() ([][]byte, error) {
 				grid.ErrValueTooLarge, size, rd.maxBulk)
 		case total > rd.maxTotal:
 			refusal = fmt.Errorf("%w: a command of more than %d bytes; this node takes at most %d (nothing was done)", grid.ErrRequestTooLarge, total, rd.maxTotal)
-		case size > rd.holdOver:
+		case total > rd.holdOver: // a command's first bytes are free; the rest are counted
 			release, err := rd.hold(int64(size))
 			if err != nil {
 				refusal = fmt.Errorf("%w (nothing was done)", err)

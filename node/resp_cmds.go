@@ -565,25 +565,25 @@ func (rc *respConn) incr(args [][]byte) {
 	rc.integer(result)
 }
 
+// mget streams its reply, one value at a time, so that a connection holds
+// about one value at most; a key whose read fails gets an error in its
+// place (as Redis puts errors in EXEC's reply).
 func (rc *respConn) mget(args [][]byte) {
 	keys := args[1:]
-	vals := make([]*gridpb.GetResponse, len(keys))
-	for i, key := range keys {
-		e, err := rc.read(key, false)
-		if err != nil {
-			rc.fail(err) // nothing of the reply is out yet
-			return
-		}
-		vals[i] = e
-	}
 	rc.out = redcon.AppendArray(rc.out, len(keys))
-	for _, e := range vals {
-		if e == nil {
+	for _, key := range keys {
+		e, err := rc.read(key, false)
+		switch {
+		case err != nil:
+			rc.fail(err)
+		case e == nil:
 			rc.null()
-		} else {
+		default:
 			rc.bulk(e.Value)
 		}
-		rc.maybeFlush()
+		if rc.maybeFlush(); rc.quit {
+			return // the connection broke
+		}
 	}
 }
 
