@@ -112,6 +112,11 @@ func (r *respServer) spawn(f func()) {
 func (r *respServer) accept() {
 	acceptEach(r.ctx, r.lis, r.log, func(c net.Conn) {
 		r.mu.Lock()
+		if r.ctx.Err() != nil { // close has begun: it may have closed the others already
+			r.mu.Unlock()
+			c.Close()
+			return
+		}
 		full := len(r.conns) >= r.maxConn
 		if !full {
 			r.conns[c] = struct{}{}
@@ -159,9 +164,8 @@ type respConn struct {
 	rd    *respReader
 	out   []byte
 	ctx   context.Context // carries the caller: peer address and, once known, identity
-	who   gridtls.Identity
-	authd bool // a verified certificate or token (always, when insecure)
-	proto int  // 2 or 3 (HELLO)
+	authd bool            // a verified certificate or token (always, when insecure)
+	proto int             // 2 or 3 (HELLO)
 	mapN  string
 	stale bool // READONLY: reads from any replica, as stale as it is
 
@@ -223,7 +227,7 @@ func (r *respServer) serve(c net.Conn) {
 // setIdentity makes who the connection's caller: commands are authorized
 // as who (security.authorize reads it from the context).
 func (rc *respConn) setIdentity(who gridtls.Identity) {
-	rc.who, rc.authd = who, true
+	rc.authd = true
 	rc.ctx = gridtls.WithTokenIdentity(rc.ctx, who)
 }
 
