@@ -130,11 +130,18 @@ func (c *computeService) compile(ctx context.Context, spec *gridpb.JobSpec) (*qu
 }
 
 func (c *computeService) RunTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
-	res, err := c.runTask(ctx, req)
+	return c.runTask(ctx, req)
+}
+
+// runTask runs a task here (for a peer's RunTask, or in-process for a job
+// this node coordinates) and counts it.
+func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
+	res, err := c.runTaskHere(ctx, req)
+	c.s.n.metrics.taskRun(err)
 	return res, err
 }
 
-func (c *computeService) runTask(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
+func (c *computeService) runTaskHere(ctx context.Context, req *gridpb.TaskRequest) (*gridpb.TaskResult, error) {
 	prog, job, err := c.compile(ctx, req.Job)
 	if err != nil {
 		return nil, err
@@ -389,6 +396,7 @@ func (c *computeService) Submit(req *gridpb.SubmitRequest, stream gridpb.Compute
 	if err != nil {
 		return err
 	}
+	c.s.n.metrics.jobDone(res)
 	return stream.Send(&gridpb.JobEvent{Event: &gridpb.JobEvent_Result{Result: res}})
 }
 

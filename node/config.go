@@ -112,6 +112,14 @@ type Config struct {
 	// of the machine's memory, from 64 MiB to 1 GiB (32 MiB with the small
 	// profile), and at least 8 requests' worth.
 	MaxRequestMemory int64
+	// OpsListen, if set, is the address of the ops listener: plain HTTP
+	// with /metrics (Prometheus), /healthz and /readyz (ops.go). Off by
+	// default; it carries no data, so bind it to loopback or a management
+	// network.
+	OpsListen string
+	// OpsPprof also serves Go's profiler under /debug/pprof/ on the ops
+	// listener.
+	OpsPprof bool
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration
@@ -144,6 +152,14 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			bad("listen address %q: %v", c.Listen, err)
 		}
+	}
+	if c.OpsListen != "" {
+		if _, _, err := net.SplitHostPort(c.OpsListen); err != nil {
+			bad("ops listen address %q: %v", c.OpsListen, err)
+		}
+	}
+	if c.OpsPprof && c.OpsListen == "" {
+		bad("pprof needs the ops listener (--ops-listen)")
 	}
 	if c.DataDir == "" {
 		bad("data dir is required")

@@ -743,6 +743,7 @@ func (m *manager) startMoves(t *grid.Table) (bool, error) {
 			outgoing[mv.Remove]++
 		}
 		m.n.log.Info("replica move started", "partition", mv.Partition, "add", mv.Add, "remove", mv.Remove)
+		m.n.metrics.movesBegun.Inc()
 		started = true
 	}
 	return started, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -59,6 +60,11 @@ type Node struct {
 	conns peerConns
 	sec   *security
 	resp  *respServer // the Redis front door; nil unless Config.RESPListen
+	// metrics is the node's Prometheus registry; ops serves it (and the
+	// health checks) when Config.OpsListen is set (ops.go).
+	metrics *metrics
+	ops     *http.Server
+	opsAddr string
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -87,6 +93,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n.integrity = newIntegrity(n)
 	n.disk = newDiskGuard(n)
+	n.metrics = newMetrics(n)
 	if err := n.start(ctx); err != nil {
 		n.cleanup()
 		return nil, err
@@ -172,8 +179,19 @@ func (n *Node) start(ctx context.Context) error {
 	// Stop must wait for running handlers: a task holds an engine view until
 	// its handler returns, and the engine closes right after.
 	server := func(opts ...grpc.ServerOption) *grpc.Server {
-		return grpc.NewServer(slices.Concat(replication.ServerOptions(), []grpc.ServerOption{grpc.WaitForHandlers(true),
-			grpc.ChainUnaryInterceptor(n.sec.unary, n.refuseIfRetired), grpc.ChainStreamInterceptor(n.sec.stream, n.refuseStreamIfRetired)}, opts)...)
+		unary := []grpc.UnaryServerInterceptor{n.sec.unary, n.refuseIfRetired}
+		stream := []grpc.StreamServerInterceptor{n.sec.stream, n.refuseStreamIfRetired}
+		base := []grpc.ServerOption{grpc.WaitForHandlers(true)}
+		if cfg.OpsListen != "" {
+			// Counted only when someone can read the counts. The metrics
+			// interceptors come first, so they count what the caller sees
+			// (the security interceptor makes every error a status).
+			unary = slices.Insert(unary, 0, n.metrics.rpcs.UnaryServerInterceptor())
+			stream = slices.Insert(stream, 0, n.metrics.rpcs.StreamServerInterceptor())
+			base = append(base, grpc.StatsHandler(n.metrics.bytes))
+		}
+		base = append(base, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
+		return grpc.NewServer(slices.Concat(replication.ServerOptions(), base, opts)...)
 	}
 	if n.sec.tls == nil {
 		// One server: Raft's receive limit for every service (the
@@ -222,6 +240,9 @@ func (n *Node) start(ctx context.Context) error {
 		n.split.start()
 		serve(n.raftSrv, n.split.raft)
 		serve(n.srv, n.split.other)
+	}
+	if err := n.startOps(); err != nil {
+		return err
 	}
 
 	if n.meta.Meta().Table() == nil && len(n.static.Partitions) > 0 {
@@ -369,6 +390,7 @@ func (n *Node) cleanup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
+	n.stopOps(ctx)
 	if n.resp != nil {
 		n.resp.close() // its commands use the groups and the peer connections
 	}

@@ -304,7 +304,13 @@ func (rc *respConn) get(args [][]byte) {
 		rc.errorf("ERR wrong number of arguments for 'get' command")
 		return
 	}
-	e, err := rc.read(args[1], false)
+	rc.value(args[1])
+}
+
+// value replies with key's value, a null if it is absent, or the error
+// that kept it from being read.
+func (rc *respConn) value(key []byte) {
+	e, err := rc.read(key, false)
 	switch {
 	case err != nil:
 		rc.fail(err)
@@ -572,15 +578,7 @@ func (rc *respConn) mget(args [][]byte) {
 	keys := args[1:]
 	rc.out = redcon.AppendArray(rc.out, len(keys))
 	for _, key := range keys {
-		e, err := rc.read(key, false)
-		switch {
-		case err != nil:
-			rc.fail(err)
-		case e == nil:
-			rc.null()
-		default:
-			rc.bulk(e.Value)
-		}
+		rc.value(key)
 		if rc.maybeFlush(); rc.quit {
 			return // the connection broke
 		}

@@ -465,6 +465,9 @@ func (h *Host) Group(id GroupID) (*Group, bool) {
 	return g, ok
 }
 
+// LogStats returns the node's Raft log counters.
+func (h *Host) LogStats() LogStats { return h.logs.stats() }
+
 // Groups lists open groups.
 func (h *Host) Groups() []*Group {
 	h.mu.Lock()

@@ -58,6 +58,7 @@ type logDB struct {
 	live   int64    // bytes of live records, all groups
 
 	commits atomic.Uint64 // writes to disk (each one sync)
+	syncs   latencies
 	writes  atomic.Uint64 // caller writes those carried
 }
 
@@ -594,7 +595,9 @@ func (s *logDB) write(b *logBatch) error {
 	seg, base := s.active, s.active.size
 	_, err := seg.f.WriteAt(b.buf, base)
 	if err == nil {
+		start := time.Now()
 		err = fdatasync(seg.f)
+		s.syncs.observe(time.Since(start))
 	}
 	if err != nil {
 		// What reached the file is not acknowledged: cut it off so
@@ -613,15 +616,24 @@ func (s *logDB) write(b *logBatch) error {
 	return nil
 }
 
+// totalBytes is the segments' size. Called with mu held.
+func (s *logDB) totalBytes() int64 {
+	total := int64(0)
+	for _, seg := range s.segs {
+		total += seg.size
+	}
+	return total
+}
+
 // collect deletes the oldest segments no group needs any more. When dead
 // records outweigh live ones and a group still holds the oldest segment,
 // that group's live records are copied forward first.
 func (s *logDB) collect() {
 	for len(s.segs) > 1 { // only the committer adds or drops segments
 		s.mu.RLock()
-		oldest, total := s.active.seq, int64(0)
-		for seq, seg := range s.segs {
-			oldest, total = min(oldest, seq), total+seg.size
+		oldest, total := s.active.seq, s.totalBytes()
+		for seq := range s.segs {
+			oldest = min(oldest, seq)
 		}
 		pinned, pinning := GroupID(0), false // the lowest group holding the oldest segment
 		for g, st := range s.groups {
@@ -746,12 +758,61 @@ func (s *logDB) closeFiles() error {
 	return errors.Join(errs...)
 }
 
-// logStats are the store's counters: commits (each one write and one
-// sync), and the writes (appends, deletes, stable-state sets) they carried.
-type logStats struct{ Commits, Writes uint64 }
+// LogStats are a node's Raft log counters: commits (each one write and one
+// fdatasync), the writes (appends, deletes, stable-state sets) they
+// carried, the log's size on disk, and how long its syncs took.
+type LogStats struct {
+	Commits, Writes uint64
+	Bytes           int64
+	Segments        int
+	Syncs           LatencyHistogram
+}
 
-func (s *logDB) stats() logStats {
-	return logStats{Commits: s.commits.Load(), Writes: s.writes.Load()}
+func (s *logDB) stats() LogStats {
+	st := LogStats{Commits: s.commits.Load(), Writes: s.writes.Load(), Syncs: s.syncs.snapshot()}
+	s.mu.RLock()
+	st.Bytes, st.Segments = s.totalBytes(), len(s.segs)
+	s.mu.RUnlock()
+	return st
+}
+
+// LatencyBounds are the upper bounds of a LatencyHistogram's buckets.
+var latencyBounds = [...]time.Duration{100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond,
+	50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, time.Second}
+
+// LatencyHistogram is a snapshot of a latencies recorder: Counts[i] is
+// how many took at most Bounds[i] (and more than Bounds[i-1]); Over how
+// many took longer than the last bound.
+type LatencyHistogram struct {
+	Bounds []time.Duration
+	Counts []uint64
+	Over   uint64
+	Sum    time.Duration
+}
+
+// latencies counts durations into latencyBounds' buckets, lock-free.
+type latencies struct {
+	counts [len(latencyBounds) + 1]atomic.Uint64
+	sum    atomic.Int64
+}
+
+func (l *latencies) observe(d time.Duration) {
+	i := 0
+	for i < len(latencyBounds) && d > latencyBounds[i] {
+		i++
+	}
+	l.counts[i].Add(1)
+	l.sum.Add(int64(d))
+}
+
+func (l *latencies) snapshot() LatencyHistogram {
+	h := LatencyHistogram{Bounds: latencyBounds[:], Counts: make([]uint64, len(latencyBounds)), Sum: time.Duration(l.sum.Load())}
+	for i := range h.Counts {
+		h.Counts[i] = l.counts[i].Load()
+	}
+	h.Over = l.counts[len(latencyBounds)].Load()
+	return h
 }
 
 // segments lists the segment files' sequence numbers, oldest first.

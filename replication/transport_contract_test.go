@@ -102,10 +102,7 @@ func TestTransportGRPC(t *testing.T) {
 	// Heartbeats of many groups to a peer share messages, and every
 	// follower of every group still hears its leader's.
 	t.Run("HeartbeatsCoalesce", func(t *testing.T) {
-		var groups []GroupID
-		for g := range 12 {
-			groups = append(groups, GroupID(100+g))
-		}
+		groups := groupIDs(100, 12)
 		c := newRaftCluster(t, newGRPCContractNode, groups)
 		nodes := c.startNodes(true, "h1", "h2", "h3")
 		for _, g := range groups {
@@ -139,6 +136,40 @@ func TestTransportGRPC(t *testing.T) {
 		}
 		waitFor(t, 10*time.Second, "every follower hears its leader's heartbeats", func() bool { return deaf() == "" })
 		t.Logf("%d heartbeats of %d groups in %d messages", sent, len(groups), batches)
+	})
+
+	// An idle leader's commit-index updates ride the heartbeat streams,
+	// and followers still learn every commit; writes after idle spells
+	// still reach every node in order.
+	t.Run("CommitIndexOnHeartbeatStream", func(t *testing.T) {
+		groups := groupIDs(200, 6)
+		c := newRaftCluster(t, newGRPCContractNode, groups)
+		nodes := c.startNodes(true, "ci1", "ci2", "ci3")
+		for round := uint64(0); round < 3; round++ {
+			for _, g := range groups {
+				c.apply(g, round*10+1, round*10+10)
+			}
+			for _, g := range groups {
+				c.waitApplied(g, round*10+10)
+			}
+			time.Sleep(300 * time.Millisecond) // idle: CommitTimeout is 5 ms
+		}
+		c.checkNoGaps()
+		var appends uint64
+		for _, nd := range nodes {
+			appends += nd.trans.(*grpcContractNode).GRPCTransport.hbAppends.Load()
+		}
+		if appends == 0 {
+			t.Fatal("no commit-index update went on a heartbeat stream")
+		}
+		t.Logf("%d commit-index updates on heartbeat streams", appends)
+	})
+
+	// A commit-index update waiting for a busy group holds up neither other
+	// groups' heartbeats nor its pipeline's order.
+	t.Run("BusyGroupOnHeartbeatStream", func(t *testing.T) {
+		a, b := newGRPCContractNode(t, "bg-a"), newGRPCContractNode(t, "bg-b")
+		testBusyGroupOnHeartbeatStream(t, a, b)
 	})
 
 	t.Run("ConfigValidate", func(t *testing.T) {
@@ -873,4 +904,80 @@ func checkNoGoroutineLeak(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+}
+
+func testBusyGroupOnHeartbeatStream(t *testing.T, a, b contractNode) {
+	const busy, other = GroupID(4), GroupID(5)
+	hdr := raft.RPCHeader{ProtocolVersion: 3, ID: []byte("bg-a"), Addr: []byte(a.Addr())}
+	b.Transport(other).SetHeartbeatHandler(func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: true}, nil)
+	})
+	b.Transport(busy).SetHeartbeatHandler(func(rpc raft.RPC) {
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: true}, nil)
+	})
+	pipe, err := a.Transport(busy).AppendEntriesPipeline("bg-b", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pipe.Close()
+	commit := &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 3, Leader: []byte(a.Addr()), PrevLogEntry: 1, PrevLogTerm: 3, LeaderCommitIndex: 1}
+	var commitResp raft.AppendEntriesResponse
+	f1, err := pipe.AppendEntries(commit, &commitResp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := a.(*grpcContractNode).hbAppends.Load(); n != 1 {
+		t.Fatalf("%d commit-index updates went on the heartbeat stream, want 1", n)
+	}
+	// Nobody reads busy's Consumer yet: the update waits there, while the
+	// other group's heartbeats come and go on the same stream.
+	hb := &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 3, Leader: []byte(a.Addr())}
+	for i := 0; i < 3; i++ {
+		var resp raft.AppendEntriesResponse
+		if err := a.Transport(other).AppendEntries("bg-b", b.Addr(), hb, &resp); err != nil || !resp.Success {
+			t.Fatalf("heartbeat %d of the other group behind a busy one: %+v, %v", i, resp, err)
+		}
+	}
+	entries := &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 3, Leader: []byte(a.Addr()), PrevLogEntry: 1, PrevLogTerm: 3,
+		Entries: []*raft.Log{{Index: 2, Term: 3, Data: []byte("after")}}, LeaderCommitIndex: 1}
+	var entriesResp raft.AppendEntriesResponse
+	f2, err := pipe.AppendEntries(entries, &entriesResp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The group wakes: it may see the two in either order; it answers each.
+	for range 2 {
+		select {
+		case rpc := <-b.Transport(busy).Consumer():
+			req := rpc.Command.(*raft.AppendEntriesRequest)
+			rpc.Respond(&raft.AppendEntriesResponse{Term: 3, Success: true, LastLog: 1 + uint64(len(req.Entries))}, nil)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a pipelined request never reached the busy group's Consumer")
+		}
+	}
+	for i, want := range []raft.AppendFuture{f1, f2} {
+		select {
+		case got := <-pipe.Consumer():
+			if got != want {
+				t.Fatalf("pipeline answer %d is for the wrong request", i)
+			}
+			if err := got.Error(); err != nil || !got.Response().Success {
+				t.Fatalf("pipeline answer %d: %+v, %v", i, got.Response(), err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("pipeline answer %d never came", i)
+		}
+	}
+	if commitResp.LastLog != 1 || entriesResp.LastLog != 2 {
+		t.Fatalf("answers crossed: commit update got %+v, entries got %+v", commitResp, entriesResp)
+	}
+}
+
+// groupIDs is n group ids from first on.
+func groupIDs(first GroupID, n int) []GroupID {
+	out := make([]GroupID, n)
+	for i := range out {
+		out[i] = first + GroupID(i)
+	}
+	return out
 }

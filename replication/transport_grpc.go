@@ -159,8 +159,10 @@ type GRPCTransport struct {
 	conns  map[raft.ServerAddress]*grpc.ClientConn
 	// heartbeats holds one heartbeat batcher per peer (transport_heartbeat.go).
 	heartbeats map[raft.ServerAddress]*hbPeer
-	// hbSent counts heartbeats sent, hbBatches the messages carrying them.
-	hbSent, hbBatches atomic.Uint64
+	// hbSent counts requests sent on heartbeat streams (heartbeats and
+	// pipelines' commit-index updates), hbBatches the messages carrying
+	// them, hbAppends the commit-index updates among them.
+	hbSent, hbBatches, hbAppends atomic.Uint64
 }
 
 var _ TransportFactory = (*GRPCTransport)(nil)
@@ -217,6 +219,16 @@ func NewGRPCTransport(cfg GRPCTransportConfig) (*GRPCTransport, error) {
 		conns:      make(map[raft.ServerAddress]*grpc.ClientConn),
 		heartbeats: make(map[raft.ServerAddress]*hbPeer),
 	}, nil
+}
+
+// TransportStats counts what went on the heartbeat streams: requests
+// (heartbeats and idle leaders' commit-index updates), the messages that
+// carried them, and the commit-index updates among them.
+type TransportStats struct{ BatchedRequests, BatchMessages, BatchedCommitUpdates uint64 }
+
+// Stats returns the transport's counters.
+func (t *GRPCTransport) Stats() TransportStats {
+	return TransportStats{BatchedRequests: t.hbSent.Load(), BatchMessages: t.hbBatches.Load(), BatchedCommitUpdates: t.hbAppends.Load()}
 }
 
 // Register registers the Raft service on the node's shared gRPC server
@@ -727,6 +739,19 @@ func (g *grpcGroup) removePipeline(p *grpcPipeline) {
 // server answers in request order, so responses are matched to requests by
 // position: AppendEntries queues each future on inflight before sending,
 // and the receiver pairs each response with the oldest queued future.
+//
+// An idle leader sends every follower an AppendEntries without entries
+// every CommitTimeout, only to carry its commit index. When nothing else is
+// in flight on the pipeline, such a request goes on the peer's heartbeat
+// stream instead (transport_heartbeat.go), in one message with other
+// groups' heartbeats, so that a node's idle groups cost messages per peer,
+// not per group. Its future still takes its place in inflight, and the
+// receiver waits for its answer before reading the stream's next one, so
+// raft sees answers in request order. The peer may handle it after
+// requests sent on the stream later; that is harmless: with nothing in
+// flight before it, its previous entry is one the follower already holds,
+// it carries no entries to truncate or append, and raft never lowers a
+// commit index.
 type grpcPipeline struct {
 	g      *grpcGroup
 	target raft.ServerAddress
@@ -736,6 +761,12 @@ type grpcPipeline struct {
 	sendMu   sync.Mutex // serialises queue-then-send, so queue order is wire order
 	inflight chan *grpcAppendFuture
 	done     chan raft.AppendFuture
+	// outstanding counts requests sent and not yet answered.
+	outstanding atomic.Int64
+	// held is the last request diverted to the peer's heartbeat stream
+	// (under sendMu): a request sent behind it flushes that stream's
+	// batch, so that it does not wait out the batching window.
+	held *grpcAppendFuture
 
 	shutdown  chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -759,6 +790,14 @@ func (p *grpcPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft
 		return nil, fmt.Errorf("replication: raft pipeline to %s (group %s) failed", p.target, p.g.id)
 	default:
 	}
+	f.batched = len(args.Entries) == 0 && p.outstanding.Load() == 0
+	var hb *hbPeer
+	if f.batched {
+		var err error
+		if hb, err = p.g.t.heartbeatPeer(p.target); err != nil {
+			return nil, err
+		}
+	}
 	select {
 	case p.inflight <- f:
 	case <-p.shutdown:
@@ -766,12 +805,68 @@ func (p *grpcPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft
 	case <-p.broken:
 		return nil, fmt.Errorf("replication: raft pipeline to %s (group %s) failed", p.target, p.g.id)
 	}
+	p.outstanding.Add(1)
+	if f.batched {
+		p.sendBatched(hb, f, req)
+		return f, nil
+	}
+	if h := p.held; h != nil {
+		p.held = nil
+		select {
+		case <-h.done:
+		default:
+			if hb, err := p.g.t.heartbeatPeer(p.target); err == nil {
+				hb.flush()
+			}
+		}
+	}
 	if err := p.stream.Send(req); err != nil {
 		// f stays queued; the receiver fails it when Recv reports the
 		// stream's end.
 		return nil, p.g.callError("AppendEntriesPipeline", p.target, err)
 	}
 	return f, nil
+}
+
+// sendBatched sends f's request on the peer's heartbeat stream; f fails
+// if no answer comes within the transport's timeout. Called with sendMu
+// held.
+func (p *grpcPipeline) sendBatched(hb *hbPeer, f *grpcAppendFuture, req *gridpb.RaftAppendEntriesRequest) {
+	var (
+		mu       sync.Mutex
+		timer    *time.Timer
+		finished bool
+	)
+	finish := func(r hbResult) {
+		mu.Lock()
+		if finished {
+			mu.Unlock()
+			return
+		}
+		finished = true
+		t := timer
+		mu.Unlock()
+		if t != nil {
+			t.Stop()
+		}
+		if r.err == nil {
+			*f.resp = appendEntriesResponseFromPB(r.resp)
+		}
+		f.respond(r.err)
+	}
+	seq := hb.send(req, false, finish)
+	p.g.t.hbAppends.Add(1)
+	mu.Lock()
+	if !finished {
+		timer = time.AfterFunc(p.g.t.cfg.Timeout, func() {
+			if hb.forget(seq) {
+				finish(hbResult{err: fmt.Errorf("replication: raft AppendEntries to %s (group %s) on the heartbeat stream: %w",
+					p.target, p.g.id, context.DeadlineExceeded)})
+			}
+		})
+	}
+	mu.Unlock()
+	p.held = f
 }
 
 // Consumer implements raft.AppendPipeline: futures arrive in request order.
@@ -801,7 +896,22 @@ func (p *grpcPipeline) receive() {
 		case <-p.shutdown:
 			return
 		}
+		if f.batched {
+			select {
+			case <-f.done:
+			case <-p.shutdown:
+				return
+			}
+			p.outstanding.Add(-1)
+			select {
+			case p.done <- f:
+			case <-p.shutdown:
+				return
+			}
+			continue
+		}
 		out, err := p.stream.Recv()
+		p.outstanding.Add(-1)
 		if err != nil {
 			close(p.broken)
 			if err == io.EOF {
@@ -827,11 +937,13 @@ func (p *grpcPipeline) receive() {
 
 // grpcAppendFuture is a raft.AppendFuture of a pipelined request.
 type grpcAppendFuture struct {
-	start time.Time
-	args  *raft.AppendEntriesRequest
-	resp  *raft.AppendEntriesResponse
-	err   error
-	done  chan struct{}
+	// batched: the request went on the peer's heartbeat stream.
+	batched bool
+	start   time.Time
+	args    *raft.AppendEntriesRequest
+	resp    *raft.AppendEntriesResponse
+	err     error
+	done    chan struct{}
 }
 
 var _ raft.AppendFuture = (*grpcAppendFuture)(nil)

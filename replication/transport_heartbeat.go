@@ -8,37 +8,51 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/grid/gridpb"
 )
 
 // Heartbeats of every group to one peer are coalesced: what the groups
 // send within HeartbeatWindow goes as one message on one long-lived stream
-// (the Heartbeats method), answered by one message. An idle node's CPU was
-// mostly per-message cost — a write and a read syscall and a few goroutine
-// wakeups on each side for every group's heartbeat, about ten a second per
-// group and follower — so it now follows the peers, not the groups.
+// (the Heartbeats method). An idle node's CPU was mostly per-message cost —
+// a write and a read syscall and a few goroutine wakeups on each side for
+// every group's heartbeat, about ten a second per group and follower — so
+// it now follows the peers, not the groups.
+//
+// The same stream carries the AppendEntries without entries that an idle
+// leader sends every CommitTimeout on each follower's pipeline to tell it
+// the commit index (grpcPipeline diverts them here when nothing else is in
+// flight on the pipeline). Those go through their group's raft loop at the
+// peer, which may be busy writing its log, so the peer answers them when
+// they are done rather than in order: every request is numbered, every
+// answer names its number, and one slow group holds up no other group's
+// heartbeat.
 //
 // A heartbeat that confirms leadership for a linearizable read (the group
 // asked with urgentHeartbeats just before VerifyLeader) does not wait for
 // the window: it flushes the peer's batch at once.
 //
-// hbPeer is one peer's batcher. Batches are sent under mu in the order
-// their waiters are queued in inflight; the receiver goroutine (owned by
-// the transport's wait group) answers them in that order. A stream error
-// fails every waiter; the next heartbeat opens a new stream.
+// hbPeer is one peer's batcher. Batches are sent under mu; the receiver
+// goroutine (owned by the transport's wait group) hands each answer to the
+// waiter its number names. A stream error fails every waiter of what was
+// sent on it; the next request opens a new stream.
 type hbPeer struct {
 	t      *GRPCTransport
 	target raft.ServerAddress
 	window time.Duration
 
-	mu       sync.Mutex
-	stream   gridpb.Raft_HeartbeatsClient
-	cancel   context.CancelFunc
-	pending  []*gridpb.RaftAppendEntriesRequest
-	waiting  []chan hbResult
-	timer    *time.Timer
-	inflight [][]chan hbResult
+	mu      sync.Mutex
+	stream  gridpb.Raft_HeartbeatsClient
+	cancel  context.CancelFunc
+	nextSeq uint64
+	pending []*gridpb.RaftAppendEntriesRequest
+	seqs    []uint64
+	// waiters holds what to do with the answer to each request pending
+	// or sent on the current stream, by number.
+	waiters map[uint64]func(hbResult)
+	timer   *time.Timer
 }
 
 type hbResult struct {
@@ -55,6 +69,10 @@ const defaultHeartbeatWindow = 20 * time.Millisecond
 // maxHeartbeatBatch sends a batch at once when it reaches this size.
 const maxHeartbeatBatch = 256
 
+// maxHeartbeatAsync bounds the requests of one stream a server has handed
+// to raft loops and not answered yet; past it, it answers with an error.
+const maxHeartbeatAsync = 4096
+
 // heartbeatPeer returns the batcher for target, creating it on first use.
 func (t *GRPCTransport) heartbeatPeer(target raft.ServerAddress) (*hbPeer, error) {
 	t.mu.Lock()
@@ -64,7 +82,7 @@ func (t *GRPCTransport) heartbeatPeer(target raft.ServerAddress) (*hbPeer, error
 	}
 	p, ok := t.heartbeats[target]
 	if !ok {
-		p = &hbPeer{t: t, target: target, window: t.cfg.HeartbeatWindow}
+		p = &hbPeer{t: t, target: target, window: t.cfg.HeartbeatWindow, waiters: make(map[uint64]func(hbResult))}
 		t.heartbeats[target] = p
 	}
 	return p, nil
@@ -86,26 +104,50 @@ func (t *GRPCTransport) flushHeartbeats() {
 // heartbeat queues req for the peer and waits for its answer, up to timeout.
 func (p *hbPeer) heartbeat(req *gridpb.RaftAppendEntriesRequest, urgent bool, timeout time.Duration) (*gridpb.RaftAppendEntriesResponse, error) {
 	ch := make(chan hbResult, 1)
-	p.mu.Lock()
-	p.pending = append(p.pending, req)
-	p.waiting = append(p.waiting, ch)
-	switch {
-	case urgent || p.window <= 0 || len(p.pending) >= maxHeartbeatBatch:
-		p.flushLocked()
-	case p.timer == nil:
-		p.timer = time.AfterFunc(p.window, p.flush)
-	}
-	p.mu.Unlock()
+	seq := p.send(req, urgent, func(r hbResult) { ch <- r })
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case r := <-ch:
 		return r.resp, r.err
 	case <-timer.C:
+		p.forget(seq)
 		return nil, fmt.Errorf("replication: heartbeat to %s: %w", p.target, context.DeadlineExceeded)
 	case <-p.t.ctx.Done():
+		p.forget(seq)
 		return nil, raft.ErrTransportShutdown
 	}
+}
+
+// send queues req for the peer and returns its number; done is called
+// once, with the answer or the error that ended the wait, unless the
+// request is forgotten first.
+func (p *hbPeer) send(req *gridpb.RaftAppendEntriesRequest, urgent bool, done func(hbResult)) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nextSeq++
+	seq := p.nextSeq
+	p.pending = append(p.pending, req)
+	p.seqs = append(p.seqs, seq)
+	p.waiters[seq] = done
+	switch {
+	case urgent || p.window <= 0 || len(p.pending) >= maxHeartbeatBatch:
+		p.flushLocked()
+	case p.timer == nil:
+		p.timer = time.AfterFunc(p.window, p.flush)
+	}
+	return seq
+}
+
+// forget drops the waiter of request seq (its caller stopped waiting); an
+// answer arriving later is ignored. It reports whether the waiter was
+// still there.
+func (p *hbPeer) forget(seq uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.waiters[seq]
+	delete(p.waiters, seq)
+	return ok
 }
 
 func (p *hbPeer) flush() {
@@ -123,26 +165,30 @@ func (p *hbPeer) flushLocked() {
 	if len(p.pending) == 0 {
 		return
 	}
-	batch := &gridpb.RaftHeartbeatBatch{Requests: p.pending}
-	waiting := p.waiting
-	p.pending, p.waiting = nil, nil
+	batch := &gridpb.RaftHeartbeatBatch{Requests: p.pending, Seqs: p.seqs}
+	p.pending, p.seqs = nil, nil
 	if p.stream == nil {
 		if err := p.open(); err != nil {
-			fail(waiting, err)
+			p.failLocked(batch.Seqs, err)
 			return
 		}
 	}
-	p.inflight = append(p.inflight, waiting)
 	p.t.hbSent.Add(uint64(len(batch.Requests)))
 	p.t.hbBatches.Add(1)
 	if err := p.stream.Send(batch); err != nil {
-		p.failLocked(err)
+		p.breakLocked(err)
 	}
 }
 
-func fail(waiting []chan hbResult, err error) {
-	for _, w := range waiting {
-		w <- hbResult{err: err}
+// failLocked fails the waiters of seqs. Called with mu held; the waiters
+// must not block (heartbeat's channel is buffered, pipelines' callbacks
+// close a channel).
+func (p *hbPeer) failLocked(seqs []uint64, err error) {
+	for _, seq := range seqs {
+		if w, ok := p.waiters[seq]; ok {
+			delete(p.waiters, seq)
+			w(hbResult{err: err})
+		}
 	}
 }
 
@@ -166,7 +212,7 @@ func (p *hbPeer) open() error {
 	return nil
 }
 
-// receive answers batches in order until the stream ends.
+// receive hands answers to their waiters until the stream ends.
 func (p *hbPeer) receive(stream gridpb.Raft_HeartbeatsClient) {
 	for {
 		resp, err := stream.Recv()
@@ -176,52 +222,120 @@ func (p *hbPeer) receive(stream gridpb.Raft_HeartbeatsClient) {
 			return
 		}
 		if err != nil {
-			p.failLocked(err)
+			p.breakLocked(err)
 			p.mu.Unlock()
 			return
 		}
-		var waiting []chan hbResult
-		if len(p.inflight) > 0 {
-			waiting, p.inflight = p.inflight[0], p.inflight[1:]
+		type answer struct {
+			w func(hbResult)
+			r hbResult
+		}
+		answers := make([]answer, 0, len(resp.Results))
+		for _, res := range resp.Results {
+			w, ok := p.waiters[res.GetSeq()]
+			if !ok {
+				continue // forgotten, or a number never sent: nobody waits
+			}
+			delete(p.waiters, res.GetSeq())
+			var r hbResult
+			if res.GetError() != "" {
+				r.err = fmt.Errorf("replication: heartbeat to %s: %s", p.target, res.GetError())
+			} else {
+				r.resp = res.GetResponse()
+			}
+			answers = append(answers, answer{w, r})
 		}
 		p.mu.Unlock()
-		for i, w := range waiting {
-			var r hbResult
-			switch {
-			case i >= len(resp.Results):
-				r.err = fmt.Errorf("%w to %s: %d answers for %d heartbeats", errHeartbeatStream, p.target, len(resp.Results), len(waiting))
-			case resp.Results[i].GetError() != "":
-				r.err = fmt.Errorf("replication: heartbeat to %s: %s", p.target, resp.Results[i].GetError())
-			default:
-				r.resp = resp.Results[i].GetResponse()
-			}
-			w <- r
+		for _, a := range answers {
+			a.w(a.r)
 		}
 	}
 }
 
-// failLocked ends the stream and fails every waiter. Called with mu held.
-func (p *hbPeer) failLocked(err error) {
+// breakLocked ends the stream and fails every waiter of what was sent on
+// it (requests still pending go on the next stream). Called with mu held.
+func (p *hbPeer) breakLocked(err error) {
 	if p.cancel != nil {
 		p.cancel()
 	}
 	p.stream, p.cancel = nil, nil
 	err = fmt.Errorf("%w to %s: %w", errHeartbeatStream, p.target, err)
-	for _, waiting := range p.inflight {
-		fail(waiting, err)
+	queued := make(map[uint64]bool, len(p.seqs))
+	for _, seq := range p.seqs {
+		queued[seq] = true
 	}
-	p.inflight = nil
+	var sent []uint64
+	for seq := range p.waiters {
+		if !queued[seq] {
+			sent = append(sent, seq)
+		}
+	}
+	p.failLocked(sent, err)
 }
 
-// Heartbeats is the server side: each batch is handed, heartbeat by
-// heartbeat, to the groups' fast-path handlers, and answered in one message.
+// Heartbeats is the server side. Heartbeats go to their groups' fast-path
+// handlers as the batch is read; other requests (an idle leader's commit
+// index) go through their group's raft loop on a goroutine each, so that a
+// group busy with its log holds up no other. One sender goroutine answers
+// whatever is done, several answers to a message.
 func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
-	ctx := stream.Context()
+	ctx, cancel := context.WithCancel(stream.Context())
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		done    []*gridpb.RaftHeartbeatResult
+		async   int // requests handed to raft loops, not answered yet
+		ready   = make(chan struct{}, 1)
+		sendErr = make(chan error, 1)
+	)
+	answer := func(rs ...*gridpb.RaftHeartbeatResult) {
+		mu.Lock()
+		done = append(done, rs...)
+		mu.Unlock()
+		select {
+		case ready <- struct{}{}:
+		default:
+		}
+	}
+	wg.Add(1)
+	go func() { // the one sender
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ready:
+			}
+			mu.Lock()
+			out := &gridpb.RaftHeartbeatBatchResponse{Results: done}
+			done = nil
+			mu.Unlock()
+			if len(out.Results) == 0 {
+				continue
+			}
+			if err := stream.Send(out); err != nil {
+				sendErr <- err
+				cancel()
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	watched := ""
 	for {
 		batch, err := stream.Recv()
 		if err != nil {
+			select {
+			case err = <-sendErr:
+			default:
+			}
 			return err
+		}
+		if len(batch.Seqs) != len(batch.Requests) {
+			return status.Errorf(codes.InvalidArgument, "replication: a heartbeat batch numbers %d of its %d requests", len(batch.Seqs), len(batch.Requests))
 		}
 		// The sender leads groups this node follows: hold a connection to
 		// it, so that its death is noticed here at once (watchPeer) even
@@ -233,39 +347,70 @@ func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
 				}
 			}
 		}
-		out := &gridpb.RaftHeartbeatBatchResponse{Results: make([]*gridpb.RaftHeartbeatResult, len(batch.Requests))}
+		now := make([]*gridpb.RaftHeartbeatResult, 0, len(batch.Requests))
 		for i, req := range batch.Requests {
-			r := &gridpb.RaftHeartbeatResult{}
-			res, err := s.heartbeat(ctx, req)
-			if resp, ok := res.(*raft.AppendEntriesResponse); err == nil && ok {
-				r.Response = appendEntriesResponseToPB(resp)
-			} else if err != nil {
-				r.Error = err.Error()
-			} else {
-				r.Error = unexpectedResponse(res).Error()
+			seq := batch.Seqs[i]
+			args := appendEntriesRequestFromPB(req)
+			if isHeartbeat(args) {
+				now = append(now, s.answerBatched(ctx, seq, req, args))
+				continue
 			}
-			out.Results[i] = r
+			if len(args.Entries) > 0 {
+				now = append(now, &gridpb.RaftHeartbeatResult{Seq: seq, Error: fmt.Sprintf(
+					"replication: an AppendEntries with %d entries on the heartbeat stream", len(args.Entries))})
+				continue
+			}
+			mu.Lock()
+			full := async >= maxHeartbeatAsync
+			if !full {
+				async++
+			}
+			mu.Unlock()
+			if full {
+				now = append(now, &gridpb.RaftHeartbeatResult{Seq: seq, Error: fmt.Sprintf(
+					"replication: %d requests of this heartbeat stream are waiting for their groups", maxHeartbeatAsync)})
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := s.answerBatched(ctx, seq, req, args)
+				mu.Lock()
+				async--
+				mu.Unlock()
+				answer(r)
+			}()
 		}
-		if err := stream.Send(out); err != nil {
-			return err
-		}
+		answer(now...)
 	}
 }
 
-// heartbeat hands one heartbeat of a batch to its group's fast-path
-// handler. A group whose raft has not set one yet is answered with an
-// error rather than queued behind its log writes: one slow group must not
-// hold up the other groups' heartbeats in the batch.
-func (s *raftService) heartbeat(ctx context.Context, req *gridpb.RaftAppendEntriesRequest) (any, error) {
-	if err := s.checkSender(ctx, req.GetHeader()); err != nil {
-		return nil, err
+// answerBatched hands request seq of a heartbeat batch to its group — a
+// heartbeat to the fast-path handler, anything else to the raft loop — and
+// returns its answer. A group whose raft has not set its heartbeat handler
+// yet is answered with an error rather than queued behind its log writes:
+// one slow group must not hold up the other groups' heartbeats in the batch.
+func (s *raftService) answerBatched(ctx context.Context, seq uint64, req *gridpb.RaftAppendEntriesRequest, args *raft.AppendEntriesRequest) *gridpb.RaftHeartbeatResult {
+	r := &gridpb.RaftHeartbeatResult{Seq: seq}
+	res, err := func() (any, error) {
+		if err := s.checkSender(ctx, req.GetHeader()); err != nil {
+			return nil, err
+		}
+		gt, err := s.t.lookup(GroupID(req.GetGroup()))
+		if err != nil {
+			return nil, err
+		}
+		if isHeartbeat(args) && gt.heartbeat.Load() == nil {
+			return nil, fmt.Errorf("replication: raft group %s on node %s takes no heartbeats yet", gt.id, s.t.cfg.LocalID)
+		}
+		return s.dispatchTo(ctx, gt, args)
+	}()
+	if resp, ok := res.(*raft.AppendEntriesResponse); err == nil && ok {
+		r.Response = appendEntriesResponseToPB(resp)
+	} else if err != nil {
+		r.Error = err.Error()
+	} else {
+		r.Error = unexpectedResponse(res).Error()
 	}
-	gt, err := s.t.lookup(GroupID(req.GetGroup()))
-	if err != nil {
-		return nil, err
-	}
-	if gt.heartbeat.Load() == nil {
-		return nil, fmt.Errorf("replication: raft group %s on node %s takes no heartbeats yet", gt.id, s.t.cfg.LocalID)
-	}
-	return s.dispatchTo(ctx, gt, appendEntriesRequestFromPB(req))
+	return r
 }

@@ -16,9 +16,11 @@ import (
 // runAudit prints the audit logs of every node, merged by time.
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var limit int
-	return clientCommand(ctx, args, stderr, "audit", "audit [--limit N] [--addr ADDR]", exactly(0),
+	var asJSON bool
+	return clientCommand(ctx, args, stderr, "audit", "audit [--limit N] [--json] [--addr ADDR]", exactly(0),
 		func(fs *flag.FlagSet) {
 			fs.IntVar(&limit, "limit", 100, "the most recent records to show, over all nodes")
+			fs.BoolVar(&asJSON, "json", false, "print the records as a JSON array")
 		},
 		func(ctx context.Context, cl *client.Client, _ []string) error {
 			table, err := cl.Table(ctx)
@@ -37,6 +39,9 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			sort.SliceStable(all, func(i, j int) bool { return all[i].Time.Before(all[j].Time) })
 			if len(all) > limit {
 				all = all[len(all)-limit:]
+			}
+			if asJSON {
+				return printJSON(stdout, append([]grid.AuditRecord{}, all...))
 			}
 			tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tNODE\tWHO\tFROM\tMETHOD\tWHAT\tOUTCOME")

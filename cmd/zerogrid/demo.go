@@ -44,13 +44,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	step := func(format string, a ...any) { fmt.Fprintf(stdout, "\n==> "+format+"\n", a...) }
 
 	step("starting 3 zerogrid node processes on loopback (data in %s)", root)
-	cl, err := localcluster.Start(ctx, localcluster.Config{Binary: bin, Dir: root, Nodes: 3, Partitions: 16, Replicas: 3, Profile: "test", JoinToken: "demo-token", RESP: true})
+	cl, err := localcluster.Start(ctx, localcluster.Config{Binary: bin, Dir: root, Nodes: 3, Partitions: 16, Replicas: 3, Profile: "test", JoinToken: "demo-token", Ops: true, RESP: true})
 	if err != nil {
 		return err
 	}
 	defer cl.Stop()
 	for _, id := range cl.IDs() {
 		say("    %s  %s  Redis front door %s  (log: %s)", id, cl.Addr(id), cl.RESPAddr(id), cl.LogPath(id))
+		say("        metrics http://%s/metrics   health http://%s/healthz   ready http://%s/readyz", cl.OpsAddr(id), cl.OpsAddr(id), cl.OpsAddr(id))
 	}
 
 	c, err := client.DialWith(ctx, cl.Addrs(), client.WithTLSDir(cl.ClientTLSDir()))

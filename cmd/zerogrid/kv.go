@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,7 +25,7 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.addr, "addr", "127.0.0.1:7101", "cluster member address(es), comma-separated")
+	fs.StringVar(&c.addr, "addr", cmp.Or(os.Getenv("ZEROGRID_ADDR"), "127.0.0.1:7101"), "cluster member address(es), comma-separated; default $ZEROGRID_ADDR, else 127.0.0.1:7101")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "give up after this long")
 	fs.StringVar(&c.tlsDir, "tls-dir", os.Getenv("ZEROGRID_TLS_DIR"), "your certificates: ca.crt, client.crt, client.key ('zerogrid cert client'); default $ZEROGRID_TLS_DIR")
 	fs.StringVar(&c.tokenFile, "token-file", os.Getenv("ZEROGRID_TOKEN_FILE"), "authenticate with this bearer token ('zerogrid cert token') instead of a client certificate; --tls-dir then needs only ca.crt; default $ZEROGRID_TOKEN_FILE")
@@ -87,8 +88,12 @@ func clientCommand(ctx context.Context, args []string, stderr io.Writer, name, s
 func exactly(n int) func(int) bool { return func(got int) bool { return got == n } }
 
 func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return clientCommand(ctx, args, stderr, "map", "map create NAME | map list  [--addr ADDR]",
-		func(n int) bool { return n == 1 || n == 2 }, nil,
+	var asJSON bool
+	return clientCommand(ctx, args, stderr, "map", "map create NAME | map list [--json]  [--addr ADDR]",
+		func(n int) bool { return n == 1 || n == 2 },
+		func(fs *flag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "map list: print the names as a JSON array")
+		},
 		func(ctx context.Context, cl *client.Client, pos []string) error {
 			switch {
 			case pos[0] == "create" && len(pos) == 2:
@@ -101,6 +106,9 @@ func runMap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				names, err := cl.ListMaps(ctx)
 				if err != nil {
 					return err
+				}
+				if asJSON {
+					return printJSON(stdout, append([]string{}, names...))
 				}
 				for _, n := range names {
 					fmt.Fprintln(stdout, n)

@@ -48,6 +48,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		cfg.MaxRequestMemory = int64(b)
 		return nil
 	})
+	fs.StringVar(&cfg.OpsListen, "ops-listen", "", "serve /metrics (Prometheus), /healthz and /readyz over plain HTTP on this address (e.g. 127.0.0.1:9464; off by default)")
+	fs.BoolVar(&cfg.OpsPprof, "ops-pprof", false, "also serve Go's profiler under /debug/pprof/ on the ops listener")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "no TLS and no authentication: anyone who reaches the port has full control; loopback experiments only")
 	var labels labelFlag
 	fs.Var(&labels, "label", "operator label key=value (repeatable): zone=shelf-2, rack=a, storage=false for a compute-only node")

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/zerogrid/zerogrid/grid"
 )
 
 const usage = `zerogrid — a sharded, Raft-replicated data grid for fleets of small computers.
@@ -16,7 +18,8 @@ Usage:
   zerogrid cert ca|node|client ...        create the cluster CA, node and client certificates
   zerogrid node --id ID --listen ADDR --data-dir DIR --tls-dir DIR --peers ID=ADDR,...
                 [--join-token-file F] [--partitions 32] [--replicas 3] [--profile default|small|test]
-                                          run a founding node of a new cluster
+                [--ops-listen ADDR]       run a founding node of a new cluster (--ops-listen:
+                                          /metrics, /healthz, /readyz over HTTP)
   zerogrid node --id ID --listen ADDR --data-dir DIR --tls-dir DIR --join ADDR --join-token-file F
                 [--label zone=a]          join a running cluster through any member
   zerogrid nodes            --addr ADDR   nodes: capabilities, state, load
@@ -50,7 +53,16 @@ Usage:
 --addr accepts a comma-separated list of any cluster members; the client
 routes every request to the right partition leader itself. Client commands
 connect with mutual TLS using --tls-dir DIR (default $ZEROGRID_TLS_DIR), or
---insecure to nodes started with --insecure.
+--insecure to nodes started with --insecure. Listings take --json.
+
+  zerogrid version [--json]               the release and the commit it was built from
+  zerogrid completion bash|zsh            shell completion: source <(zerogrid completion bash)
+
+Exit codes: 0 done, 1 failed, 2 usage error, 3 not found (key, map, node),
+4 refused (invalid, too large, conflicting, not allowed now), 5 no valid
+credential or role, 6 unavailable (no leader, overloaded, disk full, timed
+out: retry), 7 outcome unknown (a write may or may not have been applied);
+lock exits with its command's code.
 Run "zerogrid COMMAND --help" for a command's flags.
 `
 
@@ -104,6 +116,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRecover(ctx, rest, stdout, stderr)
 	case "audit":
 		return runAudit(ctx, rest, stdout, stderr)
+	case "version":
+		return runVersion(rest, stdout, stderr)
+	case "completion":
+		return runCompletion(rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
 		return errUsage
@@ -113,15 +129,44 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // errUsage marks a command-line mistake (exit code 2).
 var errUsage = errors.New("usage error")
 
+// Exit codes, the same for every command (README "Exit codes"): scripts
+// can tell a missing key from a refusal, a retryable failure and a write
+// whose outcome is unknown.
+const (
+	exitFailure     = 1 // anything not below
+	exitUsage       = 2 // bad flags or arguments
+	exitNotFound    = 3 // no such key, map or node
+	exitRefused     = 4 // the cluster refused the request as it stands: invalid, too large, conflicting, not allowed now
+	exitAuth        = 5 // no valid credential, or a role is missing
+	exitUnavailable = 6 // no leader, overloaded, out of disk, too many requests, timed out: retry later
+	exitAmbiguous   = 7 // a write's outcome is unknown: it may or may not have been applied
+)
+
 func exitCode(err error) int {
-	if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
-		return 2
-	}
 	var ce *commandExitError
-	if errors.As(err, &ce) {
+	switch {
+	case errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp):
+		return exitUsage
+	case errors.As(err, &ce):
 		return ce.code
+	case errors.Is(err, grid.ErrAmbiguous):
+		return exitAmbiguous
+	case errors.Is(err, grid.ErrNotFound), errors.Is(err, grid.ErrUnknownMap), errors.Is(err, grid.ErrUnknownNode):
+		return exitNotFound
+	case errors.Is(err, grid.ErrUnauthenticated), errors.Is(err, grid.ErrPermissionDenied):
+		return exitAuth
+	case errors.Is(err, grid.ErrNoLeader), errors.Is(err, grid.ErrOverloaded), errors.Is(err, grid.ErrTooManyRequests),
+		errors.Is(err, grid.ErrDiskFull), errors.Is(err, grid.ErrClosed), errors.Is(err, context.DeadlineExceeded):
+		return exitUnavailable
+	case errors.Is(err, grid.ErrRefused), errors.Is(err, grid.ErrBadRequest), errors.Is(err, grid.ErrEmptyKey),
+		errors.Is(err, grid.ErrKeyTooLarge), errors.Is(err, grid.ErrValueTooLarge), errors.Is(err, grid.ErrRequestTooLarge),
+		errors.Is(err, grid.ErrInvalidMapName), errors.Is(err, grid.ErrMapExists), errors.Is(err, grid.ErrJobInvalid),
+		errors.Is(err, grid.ErrJobLimit), errors.Is(err, grid.ErrContended), errors.Is(err, grid.ErrNodeExists),
+		errors.Is(err, grid.ErrNodeBusy), errors.Is(err, grid.ErrTooManyNodes), errors.Is(err, grid.ErrNoEligibleNodes),
+		errors.Is(err, grid.ErrJoinRefused), errors.Is(err, grid.ErrCompacted), errors.Is(err, grid.ErrBadPartition):
+		return exitRefused
 	}
-	return 1
+	return exitFailure
 }
 
 // newFlags returns a FlagSet that reports errors instead of exiting.

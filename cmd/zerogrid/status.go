@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"sort"
@@ -19,8 +21,45 @@ import (
 const lagThreshold = 100
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return clientCommand(ctx, args, stderr, "status", "status [--addr ADDR]", exactly(0), nil,
-		func(ctx context.Context, cl *client.Client, _ []string) error { return printStatus(ctx, cl, stdout) })
+	var asJSON bool
+	return clientCommand(ctx, args, stderr, "status", "status [--json] [--addr ADDR]", exactly(0),
+		func(fs *flag.FlagSet) {
+			fs.BoolVar(&asJSON, "json", false, "print the partition table and every node's status as JSON")
+		},
+		func(ctx context.Context, cl *client.Client, _ []string) error {
+			if !asJSON {
+				return printStatus(ctx, cl, stdout)
+			}
+			cs, err := collectStatus(ctx, cl)
+			if err != nil {
+				return err
+			}
+			type nodeJSON struct {
+				ID     string                 `json:"id"`
+				Addr   string                 `json:"addr"`
+				Error  string                 `json:"error,omitempty"`
+				Status *gridpb.StatusResponse `json:"status,omitempty"`
+			}
+			out := struct {
+				Table *grid.Table `json:"table"`
+				Nodes []nodeJSON  `json:"nodes"`
+			}{Table: cs.table}
+			for _, nv := range cs.nodes {
+				nj := nodeJSON{ID: nv.id, Addr: nv.addr, Status: nv.status}
+				if nv.err != nil {
+					nj.Error = nv.err.Error()
+				}
+				out.Nodes = append(out.Nodes, nj)
+			}
+			return printJSON(stdout, out)
+		})
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // clusterStatus is every reachable node's view of its groups.

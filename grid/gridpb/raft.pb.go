@@ -80,11 +80,12 @@ func (RaftLogType) EnumDescriptor() ([]byte, []int) {
 	return file_grid_gridpb_raft_proto_rawDescGZIP(), []int{0}
 }
 
-// RaftHeartbeatBatch is the heartbeats (AppendEntries without entries)
-// of several groups.
+// RaftHeartbeatBatch is AppendEntries requests without entries of several
+// groups; seqs numbers them (seqs[i] is requests[i]'s number, never 0).
 type RaftHeartbeatBatch struct {
 	state         protoimpl.MessageState      `protogen:"open.v1"`
 	Requests      []*RaftAppendEntriesRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	Seqs          []uint64                    `protobuf:"varint,2,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -126,12 +127,20 @@ func (x *RaftHeartbeatBatch) GetRequests() []*RaftAppendEntriesRequest {
 	return nil
 }
 
-// RaftHeartbeatResult answers one heartbeat: raft's response, or why the
+func (x *RaftHeartbeatBatch) GetSeqs() []uint64 {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
+// RaftHeartbeatResult answers request seq: raft's response, or why the
 // peer could not hand it to the group (the group is not open there).
 type RaftHeartbeatResult struct {
 	state         protoimpl.MessageState     `protogen:"open.v1"`
 	Response      *RaftAppendEntriesResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
 	Error         string                     `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	Seq           uint64                     `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -178,6 +187,13 @@ func (x *RaftHeartbeatResult) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *RaftHeartbeatResult) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 type RaftHeartbeatBatchResponse struct {
@@ -1213,12 +1229,14 @@ var File_grid_gridpb_raft_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"W\n" +
+	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"k\n" +
 	"\x12RaftHeartbeatBatch\x12A\n" +
-	"\brequests\x18\x01 \x03(\v2%.zerogrid.v1.RaftAppendEntriesRequestR\brequests\"o\n" +
+	"\brequests\x18\x01 \x03(\v2%.zerogrid.v1.RaftAppendEntriesRequestR\brequests\x12\x12\n" +
+	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\"\x81\x01\n" +
 	"\x13RaftHeartbeatResult\x12B\n" +
 	"\bresponse\x18\x01 \x01(\v2&.zerogrid.v1.RaftAppendEntriesResponseR\bresponse\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"X\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"X\n" +
 	"\x1aRaftHeartbeatBatchResponse\x12:\n" +
 	"\aresults\x18\x01 \x03(\v2 .zerogrid.v1.RaftHeartbeatResultR\aresults\"[\n" +
 	"\n" +

@@ -47,9 +47,13 @@ type RaftClient interface {
 	// InstallSnapshot streams a snapshot: the first message holds the request,
 	// every later one a chunk of the data, so no message nears the size limit.
 	InstallSnapshot(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse], error)
-	// Heartbeats carries the heartbeats of every group to one peer: each
-	// message holds those gathered in a short window, and the server answers
-	// each message with one message, in order, results in request order.
+	// Heartbeats carries, to one peer, the heartbeats of every group and the
+	// AppendEntries without entries that an idle leader sends to carry its
+	// commit index: each message holds those gathered in a short window,
+	// each request numbered by the sender. The server answers heartbeats at
+	// once and the others when their group has handled them; an answer names
+	// its request's number, and one message may hold answers to requests of
+	// several messages.
 	Heartbeats(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[RaftHeartbeatBatch, RaftHeartbeatBatchResponse], error)
 }
 
@@ -159,9 +163,13 @@ type RaftServer interface {
 	// InstallSnapshot streams a snapshot: the first message holds the request,
 	// every later one a chunk of the data, so no message nears the size limit.
 	InstallSnapshot(grpc.ClientStreamingServer[RaftInstallSnapshotMessage, RaftInstallSnapshotResponse]) error
-	// Heartbeats carries the heartbeats of every group to one peer: each
-	// message holds those gathered in a short window, and the server answers
-	// each message with one message, in order, results in request order.
+	// Heartbeats carries, to one peer, the heartbeats of every group and the
+	// AppendEntries without entries that an idle leader sends to carry its
+	// commit index: each message holds those gathered in a short window,
+	// each request numbered by the sender. The server answers heartbeats at
+	// once and the others when their group has handled them; an answer names
+	// its request's number, and one message may hold answers to requests of
+	// several messages.
 	Heartbeats(grpc.BidiStreamingServer[RaftHeartbeatBatch, RaftHeartbeatBatchResponse]) error
 	mustEmbedUnimplementedRaftServer()
 }

@@ -33,6 +33,9 @@ type Config struct {
 	// node gets a certificate from a cluster CA (CADir, or one created
 	// under Dir/tls/ca) and clients connect with ClientTLSDir.
 	Insecure bool
+	// Ops gives every node an ops listener (--ops-listen) on a loopback
+	// port of its own: /metrics, /healthz, /readyz (see OpsAddr).
+	Ops bool
 	// RESP gives every node a Redis front door (--resp-listen) on a port of
 	// its own: RESPAddr.
 	RESP bool
@@ -49,7 +52,8 @@ type Cluster struct {
 	mu    sync.Mutex
 	ids   []string
 	addrs []string
-	resp  map[string]string   // node id → Redis front door address (Config.RESP)
+	ops   map[string]string   // ops listener addresses, when Config.Ops
+	resp  map[string]string   // Redis front door addresses, when Config.RESP
 	extra map[string][]string // per-node arguments of joined nodes
 	procs map[string]*proc
 }
@@ -86,7 +90,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("localcluster: %w", err)
 		}
 	}
-	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}, resp: map[string]string{}}
+	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}, ops: map[string]string{}, resp: map[string]string{}}
 	for i := 1; i <= cfg.Nodes; i++ {
 		addr, err := freePort()
 		if err != nil {
@@ -94,9 +98,6 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 		c.ids = append(c.ids, fmt.Sprintf("n%d", i))
 		c.addrs = append(c.addrs, addr)
-		if err := c.addRESP(c.ids[i-1]); err != nil {
-			return nil, err
-		}
 	}
 	for _, id := range c.ids {
 		if err := c.StartNode(ctx, id); err != nil {
@@ -132,25 +133,15 @@ func (c *Cluster) Join(ctx context.Context, id string, extra ...string) (string,
 	c.ids = append(c.ids, id)
 	c.addrs = append(c.addrs, addr)
 	c.extra[id] = extra
-	err = c.addRESP(id)
 	c.mu.Unlock()
-	if err != nil {
-		return "", err
-	}
 	return id, c.StartNode(ctx, id)
 }
 
-// addRESP picks the Redis front door port of node id (Config.RESP).
-func (c *Cluster) addRESP(id string) error {
-	if !c.cfg.RESP {
-		return nil
-	}
-	addr, err := freePort()
-	if err != nil {
-		return err
-	}
-	c.resp[id] = addr
-	return nil
+// OpsAddr is node id's ops listener address ("" without Config.Ops).
+func (c *Cluster) OpsAddr(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ops[id]
 }
 
 // RESPAddr is node id's Redis front door address ("" without Config.RESP).
@@ -158,6 +149,19 @@ func (c *Cluster) RESPAddr(id string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.resp[id]
+}
+
+// listener returns the address of node id's listener of a kind (ops,
+// resp), picking a free port the first time; a restart keeps it.
+func listener(addrs map[string]string, id string) (string, error) {
+	if addrs[id] == "" {
+		a, err := freePort()
+		if err != nil {
+			return "", err
+		}
+		addrs[id] = a
+	}
+	return addrs[id], nil
 }
 
 // IDs lists node ids (n1, n2, ...).
@@ -244,6 +248,20 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 		return fmt.Errorf("localcluster: no node %s", id)
 	}
 	args := []string{"node", "--id", id, "--listen", addr, "--data-dir", c.DataDir(id)}
+	for _, l := range []struct {
+		on    bool
+		addrs map[string]string
+		flag  string
+	}{{c.cfg.Ops, c.ops, "--ops-listen"}, {c.cfg.RESP, c.resp, "--resp-listen"}} {
+		if !l.on {
+			continue
+		}
+		a, err := listener(l.addrs, id)
+		if err != nil {
+			return err
+		}
+		args = append(args, l.flag, a)
+	}
 	if extra, joined := c.extra[id]; joined {
 		args = append(args, "--join", strings.Join(c.addrs[:c.founders], ","))
 		args = append(args, extra...)
@@ -264,9 +282,6 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 			}
 		}
 		args = append(args, "--tls-dir", dir)
-	}
-	if a := c.resp[id]; a != "" {
-		args = append(args, "--resp-listen", a)
 	}
 	if c.cfg.Partitions > 0 {
 		args = append(args, "--partitions", fmt.Sprint(c.cfg.Partitions))

@@ -40,6 +40,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/zerogrid/zerogrid/node/localcluster"
 	// Must stay imported: it lets etcd's and zerogrid's protobuf files,
 	// both named kv.proto, register in one process.
 )
@@ -59,6 +61,7 @@ type config struct {
 	keep                             bool
 	etcdBin, zgBin, profile          string
 	insecure                         bool // zerogrid without TLS
+	metrics                          bool // zerogrid nodes serve /metrics, scraped every second
 	out                              string
 	compute                          computeConfig
 	commission                       commissionConfig
@@ -95,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.keep, "keep", false, "keep the temp dir with data and logs")
 	fs.StringVar(&c.etcdBin, "etcd", "etcd", "etcd server binary")
 	fs.StringVar(&c.profile, "profile", "default", "zerogrid node --profile")
+	fs.BoolVar(&c.metrics, "metrics", false, "zerogrid nodes serve /metrics (--ops-listen), scraped every second while measured (the cost of metrics)")
 	fs.BoolVar(&c.insecure, "insecure", false, "run zerogrid without TLS (--insecure; by default nodes and the client use mutual TLS)")
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
@@ -214,11 +218,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	systems := []func(context.Context) (store, func(), error){
 		func(ctx context.Context) (store, func(), error) {
 			logf("starting zerogrid (3 nodes, 32 partitions, 3 replicas, profile %s)", cfg.profile)
-			z, err := startZerogrid(ctx, zgBin, filepath.Join(cfg.dir, "zerogrid-cluster"), cfg.profile, cfg.insecure)
+			abs, err := filepath.Abs(zgBin)
 			if err != nil {
 				return nil, nil, err
 			}
-			return z, z.Close, nil
+			z, err := startZerogridConfig(ctx, localcluster.Config{Binary: abs, Dir: filepath.Join(cfg.dir, "zerogrid-cluster"),
+				Nodes: 3, Partitions: 32, Replicas: 3, Profile: cfg.profile, Insecure: cfg.insecure, Ops: cfg.metrics})
+			if err != nil {
+				return nil, nil, err
+			}
+			if !cfg.metrics {
+				return z, z.Close, nil
+			}
+			stopScrape := z.scrapeEvery(ctx, time.Second)
+			return z, func() { stopScrape(); z.Close() }, nil
 		},
 	}
 	if !cfg.skipEtcd {

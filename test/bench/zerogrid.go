@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,4 +160,37 @@ func (z *zgStore) Close() {
 		_ = z.client.Close()
 	}
 	z.cluster.Stop()
+}
+
+// scrapeEvery reads every node's /metrics each interval, as a Prometheus
+// server would, until the returned stop is called.
+func (z *zgStore) scrapeEvery(ctx context.Context, interval time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for _, id := range z.cluster.IDs() {
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+z.cluster.OpsAddr(id)+"/metrics", nil)
+				if err != nil {
+					continue
+				}
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
