@@ -244,22 +244,32 @@ func (s *security) reserve(ctx context.Context, method string) (context.Context,
 	if who, ok := gridtls.FromContext(ctx); (ok && who.Kind == gridtls.KindNode) || (s.tls == nil && roleFor(method) == rolePeer) {
 		return ctx, nil
 	}
-	charge := int64(s.limits.server())
+	release, err := s.hold(int64(s.limits.server()))
+	if err != nil {
+		return nil, gridpb.ToStatus(err)
+	}
+	context.AfterFunc(ctx, release) // gRPC cancels a call's context when it ends, however it ends
+	return context.WithValue(ctx, reservedKey{}, release), nil
+}
+
+// hold takes charge bytes of the node's budget for requests in progress
+// (grid.ErrOverloaded if they do not fit) and returns the function, safe to
+// call more than once, that gives them back. gRPC calls take their share in
+// reserve; the Redis front door as a command's large arguments arrive.
+func (s *security) hold(charge int64) (func(), error) {
 	s.mu.Lock()
 	if held := s.reserved; held+charge > s.budget {
 		s.mu.Unlock()
-		return nil, gridpb.ToStatus(fmt.Errorf("%w: requests worth %d bytes are being read or handled here, and one more may bring %d (the node's budget is %d); try again shortly",
-			grid.ErrOverloaded, held, charge, s.budget))
+		return nil, fmt.Errorf("%w: requests worth %d bytes are being read or handled here, and one more may bring %d (the node's budget is %d); try again shortly",
+			grid.ErrOverloaded, held, charge, s.budget)
 	}
 	s.reserved += charge
 	s.mu.Unlock()
-	release := sync.OnceFunc(func() {
+	return sync.OnceFunc(func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.reserved -= charge
-	})
-	context.AfterFunc(ctx, release) // gRPC cancels a call's context when it ends, however it ends
-	return context.WithValue(ctx, reservedKey{}, release), nil
+	}), nil
 }
 
 // raftTap admits to the Raft server (connections that asked for ALPN

@@ -123,6 +123,14 @@ type Config struct {
 	// TaskDelay delays every compute task on this node: a test knob that
 	// makes a slow node for the hedging tests. Zero in production.
 	TaskDelay time.Duration
+	// RESPListen, if set, is the address of the node's Redis front door
+	// (RESP2/RESP3, see resp.go): TLS with the cluster CA unless Insecure.
+	RESPListen string
+	// RESPMap is the map a Redis connection starts on (SELECT names
+	// another); "" is "redis".
+	RESPMap string
+	// RESPMaxConns caps the Redis connections open at once; 0: 1024.
+	RESPMaxConns int
 }
 
 // DefaultConfig returns a config with every default filled in; the caller
@@ -169,6 +177,16 @@ func (c *Config) Validate() error {
 	for _, addr := range c.Join {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad("join address %q: %v", addr, err)
+		}
+	}
+	if c.RESPListen != "" {
+		if _, _, err := net.SplitHostPort(c.RESPListen); err != nil {
+			bad("resp listen address %q: %v", c.RESPListen, err)
+		}
+	}
+	if c.RESPMap != "" {
+		if err := grid.ValidateMapName(c.RESPMap); err != nil {
+			bad("resp map: %v", err)
 		}
 	}
 	switch {

@@ -61,25 +61,34 @@ func (s *splitListener) start() {
 }
 
 func (s *splitListener) run() {
-	for {
-		raw, err := s.lis.Accept()
-		if err != nil {
-			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.log.Warn("accept", "err", err)
-			select { // a transient error (too many open files): do not spin
-			case <-s.ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
+	acceptEach(s.ctx, s.lis, s.log, func(raw net.Conn) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.handshake(raw)
 		}()
+	})
+}
+
+// acceptEach hands each connection lis accepts to handle, until lis is
+// closed or ctx ends; a transient error (too many open files) is logged
+// and waited out rather than spun on.
+func acceptEach(ctx context.Context, lis net.Listener, log *slog.Logger, handle func(net.Conn)) {
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			log.Warn("accept", "addr", lis.Addr().String(), "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		handle(c)
 	}
 }
 

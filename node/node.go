@@ -59,6 +59,7 @@ type Node struct {
 
 	conns peerConns
 	sec   *security
+	resp  *respServer // the Redis front door; nil unless Config.RESPListen
 	// metrics is the node's Prometheus registry; ops serves it (and the
 	// health checks) when Config.OpsListen is set (ops.go).
 	metrics *metrics
@@ -280,6 +281,12 @@ func (n *Node) start(ctx context.Context) error {
 			}
 		}
 	}
+	if cfg.RESPListen != "" {
+		if n.resp, err = newRESPServer(n); err != nil {
+			return err
+		}
+		n.resp.start()
+	}
 	n.log.Info("node started", "addr", n.addr, "partitions", len(n.table().Hosts(cfg.ID)), "joined", joining)
 	return nil
 }
@@ -338,6 +345,14 @@ func (n *Node) Addr() string { return n.addr }
 // ID is the node's id.
 func (n *Node) ID() string { return n.cfg.ID }
 
+// RESPAddr is the address of the node's Redis front door, "" without one.
+func (n *Node) RESPAddr() string {
+	if n.resp == nil {
+		return ""
+	}
+	return n.resp.Addr().String()
+}
+
 // Fatal delivers an unrecoverable storage error; the daemon exits on it.
 func (n *Node) Fatal() <-chan error { return n.fatal }
 
@@ -376,6 +391,9 @@ func (n *Node) cleanup() error {
 	defer cancel()
 	var errs []error
 	n.stopOps(ctx)
+	if n.resp != nil {
+		n.resp.close() // its commands use the groups and the peer connections
+	}
 	if n.host != nil {
 		errs = append(errs, n.host.Close(ctx))
 	}

@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -278,4 +279,64 @@ func TestConfigValidateReportsEverything(t *testing.T) {
 	if _, err := node.ParsePeers("n1"); err == nil {
 		t.Error("peer without address accepted")
 	}
+}
+
+// TestEmbeddedRESPNoLeaks: every node of an in-process cluster serves the
+// Redis front door; a SET through one node is read through the others
+// (forwarded to the key's leader), and once the nodes are shut down — with
+// one connection idle and one in the middle of a command — no goroutine
+// the front doors started is left.
+func TestEmbeddedRESPNoLeaks(t *testing.T) {
+	before := runtime.NumGoroutine()
+	e, c := startWithMaps(t, []string{"redis"}, func(_ string, cfg *node.Config) { cfg.RESPListen = "127.0.0.1:0" })
+	defer c.Close()
+	dial := func(n *node.Node) (net.Conn, *bufio.Reader) {
+		conn, err := net.Dial("tcp", n.RESPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		return conn, bufio.NewReader(conn)
+	}
+	do := func(conn net.Conn, r *bufio.Reader, args ...string) string {
+		t.Helper()
+		fmt.Fprintf(conn, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(conn, "$%d\r\n%s\r\n", len(a), a)
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "$") && line != "$-1\r\n" {
+			body, _ := r.ReadString('\n')
+			return strings.TrimSpace(body)
+		}
+		return strings.TrimSpace(line)
+	}
+	var conns []net.Conn
+	var readers []*bufio.Reader
+	for _, id := range []string{"n1", "n2", "n3"} {
+		conn, r := dial(e.nodes[id])
+		conns, readers = append(conns, conn), append(readers, r)
+		defer conn.Close()
+	}
+	for i := range 10 {
+		k, v := fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)
+		retry(t, 20*time.Second, func(context.Context) error {
+			if got := do(conns[0], readers[0], "SET", k, v); got != "+OK" {
+				return fmt.Errorf("SET %s: %s", k, got)
+			}
+			return nil
+		})
+		for j := 1; j < 3; j++ {
+			if got := do(conns[j], readers[j], "GET", k); got != v {
+				t.Fatalf("GET %s through connection %d: %q, want %q", k, j, got, v)
+			}
+		}
+	}
+	fmt.Fprint(conns[1], "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nhalf") // in the middle of a command
+	c.Close()
+	e.stopAll()
+	noGoroutinesLeft(t, before)
 }

@@ -44,13 +44,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	step := func(format string, a ...any) { fmt.Fprintf(stdout, "\n==> "+format+"\n", a...) }
 
 	step("starting 3 zerogrid node processes on loopback (data in %s)", root)
-	cl, err := localcluster.Start(ctx, localcluster.Config{Binary: bin, Dir: root, Nodes: 3, Partitions: 16, Replicas: 3, Profile: "test", JoinToken: "demo-token", Ops: true})
+	cl, err := localcluster.Start(ctx, localcluster.Config{Binary: bin, Dir: root, Nodes: 3, Partitions: 16, Replicas: 3, Profile: "test", JoinToken: "demo-token", Ops: true, RESP: true})
 	if err != nil {
 		return err
 	}
 	defer cl.Stop()
 	for _, id := range cl.IDs() {
-		say("    %s  %s  (log: %s)", id, cl.Addr(id), cl.LogPath(id))
+		say("    %s  %s  Redis front door %s  (log: %s)", id, cl.Addr(id), cl.RESPAddr(id), cl.LogPath(id))
 		say("        metrics http://%s/metrics   health http://%s/healthz   ready http://%s/readyz", cl.OpsAddr(id), cl.OpsAddr(id), cl.OpsAddr(id))
 	}
 
@@ -60,15 +60,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer c.Close()
 
-	step("creating map \"cities\" and loading %d sample entries", *keys)
-	if err := retry(ctx, 20*time.Second, func(ctx context.Context) error {
-		err := c.CreateMap(ctx, "cities")
-		if errors.Is(err, client.ErrMapExists) {
-			return nil
+	step("creating maps \"cities\" and \"redis\" (what Redis clients see) and loading %d sample entries", *keys)
+	for _, name := range []string{"cities", "redis"} {
+		if err := retry(ctx, 20*time.Second, func(ctx context.Context) error {
+			err := c.CreateMap(ctx, name)
+			if errors.Is(err, client.ErrMapExists) {
+				return nil
+			}
+			return err
+		}); err != nil {
+			return fmt.Errorf("demo: create map %s: %w", name, err)
 		}
-		return err
-	}); err != nil {
-		return fmt.Errorf("demo: create map: %w", err)
 	}
 	m := c.Map("cities")
 	start := time.Now()
@@ -196,6 +198,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	say("    zerogrid status --addr %s", addr)
 	say("    zerogrid watch cities city:00 --addr %s        (then put from another shell)", addr)
 	say("    zerogrid backup --out cities.zgb --addr %s", addr)
+	tlsDir := cl.ClientTLSDir()
+	host, port, _ := strings.Cut(cl.RESPAddr(cl.IDs()[0]), ":")
+	say("  Redis clients (map \"redis\"; SELECT cities for the other map):")
+	say("    redis-cli -h %s -p %s --tls --cacert %s --cert %s --key %s", host, port,
+		filepath.Join(tlsDir, "ca.crt"), filepath.Join(tlsDir, "client.crt"), filepath.Join(tlsDir, "client.key"))
+	say("    then: SET greeting hello EX 60, GET greeting, TTL greeting, SCAN 0 MATCH g*, SELECT cities, GET city:0007")
 	say("  (with `go run ./cmd/zerogrid` in place of `zerogrid`)  data: %s — Ctrl-C stops the nodes", filepath.Clean(root))
 	<-ctx.Done()
 	return nil

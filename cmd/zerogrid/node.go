@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -77,6 +78,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&cfg.WatchHistory, "watch-history", 0, "log indexes of change history each partition keeps for watches (default 10000; 2000 small); same on every node")
 	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", 0, "how often partition leaders delete expired keys (default 1s; 5s small; 200ms test)")
 	fs.DurationVar(&cfg.TaskDelay, "task-delay", 0, "test knob: delay every compute task on this node (simulates a slow node)")
+	fs.StringVar(&cfg.RESPListen, "resp-listen", "", "serve the Redis protocol (RESP2/3) on this address too, e.g. 127.0.0.1:6379: TLS with the cluster CA (client certificate or AUTH <token>), plain without --tls-dir only with --insecure")
+	fs.StringVar(&cfg.RESPMap, "resp-map", "", "the map Redis connections start on (SELECT <map> names another; default redis)")
+	fs.IntVar(&cfg.RESPMaxConns, "resp-max-conns", 0, "Redis connections open at once (default 1024)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	memLimit := fs.Int("memory-limit-mb", -1, "soft Go memory limit in MiB (default: 100 with --profile small, none otherwise; GOMEMLIMIT wins)")
 	pos, err := parse(fs, args)
@@ -115,6 +119,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	fmt.Fprintf(stdout, "node %s serving on %s\n", cfg.ID, n.Addr())
+	if a := n.RESPAddr(); a != "" {
+		fmt.Fprintf(stdout, "node %s serves Redis clients on %s (map %q)\n", cfg.ID, a, cmp.Or(cfg.RESPMap, "redis"))
+	}
 	var runErr error
 	select {
 	case <-ctx.Done():

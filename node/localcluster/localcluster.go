@@ -36,6 +36,9 @@ type Config struct {
 	// Ops gives every node an ops listener (--ops-listen) on a loopback
 	// port of its own: /metrics, /healthz, /readyz (see OpsAddr).
 	Ops bool
+	// RESP gives every node a Redis front door (--resp-listen) on a port of
+	// its own: RESPAddr.
+	RESP bool
 	// CADir is a CA directory (ca.crt, ca.key: 'zerogrid cert ca') to issue
 	// the cluster's certificates from; empty: one of its own.
 	CADir string
@@ -50,6 +53,7 @@ type Cluster struct {
 	ids   []string
 	addrs []string
 	ops   map[string]string   // ops listener addresses, when Config.Ops
+	resp  map[string]string   // Redis front door addresses, when Config.RESP
 	extra map[string][]string // per-node arguments of joined nodes
 	procs map[string]*proc
 }
@@ -86,7 +90,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			return nil, fmt.Errorf("localcluster: %w", err)
 		}
 	}
-	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}, ops: map[string]string{}}
+	c := &Cluster{cfg: cfg, founders: cfg.Nodes, procs: map[string]*proc{}, extra: map[string][]string{}, ops: map[string]string{}, resp: map[string]string{}}
 	for i := 1; i <= cfg.Nodes; i++ {
 		addr, err := freePort()
 		if err != nil {
@@ -138,6 +142,26 @@ func (c *Cluster) OpsAddr(id string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.ops[id]
+}
+
+// RESPAddr is node id's Redis front door address ("" without Config.RESP).
+func (c *Cluster) RESPAddr(id string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resp[id]
+}
+
+// listener returns the address of node id's listener of a kind (ops,
+// resp), picking a free port the first time; a restart keeps it.
+func listener(addrs map[string]string, id string) (string, error) {
+	if addrs[id] == "" {
+		a, err := freePort()
+		if err != nil {
+			return "", err
+		}
+		addrs[id] = a
+	}
+	return addrs[id], nil
 }
 
 // IDs lists node ids (n1, n2, ...).
@@ -224,15 +248,19 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 		return fmt.Errorf("localcluster: no node %s", id)
 	}
 	args := []string{"node", "--id", id, "--listen", addr, "--data-dir", c.DataDir(id)}
-	if c.cfg.Ops {
-		if c.ops[id] == "" {
-			ops, err := freePort()
-			if err != nil {
-				return err
-			}
-			c.ops[id] = ops
+	for _, l := range []struct {
+		on    bool
+		addrs map[string]string
+		flag  string
+	}{{c.cfg.Ops, c.ops, "--ops-listen"}, {c.cfg.RESP, c.resp, "--resp-listen"}} {
+		if !l.on {
+			continue
 		}
-		args = append(args, "--ops-listen", c.ops[id])
+		a, err := listener(l.addrs, id)
+		if err != nil {
+			return err
+		}
+		args = append(args, l.flag, a)
 	}
 	if extra, joined := c.extra[id]; joined {
 		args = append(args, "--join", strings.Join(c.addrs[:c.founders], ","))
