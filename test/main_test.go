@@ -71,20 +71,20 @@ func TestMain(m *testing.M) {
 
 // startCluster starts a 3-node cluster of real processes and a client, and
 // creates the named maps. Everything stops when the test ends.
-func startCluster(t *testing.T, partitions int, maps ...string) (*localcluster.Cluster, *client.Client) {
+func startCluster(t testing.TB, partitions int, maps ...string) (*localcluster.Cluster, *client.Client) {
 	t.Helper()
 	return startClusterArgs(t, partitions, nil, maps...)
 }
 
 // startClusterArgs is startCluster with extra flags for every node.
-func startClusterArgs(t *testing.T, partitions int, extra []string, maps ...string) (*localcluster.Cluster, *client.Client) {
+func startClusterArgs(t testing.TB, partitions int, extra []string, maps ...string) (*localcluster.Cluster, *client.Client) {
 	t.Helper()
 	return startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: partitions, Replicas: 3, ExtraArgs: extra}, maps...)
 }
 
 // startClusterConfig starts the cluster cfg describes (binary, directory and
 // profile filled in), a client, and the named maps.
-func startClusterConfig(t *testing.T, cfg localcluster.Config, maps ...string) (*localcluster.Cluster, *client.Client) {
+func startClusterConfig(t testing.TB, cfg localcluster.Config, maps ...string) (*localcluster.Cluster, *client.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -144,7 +144,7 @@ func tail(b []byte, n int) []byte {
 }
 
 // eventually retries fn until it returns nil or the budget runs out.
-func eventually(t *testing.T, budget time.Duration, fn func() error) {
+func eventually(t testing.TB, budget time.Duration, fn func() error) {
 	t.Helper()
 	deadline := time.Now().Add(budget)
 	for {
