@@ -137,6 +137,9 @@ func (n *Node) start(ctx context.Context) error {
 			return fmt.Errorf("node: listen on %s: %w", cfg.Listen, err)
 		}
 	}
+	if cfg.OpsListen != "" {
+		n.lis = n.metrics.bytes.listener(n.lis)
+	}
 	n.addr = cfg.Peers[cfg.ID]
 	if n.addr == "" {
 		n.addr = n.lis.Addr().String()
@@ -188,7 +191,6 @@ func (n *Node) start(ctx context.Context) error {
 			// (the security interceptor makes every error a status).
 			unary = slices.Insert(unary, 0, n.metrics.rpcs.UnaryServerInterceptor())
 			stream = slices.Insert(stream, 0, n.metrics.rpcs.StreamServerInterceptor())
-			base = append(base, grpc.StatsHandler(n.metrics.bytes))
 		}
 		base = append(base, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 		return grpc.NewServer(slices.Concat(replication.ServerOptions(), base, opts)...)
