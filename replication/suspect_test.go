@@ -67,6 +67,27 @@ func TestSuspectPeerSuccessorCampaignsAtOnce(t *testing.T) {
 		}
 		g.timing.LeaderLeaseTimeout, g.timing.ElectionTimeout = slow, slow
 	}
+	// The suspicion acts on followers that know the victim as their leader,
+	// and the successor wins only with a log as long as the others': wait
+	// until both hold (just after an election they may not yet).
+	deadline := time.Now().Add(10 * time.Second)
+	vg, _ := c.hosts[victim].Group(0)
+	for {
+		ready := true
+		for id, h := range c.hosts {
+			g, _ := h.Group(0)
+			if a, _ := g.raft.LeaderWithID(); id != victim && (a == "" || g.raft.LastIndex() != vg.raft.LastIndex()) {
+				ready = false
+			}
+		}
+		if ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the followers never caught up with the leader")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	c.stop(victim)
 	successor := ""
 	for id, h := range c.hosts {
@@ -75,7 +96,7 @@ func TestSuspectPeerSuccessorCampaignsAtOnce(t *testing.T) {
 		}
 		h.SuspectPeer(victim)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		g, _ := c.hosts[successor].Group(0)
 		if g.IsLeader() {
