@@ -79,25 +79,22 @@ func (n *Node) clusterView() clusterView {
 			v.Partitions = append(v.Partitions, pv)
 		}
 	}
-	add := func(c prometheus.Collector, prefix string) {
-		ch := make(chan prometheus.Metric, 16) // more than the vectors' label values
-		c.Collect(ch)
-		close(ch)
-		for m := range ch {
-			var pb dto.Metric
-			if m.Write(&pb) != nil || pb.Counter == nil {
-				continue
-			}
-			for _, l := range pb.Label {
-				v.Jobs[prefix+l.GetValue()] = pb.Counter.GetValue()
-			}
-		}
+	m := n.metrics
+	for _, outcome := range []string{"ok", "error"} {
+		v.Jobs["tasks_"+outcome] = counterValue(m.tasksRun.WithLabelValues(outcome))
 	}
-	add(n.metrics.tasksRun, "tasks_")
-	add(n.metrics.jobAttempts, "attempts_")
-	var pb dto.Metric
-	if n.metrics.movesBegun.Write(&pb) == nil {
-		v.Moves = pb.GetCounter().GetValue()
+	for _, kind := range []string{"retry", "hedge", "fallback"} {
+		v.Jobs["attempts_"+kind] = counterValue(m.jobAttempts.WithLabelValues(kind))
 	}
+	v.Moves = counterValue(m.movesBegun)
 	return v
+}
+
+// counterValue is a counter's current value.
+func counterValue(c prometheus.Counter) float64 {
+	var pb dto.Metric
+	if c.Write(&pb) != nil {
+		return 0
+	}
+	return pb.GetCounter().GetValue()
 }

@@ -765,8 +765,9 @@ type grpcPipeline struct {
 	outstanding atomic.Int64
 	// held is the last request diverted to the peer's heartbeat stream
 	// (under sendMu): a request sent behind it flushes that stream's
-	// batch, so that it does not wait out the batching window.
-	held *grpcAppendFuture
+	// batch (heldOn's), so that it does not wait out the batching window.
+	held   *grpcAppendFuture
+	heldOn *hbPeer
 
 	shutdown  chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -815,9 +816,7 @@ func (p *grpcPipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft
 		select {
 		case <-h.done:
 		default:
-			if hb, err := p.g.t.heartbeatPeer(p.target); err == nil {
-				hb.flush()
-			}
+			p.heldOn.flush()
 		}
 	}
 	if err := p.stream.Send(req); err != nil {
@@ -866,7 +865,7 @@ func (p *grpcPipeline) sendBatched(hb *hbPeer, f *grpcAppendFuture, req *gridpb.
 		})
 	}
 	mu.Unlock()
-	p.held = f
+	p.held, p.heldOn = f, hb
 }
 
 // Consumer implements raft.AppendPipeline: futures arrive in request order.

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -230,9 +229,7 @@ func runNodes(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(nodes)
+				return printJSON(stdout, nodes)
 			}
 			tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NODE\tADDRESS\tSTATE\tARCH\tCORES\tCPU\tRAM\tDISK FREE\tFSYNC P99\tLABELS\tREPLICAS\tLEADS\tCPU%\tRSS\tSILENT")

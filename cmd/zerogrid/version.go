@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"runtime"
@@ -55,9 +54,7 @@ func runVersion(args []string, stdout, stderr io.Writer) error {
 	}
 	bi := readBuildInfo()
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(bi)
+		return printJSON(stdout, bi)
 	}
 	commit := bi.Commit
 	if bi.Modified {
