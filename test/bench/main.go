@@ -60,8 +60,9 @@ type config struct {
 	dir                              string
 	keep                             bool
 	etcdBin, zgBin, profile          string
-	insecure                         bool // zerogrid without TLS
-	metrics                          bool // zerogrid nodes serve /metrics, scraped every second
+	insecure                         bool   // zerogrid without TLS
+	metrics                          bool   // zerogrid nodes serve /metrics, scraped every second
+	cpuProfile                       string // a dir for each zerogrid node's CPU profile of each cell
 	out                              string
 	compute                          computeConfig
 	commission                       commissionConfig
@@ -99,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.etcdBin, "etcd", "etcd", "etcd server binary")
 	fs.StringVar(&c.profile, "profile", "default", "zerogrid node --profile")
 	fs.BoolVar(&c.metrics, "metrics", false, "zerogrid nodes serve /metrics (--ops-listen), scraped every second while measured (the cost of metrics)")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write each zerogrid node's CPU profile of each cell's measured window to this dir (nodes get --ops-listen --ops-pprof)")
 	fs.BoolVar(&c.insecure, "insecure", false, "run zerogrid without TLS (--insecure; by default nodes and the client use mutual TLS)")
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
@@ -223,7 +225,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				return nil, nil, err
 			}
 			z, err := startZerogridConfig(ctx, localcluster.Config{Binary: abs, Dir: filepath.Join(cfg.dir, "zerogrid-cluster"),
-				Nodes: 3, Partitions: 32, Replicas: 3, Profile: cfg.profile, Insecure: cfg.insecure, Ops: cfg.metrics})
+				Nodes: 3, Partitions: 32, Replicas: 3, Profile: cfg.profile, Insecure: cfg.insecure,
+				Ops: cfg.metrics || cfg.cpuProfile != "", ExtraArgs: pprofArgs(cfg.cpuProfile)})
 			if err != nil {
 				return nil, nil, err
 			}
@@ -302,7 +305,9 @@ func measure(ctx context.Context, cfg config, s store, logf func(string, ...any)
 
 	for _, op := range cfg.ops {
 		for _, n := range cfg.clients {
+			stopProfile := startCellProfile(ctx, cfg, s, fmt.Sprintf("%s-%d", op, n), logf)
 			c := runCell(ctx, s, op, n, cfg.warmup, cfg.duration, cfg.keyspace, vals)
+			stopProfile()
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}

@@ -194,3 +194,13 @@ func (z *zgStore) scrapeEvery(ctx context.Context, interval time.Duration) (stop
 		<-done
 	}
 }
+
+func (z *zgStore) ProfileURLs(secs int) map[string]string {
+	urls := map[string]string{}
+	for _, id := range z.cluster.IDs() {
+		if a := z.cluster.OpsAddr(id); a != "" {
+			urls[id] = fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", a, secs)
+		}
+	}
+	return urls
+}
