@@ -166,11 +166,13 @@ func (n *Node) start(ctx context.Context) error {
 	n.trans, err = replication.NewGRPCTransport(replication.GRPCTransportConfig{LocalID: cfg.ID, LocalAddr: n.addr, Logger: n.log,
 		DialOptions:     []grpc.DialOption{grpc.WithTransportCredentials(n.sec.dialCreds(gridtls.ALPNRaft))},
 		HeartbeatWindow: cfg.timing().HeartbeatWindow(),
+		LivenessTimeout: cfg.timing().Liveness,
 		RefuseGrowth:    n.disk.refuseGrowth,
 		AuthorizeSender: n.sec.authorizeSender,
-		// A peer whose connection breaks is suspected at once: the local
-		// followers of the groups it led campaign after one lease instead
-		// of a full heartbeat timeout (see replication.Host.SuspectPeer).
+		// A peer whose connection breaks, or that stays silent for
+		// LivenessTimeout, is suspected: the local followers of the groups
+		// it led campaign at once instead of after a full heartbeat timeout
+		// (see replication.Host.SuspectPeer).
 		OnPeerDown: func(addr string) {
 			if h := n.suspects.Load(); h != nil {
 				h.SuspectPeer(addr)

@@ -27,6 +27,13 @@ type RaftTiming struct {
 	SnapshotThreshold  uint64
 	TrailingLogs       uint64
 	MaxAppendEntries   int
+	// Liveness is how long a peer node may stay silent on its heartbeat
+	// stream while its connection is up before its node is suspected
+	// (GRPCTransportConfig.LivenessTimeout; nodes set it from here).
+	Liveness time.Duration
+	// CutOffAfter is how long a follower may hear from no leader before it
+	// counts as cut off (Group.CutOff).
+	CutOffAfter time.Duration
 	// MaxLogBytes bounds each group's Raft log in bytes as well as in
 	// entries (0: entries only): the entries kept after a snapshot and
 	// those between snapshots each hold about half of it (see retention.go).
@@ -44,14 +51,29 @@ type RaftTiming struct {
 // skip the window.
 func (t RaftTiming) HeartbeatWindow() time.Duration { return t.HeartbeatTimeout / 10 }
 
-// DefaultTiming suits ordinary servers on a LAN.
+// DefaultTiming suits ordinary servers on a LAN. Groups are quiet: a
+// group's heartbeats go out every 1-2 s and its followers wait 10-20 s
+// before they campaign on their own, because the node watches each peer
+// it holds a connection to (Liveness, see GRPCTransport's probePeer): a
+// leader's node that dies, pauses or is cut off is suspected within
+// Liveness, and the groups it led elect at once (Host.SuspectPeer). Idle
+// CPU of 3 nodes with 32 partitions went from 0.14-0.16 cores (1 s
+// heartbeat timeout, 500 ms commit timeout) to ~0.05 (BENCHMARKS.md).
 func DefaultTiming() RaftTiming {
 	return RaftTiming{
-		HeartbeatTimeout: time.Second, ElectionTimeout: time.Second, LeaderLeaseTimeout: 500 * time.Millisecond,
+		HeartbeatTimeout: 10 * time.Second, ElectionTimeout: 10 * time.Second, LeaderLeaseTimeout: 5 * time.Second,
 		// CommitTimeout paces the AppendEntries an idle leader sends to carry
-		// the commit index; at 50 ms (raft's default) 32 idle groups kept
-		// 0.75 of a core busy on 3 nodes. Writes are not delayed by it.
-		CommitTimeout: 500 * time.Millisecond,
+		// the commit index: a follower of a group that stopped being written
+		// applies the last write up to twice this late (stale reads there
+		// lag by as much; under steady writes every append carries it). At
+		// 50 ms (raft's default) 32 idle groups kept 0.75 of a core busy on
+		// 3 nodes; 1 s instead of 2 s cost 256 idle groups 0.17-0.20 cores
+		// instead of 0.13. Writes are not delayed by it.
+		CommitTimeout: 2 * time.Second,
+		Liveness:      2 * time.Second,
+		// A follower that heard no leader for a heartbeat timeout (raft's own
+		// sign of a lost leader) ends its watch streams.
+		CutOffAfter: 10 * time.Second,
 		// Log retention: every group keeps its log in the node's one store,
 		// so 32 groups × (8192 entries between snapshots + 10240 kept after
 		// one) held ~450 MB of log per node at 1M keys, all of it mapped. A
@@ -65,12 +87,12 @@ func DefaultTiming() RaftTiming {
 	}
 }
 
-// SmallTiming suits a Pi Zero: slower heartbeats (idle CPU scales with
-// groups × heartbeat rate) and longer timeouts, as Consul does on small hosts.
+// SmallTiming suits a Pi Zero: the default's quiet groups, a more patient
+// liveness check (a 1 GHz core stalls longer), and smaller logs and
+// messages.
 func SmallTiming() RaftTiming {
 	t := DefaultTiming()
-	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 3*time.Second, 3*time.Second, 1500*time.Millisecond
-	t.CommitTimeout = 2 * time.Second
+	t.Liveness = 4 * time.Second
 	t.SnapshotThreshold, t.TrailingLogs = 1024, 1024
 	t.MaxLogBytes = 16 << 20
 	// At most 16 entries per AppendEntries: with 1 MiB values a batch stays
@@ -81,11 +103,13 @@ func SmallTiming() RaftTiming {
 
 // TestTiming makes elections fast for tests, yet tolerant of the CPU stalls
 // of several nodes sharing two cores (a 100 ms lease made leaders step down
-// whenever a peer restarted).
+// whenever a peer restarted). Groups are not quiet: their own timeouts find
+// a lost leader before the liveness check does.
 func TestTiming() RaftTiming {
 	t := DefaultTiming()
 	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 400*time.Millisecond, 400*time.Millisecond, 300*time.Millisecond
 	t.CommitTimeout = 50 * time.Millisecond
+	t.Liveness, t.CutOffAfter = time.Second, 1200*time.Millisecond
 	t.SnapshotThreshold, t.TrailingLogs = 1024, 256
 	t.SnapshotInterval = 2 * time.Second
 	return t

@@ -60,8 +60,8 @@ func (g *Group) Meta() *MetaState { return g.meta }
 // the leader's (the leader applies before it acknowledges).
 func (g *Group) Applied() uint64 { return g.sm.Applied() }
 
-// CutOff reports whether this replica has heard from no leader for three
-// election timeouts (and does not lead itself): its state may be behind
+// CutOff reports whether this replica has heard from no leader for
+// RaftTiming.CutOffAfter (and does not lead itself): its state may be behind
 // the partition's, with nothing to tell it so.
 func (g *Group) CutOff() bool {
 	if g.raft.State() == raft.Leader {
@@ -71,7 +71,7 @@ func (g *Group) CutOff() bool {
 	if last.IsZero() {
 		last = g.opened // a replica just started has not been cut off yet
 	}
-	return time.Since(last) > 3*g.timing.ElectionTimeout
+	return time.Since(last) > g.timing.CutOffAfter
 }
 
 // IsLeader reports whether this replica currently believes it leads.

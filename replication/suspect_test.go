@@ -2,6 +2,7 @@ package replication
 
 import (
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,42 +119,16 @@ func TestSuspectPeerSuccessorCampaignsAtOnce(t *testing.T) {
 // The gRPC transport reports a peer whose established connection breaks.
 func TestTransportGRPCReportsPeerDown(t *testing.T) {
 	var down atomic.Value
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bAddr := lis.Addr().String()
-	bCfg := DefaultGRPCTransportConfig()
-	bCfg.LocalID, bCfg.LocalAddr = "b", bAddr
-	b, err := NewGRPCTransport(bCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(ServerOptions()...)
-	b.Register(srv)
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(lis) }()
-	b.Transport(1).(*grpcGroup).SetHeartbeatHandler(func(rpc raft.RPC) { rpc.Respond(&raft.AppendEntriesResponse{Success: true}, nil) })
+	bAddr, stopB := startHeartbeatAnswerer(t)
 
 	aCfg := DefaultGRPCTransportConfig()
 	aCfg.LocalID, aCfg.LocalAddr = "a", "127.0.0.1:1"
 	aCfg.OnPeerDown = func(addr string) { down.Store(addr) }
-	a, err := NewGRPCTransport(aCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeNode(t, a)
-	var resp raft.AppendEntriesResponse
-	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte("127.0.0.1:1")}, Term: 1}
-	if err := a.Transport(1).AppendEntries("b", raft.ServerAddress(bAddr), hb, &resp); err != nil {
-		t.Fatal(err)
-	}
+	startHeartbeatSender(t, aCfg, bAddr)
 	if down.Load() != nil {
 		t.Fatal("peer reported down while it answers")
 	}
-	srv.Stop() // b's process "dies": its connections close
-	<-served
-	closeNode(t, b)
+	stopB() // b's process "dies": its connections close
 	deadline := time.Now().Add(10 * time.Second)
 	for down.Load() == nil {
 		if time.Now().After(deadline) {
@@ -164,4 +139,190 @@ func TestTransportGRPCReportsPeerDown(t *testing.T) {
 	if got := down.Load().(string); got != bAddr {
 		t.Fatalf("reported %q, want %q", got, bAddr)
 	}
+}
+
+// freezingProxy forwards TCP connections to a target; while frozen it
+// passes no bytes either way but keeps the connections open, as a paused
+// process or a cut-off link does.
+type freezingProxy struct {
+	lis    net.Listener
+	frozen atomic.Bool
+	wg     sync.WaitGroup
+}
+
+func newFreezingProxy(t *testing.T, target string) *freezingProxy {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezingProxy{lis: lis}
+	var conns []net.Conn
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		lis.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		p.wg.Wait()
+	})
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			in, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, in, out)
+			mu.Unlock()
+			for _, pair := range [][2]net.Conn{{in, out}, {out, in}} {
+				p.wg.Add(1)
+				go func() {
+					defer p.wg.Done()
+					p.copy(pair[0], pair[1])
+				}()
+			}
+		}
+	}()
+	return p
+}
+
+// copy forwards src to dst, holding what it read while the proxy is frozen.
+func (p *freezingProxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		for p.frozen.Load() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+// The liveness check reports a peer that goes silent while its connection
+// stays up, once per silence, and again after it was heard in between.
+func TestTransportGRPCReportsSilentPeer(t *testing.T) {
+	bAddr, stopB := startHeartbeatAnswerer(t)
+	defer stopB()
+	proxy := newFreezingProxy(t, bAddr)
+	target := proxy.lis.Addr().String()
+
+	var mu sync.Mutex
+	var reports []string
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(reports)
+	}
+	aCfg := DefaultGRPCTransportConfig()
+	aCfg.LocalID, aCfg.LocalAddr = "a", "127.0.0.1:1"
+	aCfg.LivenessTimeout = 400 * time.Millisecond
+	aCfg.OnPeerDown = func(addr string) {
+		mu.Lock()
+		reports = append(reports, addr)
+		mu.Unlock()
+	}
+	a := startHeartbeatSender(t, aCfg, target)
+	time.Sleep(1500 * time.Millisecond) // several liveness timeouts of pings answered
+	if n := count(); n != 0 {
+		t.Fatalf("a peer that answers was reported %d times", n)
+	}
+	waitReports := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for count() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d reports of a silent peer, want %d", count(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for round := 1; round <= 2; round++ {
+		proxy.frozen.Store(true)
+		waitReports(round)
+		time.Sleep(1500 * time.Millisecond) // still silent: no second report
+		if n := count(); n != round {
+			t.Fatalf("round %d: %d reports during one silence", round, n)
+		}
+		proxy.frozen.Store(false)
+		p, err := a.heartbeatPeer(raft.ServerAddress(target))
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for p.suspected.Load() {
+			if time.Now().After(deadline) {
+				t.Fatal("the peer answers again, but stays suspected")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range reports {
+		if r != target {
+			t.Fatalf("reported %q, want %q", r, target)
+		}
+	}
+}
+
+// startHeartbeatAnswerer serves a transport "b" on a loopback port whose
+// group 1 answers every heartbeat with success; stop ends its server and
+// transport (its connections close, as when its process dies).
+func startHeartbeatAnswerer(t *testing.T) (addr string, stop func()) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultGRPCTransportConfig()
+	cfg.LocalID, cfg.LocalAddr = "b", lis.Addr().String()
+	b, err := NewGRPCTransport(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(ServerOptions()...)
+	b.Register(srv)
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(lis) }()
+	b.Transport(1).(*grpcGroup).SetHeartbeatHandler(func(rpc raft.RPC) { rpc.Respond(&raft.AppendEntriesResponse{Success: true}, nil) })
+	var once sync.Once
+	return lis.Addr().String(), func() {
+		once.Do(func() {
+			srv.Stop()
+			<-served
+			closeNode(t, b)
+		})
+	}
+}
+
+// startHeartbeatSender starts transport cfg (closed when the test ends) and
+// sends one heartbeat of group 1 to target, which must answer it.
+func startHeartbeatSender(t *testing.T, cfg GRPCTransportConfig, target string) *GRPCTransport {
+	a, err := NewGRPCTransport(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeNode(t, a) })
+	var resp raft.AppendEntriesResponse
+	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte(cfg.LocalAddr)}, Term: 1}
+	if err := a.Transport(1).AppendEntries("b", raft.ServerAddress(target), hb, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -92,6 +92,13 @@ type GRPCTransportConfig struct {
 	// the connection to a peer that was up breaks: the peer's process died
 	// or closed the connection. Nodes pass it to Host.SuspectPeer.
 	OnPeerDown func(addr string)
+	// LivenessTimeout, if positive (and OnPeerDown is set), probes every
+	// peer this node holds a connection to on its heartbeat stream a few
+	// times per timeout, and reports a peer to OnPeerDown when nothing has
+	// come back from it for this long while its connection stays up: a
+	// paused process or a cut-off link, which no connection break reveals
+	// (see probePeer).
+	LivenessTimeout time.Duration
 	// HeartbeatWindow is how long heartbeats to a peer are gathered into
 	// one message (see transport_heartbeat.go). Zero: the default (20 ms);
 	// negative: every heartbeat is sent at once, alone.
@@ -338,6 +345,13 @@ func (t *GRPCTransport) client(target raft.ServerAddress) (gridpb.RaftClient, er
 				defer t.wg.Done()
 				t.watchPeer(cc, string(target))
 			}()
+			if t.cfg.LivenessTimeout > 0 {
+				t.wg.Add(1)
+				go func() {
+					defer t.wg.Done()
+					t.probePeer(cc, target)
+				}()
+			}
 		}
 	}
 	return gridpb.NewRaftClient(cc), nil

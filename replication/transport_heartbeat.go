@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/zerogrid/zerogrid/grid/gridpb"
@@ -53,6 +56,12 @@ type hbPeer struct {
 	// or sent on the current stream, by number.
 	waiters map[uint64]func(hbResult)
 	timer   *time.Timer
+
+	// heard is when the current stream last brought anything (unix ns; set
+	// when it opens, 0 while none is open); suspected is set once the peer
+	// was reported silent, until it is heard again (probePeer).
+	heard     atomic.Int64
+	suspected atomic.Bool
 }
 
 type hbResult struct {
@@ -132,7 +141,7 @@ func (p *hbPeer) send(req *gridpb.RaftAppendEntriesRequest, urgent bool, done fu
 	p.waiters[seq] = done
 	switch {
 	case urgent || p.window <= 0 || len(p.pending) >= maxHeartbeatBatch:
-		p.flushLocked()
+		p.flushLocked(0)
 	case p.timer == nil:
 		p.timer = time.AfterFunc(p.window, p.flush)
 	}
@@ -153,19 +162,42 @@ func (p *hbPeer) forget(seq uint64) bool {
 func (p *hbPeer) flush() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.flushLocked()
+	p.flushLocked(0)
 }
 
-// flushLocked sends what is pending as one batch. Called with mu held.
-func (p *hbPeer) flushLocked() {
+// ping sends a liveness probe now, with whatever heartbeats are pending,
+// unless another send holds the batcher (a send blocked on a peer that
+// reads nothing is itself a sign of silence, which probePeer sees).
+func (p *hbPeer) ping() {
+	if !p.mu.TryLock() {
+		return
+	}
+	defer p.mu.Unlock()
+	p.nextSeq++
+	p.flushLocked(p.nextSeq)
+}
+
+// silentFor is how long the current stream has brought nothing (0 while
+// no stream is open).
+func (p *hbPeer) silentFor(now time.Time) time.Duration {
+	h := p.heard.Load()
+	if h == 0 {
+		return 0
+	}
+	return now.Sub(time.Unix(0, h))
+}
+
+// flushLocked sends what is pending as one batch, with ping if it is not
+// 0. Called with mu held.
+func (p *hbPeer) flushLocked(ping uint64) {
 	if p.timer != nil {
 		p.timer.Stop()
 		p.timer = nil
 	}
-	if len(p.pending) == 0 {
+	if len(p.pending) == 0 && ping == 0 {
 		return
 	}
-	batch := &gridpb.RaftHeartbeatBatch{Requests: p.pending, Seqs: p.seqs}
+	batch := &gridpb.RaftHeartbeatBatch{Requests: p.pending, Seqs: p.seqs, Ping: ping}
 	p.pending, p.seqs = nil, nil
 	if p.stream == nil {
 		if err := p.open(); err != nil {
@@ -209,6 +241,7 @@ func (p *hbPeer) open() error {
 		return raft.ErrTransportShutdown
 	}
 	p.stream, p.cancel = stream, cancel
+	p.heard.Store(time.Now().UnixNano())
 	return nil
 }
 
@@ -226,6 +259,8 @@ func (p *hbPeer) receive(stream gridpb.Raft_HeartbeatsClient) {
 			p.mu.Unlock()
 			return
 		}
+		p.heard.Store(time.Now().UnixNano())
+		p.suspected.Store(false)
 		type answer struct {
 			w func(hbResult)
 			r hbResult
@@ -259,6 +294,7 @@ func (p *hbPeer) breakLocked(err error) {
 		p.cancel()
 	}
 	p.stream, p.cancel = nil, nil
+	p.heard.Store(0)
 	err = fmt.Errorf("%w to %s: %w", errHeartbeatStream, p.target, err)
 	queued := make(map[uint64]bool, len(p.seqs))
 	for _, seq := range p.seqs {
@@ -284,7 +320,8 @@ func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
 		wg      sync.WaitGroup
 		mu      sync.Mutex
 		done    []*gridpb.RaftHeartbeatResult
-		async   int // requests handed to raft loops, not answered yet
+		pong    uint64 // the latest ping read and not answered yet
+		async   int    // requests handed to raft loops, not answered yet
 		ready   = make(chan struct{}, 1)
 		sendErr = make(chan error, 1)
 	)
@@ -307,10 +344,10 @@ func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
 			case <-ready:
 			}
 			mu.Lock()
-			out := &gridpb.RaftHeartbeatBatchResponse{Results: done}
-			done = nil
+			out := &gridpb.RaftHeartbeatBatchResponse{Results: done, Pong: pong}
+			done, pong = nil, 0
 			mu.Unlock()
-			if len(out.Results) == 0 {
+			if len(out.Results) == 0 && out.Pong == 0 {
 				continue
 			}
 			if err := stream.Send(out); err != nil {
@@ -381,6 +418,11 @@ func (s *raftService) Heartbeats(stream gridpb.Raft_HeartbeatsServer) error {
 				answer(r)
 			}()
 		}
+		if batch.GetPing() != 0 {
+			mu.Lock()
+			pong = batch.GetPing()
+			mu.Unlock()
+		}
 		answer(now...)
 	}
 }
@@ -413,4 +455,40 @@ func (s *raftService) answerBatched(ctx context.Context, seq uint64, req *gridpb
 		r.Error = unexpectedResponse(res).Error()
 	}
 	return r
+}
+
+// probePeer is the node-level liveness check of the peer at target, for as
+// long as the transport runs: while the connection is up, it pings the
+// peer on its heartbeat stream four times per LivenessTimeout, and reports
+// the peer to OnPeerDown once nothing at all (pong, heartbeat answer) has
+// come back for LivenessTimeout; again only after the peer was heard from.
+// A broken connection is watchPeer's to report.
+//
+// This is what lets a node's groups go quiet: a group's own heartbeats may
+// be seconds apart and its election timeout long, because the death, pause
+// or isolation of a leader's node is seen here, once per peer, and makes
+// the groups it led elect at once (Host.SuspectPeer). A suspicion that is
+// wrong costs an early election, never safety.
+func (t *GRPCTransport) probePeer(cc *grpc.ClientConn, target raft.ServerAddress) {
+	tick := time.NewTicker(t.cfg.LivenessTimeout / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if cc.GetState() != connectivity.Ready {
+			continue
+		}
+		p, err := t.heartbeatPeer(target)
+		if err != nil {
+			return // the transport closed
+		}
+		p.ping()
+		if silent := p.silentFor(time.Now()); silent > t.cfg.LivenessTimeout && p.suspected.CompareAndSwap(false, true) {
+			t.logger.Info("raft peer silent; suspecting its node", "peer", string(target), "silent", silent.Round(time.Millisecond))
+			t.cfg.OnPeerDown(string(target))
+		}
+	}
 }

@@ -91,7 +91,10 @@ func startClusterConfig(t testing.TB, cfg localcluster.Config, maps ...string) (
 	if cfg.Dir == "" {
 		cfg.Dir = t.TempDir()
 	}
-	cfg.Binary, cfg.Profile = binary, "test"
+	cfg.Binary = binary
+	if cfg.Profile == "" {
+		cfg.Profile = "test"
+	}
 	if !cfg.Insecure && cfg.CADir == "" {
 		cfg.CADir = caDir
 	}

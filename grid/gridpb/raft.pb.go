@@ -82,10 +82,13 @@ func (RaftLogType) EnumDescriptor() ([]byte, []int) {
 
 // RaftHeartbeatBatch is AppendEntries requests without entries of several
 // groups; seqs numbers them (seqs[i] is requests[i]'s number, never 0).
+// A nonzero ping asks the peer to answer at once with the same pong: the
+// node-level liveness probe (a paused or cut-off peer answers nothing).
 type RaftHeartbeatBatch struct {
 	state         protoimpl.MessageState      `protogen:"open.v1"`
 	Requests      []*RaftAppendEntriesRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
 	Seqs          []uint64                    `protobuf:"varint,2,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
+	Ping          uint64                      `protobuf:"varint,3,opt,name=ping,proto3" json:"ping,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -132,6 +135,13 @@ func (x *RaftHeartbeatBatch) GetSeqs() []uint64 {
 		return x.Seqs
 	}
 	return nil
+}
+
+func (x *RaftHeartbeatBatch) GetPing() uint64 {
+	if x != nil {
+		return x.Ping
+	}
+	return 0
 }
 
 // RaftHeartbeatResult answers request seq: raft's response, or why the
@@ -197,8 +207,10 @@ func (x *RaftHeartbeatResult) GetSeq() uint64 {
 }
 
 type RaftHeartbeatBatchResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Results       []*RaftHeartbeatResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Results []*RaftHeartbeatResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	// pong echoes the latest ping read, if any since the last answer.
+	Pong          uint64 `protobuf:"varint,2,opt,name=pong,proto3" json:"pong,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +250,13 @@ func (x *RaftHeartbeatBatchResponse) GetResults() []*RaftHeartbeatResult {
 		return x.Results
 	}
 	return nil
+}
+
+func (x *RaftHeartbeatBatchResponse) GetPong() uint64 {
+	if x != nil {
+		return x.Pong
+	}
+	return 0
 }
 
 // RaftHeader is raft.RPCHeader.
@@ -1229,16 +1248,18 @@ var File_grid_gridpb_raft_proto protoreflect.FileDescriptor
 
 const file_grid_gridpb_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"k\n" +
+	"\x16grid/gridpb/raft.proto\x12\vzerogrid.v1\"\x7f\n" +
 	"\x12RaftHeartbeatBatch\x12A\n" +
 	"\brequests\x18\x01 \x03(\v2%.zerogrid.v1.RaftAppendEntriesRequestR\brequests\x12\x12\n" +
-	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\"\x81\x01\n" +
+	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\x12\x12\n" +
+	"\x04ping\x18\x03 \x01(\x04R\x04ping\"\x81\x01\n" +
 	"\x13RaftHeartbeatResult\x12B\n" +
 	"\bresponse\x18\x01 \x01(\v2&.zerogrid.v1.RaftAppendEntriesResponseR\bresponse\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x10\n" +
-	"\x03seq\x18\x03 \x01(\x04R\x03seq\"X\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"l\n" +
 	"\x1aRaftHeartbeatBatchResponse\x12:\n" +
-	"\aresults\x18\x01 \x03(\v2 .zerogrid.v1.RaftHeartbeatResultR\aresults\"[\n" +
+	"\aresults\x18\x01 \x03(\v2 .zerogrid.v1.RaftHeartbeatResultR\aresults\x12\x12\n" +
+	"\x04pong\x18\x02 \x01(\x04R\x04pong\"[\n" +
 	"\n" +
 	"RaftHeader\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\x03R\x0fprotocolVersion\x12\x0e\n" +

@@ -1,0 +1,113 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zerogrid/zerogrid/client"
+	"github.com/zerogrid/zerogrid/grid"
+	"github.com/zerogrid/zerogrid/node/localcluster"
+)
+
+// TestQuietGroupsFailOverWhenLeaderPaused runs nodes with the default
+// profile, whose groups are quiet (their own heartbeats 1-2 s apart, an
+// election timeout of 10 s), and SIGSTOPs the node leading one partition
+// while porcupine-recorded clients work. A stopped process keeps its
+// connections open, so only the node-level liveness check (pings on each
+// peer's heartbeat stream) can notice it: the partition must elect a new
+// leader and acknowledge a put while the node is still stopped, within the
+// election timeout, which its followers' own timers would not. Then the
+// history must be linearizable (the old leader, resumed, answers nothing
+// stale), every acknowledged write present and the replicas equal.
+func TestQuietGroupsFailOverWhenLeaderPaused(t *testing.T) {
+	const parts = 4
+	lc, c := startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: parts, Replicas: 3, Profile: "default"}, "lin", "acks")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	h := &history{start: time.Now()}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	lin := c.Map("lin")
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runWorker(ctx, w, lin, []string{"a", "b", "c", "d"}, h, stop)
+		}()
+	}
+	acks := &ackWriter{m: c.Map("acks")}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		acks.run(ctx, stop)
+	}()
+	time.Sleep(2 * time.Second)
+
+	probe := []byte("probe")
+	part := grid.PartitionOf("lin", probe, parts)
+	var victim string
+	eventually(t, 30*time.Second, func() error {
+		if victim = partitionLeader(ctx, c, lc, part); victim == "" {
+			return errors.New("no leader of the probe's partition yet")
+		}
+		return nil
+	})
+	pid := lc.PID(victim)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	defer resume()
+	t.Logf("SIGSTOP %s, leader of partition %d", victim, part)
+
+	// The election timeout of the default profile: without the liveness
+	// check, the followers' own timers fire only after 10-20 s. The probe's
+	// client gives up on an attempt after a second (a stopped node accepts
+	// the request and never answers), so it moves on to the new leader.
+	const electionTimeout = 10 * time.Second
+	pol := client.DefaultRetryPolicy()
+	pol.AttemptTimeout = time.Second
+	pc, err := dialCluster(ctx, lc.Addrs(), client.WithRetry(pol))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := pc.Map("lin").Put(pctx, probe, []byte("while paused"))
+		pcancel()
+		if err == nil {
+			break
+		}
+		t.Logf("%v after SIGSTOP: %v", time.Since(stopped).Round(time.Millisecond), err)
+		if time.Since(stopped) > electionTimeout {
+			t.Fatalf("no put to partition %d acknowledged within %v of its leader's SIGSTOP: %v", part, electionTimeout, err)
+		}
+	}
+	t.Logf("partition %d acknowledged a put %v after its leader %s stopped", part, time.Since(stopped).Round(time.Millisecond), victim)
+	if now := partitionLeader(ctx, c, lc, part); now == victim {
+		t.Fatalf("the stopped node %s still answers as leader of partition %d", victim, part)
+	}
+	time.Sleep(2 * time.Second)
+	resume()
+	t.Logf("SIGCONT %s", victim)
+	time.Sleep(5 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	checkLinearizable(t, h, "a partition leader SIGSTOPped with quiet groups")
+	acks.check(ctx, t)
+	checkReplicasEqual(ctx, t, lc, parts, "lin", "acks")
+}
