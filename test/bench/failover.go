@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/zerogrid/zerogrid/client"
+
 	"github.com/zerogrid/zerogrid/grid"
 )
 
@@ -18,10 +20,11 @@ import (
 type failoverTarget interface {
 	put(ctx context.Context, round int) error
 	get(ctx context.Context) error
-	// killLeader SIGKILLs the leader (of the measured key's partition)
-	// and names it.
-	killLeader(ctx context.Context) (string, error)
-	restart(ctx context.Context, victim string) error
+	// killLeader sends sig (SIGKILL or SIGSTOP) to the leader (of the
+	// measured key's partition) and names it.
+	killLeader(ctx context.Context, sig syscall.Signal) (string, error)
+	// restart starts a killed member again, or continues a stopped one.
+	restart(ctx context.Context, victim string, sig syscall.Signal) error
 }
 
 // runFailover measures, cfg.failover times per store, how long a key is
@@ -50,13 +53,17 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 		failed     int
 	}
 	var rows []row
+	sig, what := syscall.SIGKILL, "SIGKILL"
+	if cfg.failoverPause {
+		sig, what = syscall.SIGSTOP, "SIGSTOP"
+	}
 	measure := func(name string, tg failoverTarget) error {
 		r := row{name: name}
 		for round := range cfg.failover {
 			if err := tg.put(ctx, -1); err != nil {
 				return fmt.Errorf("%s round %d: put before the kill: %w", name, round, err)
 			}
-			victim, err := tg.killLeader(ctx)
+			victim, err := tg.killLeader(ctx, sig)
 			if err != nil {
 				return fmt.Errorf("%s round %d: %w", name, round, err)
 			}
@@ -85,9 +92,9 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 				logf("%s round %d: put %v (%v), get %v (%v)", name, round, putAt, putErr, getAt, getErr)
 			} else {
 				r.puts, r.gets = append(r.puts, putAt), append(r.gets, getAt)
-				logf("%s round %d: killed %s; put acknowledged after %v, get after %v", name, round, victim, putAt.Round(time.Millisecond), getAt.Round(time.Millisecond))
+				logf("%s round %d: %s %s; put acknowledged after %v, get after %v", name, round, what, victim, putAt.Round(time.Millisecond), getAt.Round(time.Millisecond))
 			}
-			if err := tg.restart(ctx, victim); err != nil {
+			if err := tg.restart(ctx, victim, sig); err != nil {
 				return err
 			}
 			time.Sleep(5 * time.Second) // the restarted member catches up; leaders settle
@@ -99,6 +106,16 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 	z, err := startZerogrid(ctx, bin, filepath.Join(dir, "cluster"), cfg.profile, cfg.insecure)
 	if err != nil {
 		return err
+	}
+	if cfg.failoverPause {
+		// A stopped leader accepts requests and never answers: without an
+		// attempt timeout the client would wait out the whole deadline.
+		pol := client.DefaultRetryPolicy()
+		pol.AttemptTimeout = time.Second
+		if err := z.redial(ctx, client.WithRetry(pol)); err != nil {
+			z.Close()
+			return err
+		}
 	}
 	zt := &zgFailover{z: z, key: []byte("failover-key")}
 	err = measure("zerogrid", zt)
@@ -124,8 +141,12 @@ func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(st
 	} else {
 		logf("etcd not measured: %v", lookErr)
 	}
-	fmt.Fprintf(stdout, "Failover: %d SIGKILLs of a leader per store (3 members on loopback; zerogrid profile %s, etcd defaults), zerogrid's client retrying by itself, etcd's retried in 1 s attempts, 10 s deadline\n\n", cfg.failover, cfg.profile)
-	fmt.Fprintf(stdout, "| store | first acknowledged after the kill | p50 | p90 | max | failed |\n|---|---|---:|---:|---:|---:|\n")
+	attempts := ""
+	if cfg.failoverPause {
+		attempts = " in 1 s attempts"
+	}
+	fmt.Fprintf(stdout, "Failover: %d %ss of a leader per store (3 members on loopback; zerogrid profile %s, etcd defaults), zerogrid's client retrying by itself%s, etcd's retried in 1 s attempts, 10 s deadline\n\n", cfg.failover, what, cfg.profile, attempts)
+	fmt.Fprintf(stdout, "| store | first acknowledged after the %s | p50 | p90 | max | failed |\n|---|---|---:|---:|---:|---:|\n", what)
 	for _, r := range rows {
 		fmt.Fprintf(stdout, "| %s | put | %s | %s | %s | %d |\n", r.name, pct(r.puts, 50), pct(r.puts, 90), pct(r.puts, 100), r.failed)
 		fmt.Fprintf(stdout, "| %s | linearizable get | %s | %s | %s | %d |\n", r.name, pct(r.gets, 50), pct(r.gets, 90), pct(r.gets, 100), r.failed)
@@ -149,7 +170,7 @@ func (f *zgFailover) get(ctx context.Context) error {
 	return err
 }
 
-func (f *zgFailover) killLeader(ctx context.Context) (string, error) {
+func (f *zgFailover) killLeader(ctx context.Context, sig syscall.Signal) (string, error) {
 	t, err := f.z.client.Table(ctx)
 	if err != nil {
 		return "", err
@@ -159,10 +180,17 @@ func (f *zgFailover) killLeader(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return victim, syscall.Kill(pid, syscall.SIGKILL)
+	return victim, syscall.Kill(pid, sig)
 }
 
-func (f *zgFailover) restart(ctx context.Context, victim string) error {
+func (f *zgFailover) restart(ctx context.Context, victim string, sig syscall.Signal) error {
+	if sig == syscall.SIGSTOP {
+		pid, err := f.z.pidOf(victim)
+		if err != nil {
+			return err
+		}
+		return syscall.Kill(pid, syscall.SIGCONT)
+	}
 	if err := f.z.cluster.StartNode(ctx, victim); err != nil {
 		return err
 	}
@@ -209,24 +237,30 @@ func (f *etcdFailover) get(ctx context.Context) error {
 	return f.retry(ctx, func(ctx context.Context) error { return f.e.Get(ctx, []byte("failover-key")) })
 }
 
-func (f *etcdFailover) killLeader(ctx context.Context) (string, error) {
+func (f *etcdFailover) killLeader(ctx context.Context, sig syscall.Signal) (string, error) {
 	i, err := f.e.leader(ctx)
 	if err != nil {
 		return "", err
 	}
 	p := f.e.procs[i]
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		return "", err
 	}
-	<-p.done
+	if sig == syscall.SIGKILL {
+		<-p.done
+	}
 	return p.name, nil
 }
 
-func (f *etcdFailover) restart(ctx context.Context, victim string) error {
+func (f *etcdFailover) restart(ctx context.Context, victim string, sig syscall.Signal) error {
 	for _, p := range f.e.procs {
-		if p.name == victim {
-			return p.start()
+		if p.name != victim {
+			continue
 		}
+		if sig == syscall.SIGSTOP {
+			return p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+		return p.start()
 	}
 	return fmt.Errorf("no etcd member %s", victim)
 }

@@ -53,6 +53,7 @@ type config struct {
 	ops                              []string
 	skipEtcd                         bool
 	failover                         int
+	failoverPause                    bool // SIGSTOP the leader instead of SIGKILL
 	keyspace                         uint64
 	valueSize                        int
 	loadClients                      int
@@ -87,7 +88,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	clients := fs.String("clients", "1,16,64,256", "concurrent clients (goroutines sharing one client), comma-separated")
 	ops := fs.String("ops", "put,get,stale-get", "operations, comma-separated: put, get (linearizable), stale-get")
 	fs.BoolVar(&c.skipEtcd, "skip-etcd", false, "run zerogrid only")
-	fs.IntVar(&c.failover, "failover", 0, "instead: SIGKILL a partition leader this many times and report how long puts and linearizable gets were unavailable (zerogrid only)")
+	fs.IntVar(&c.failover, "failover", 0, "instead: SIGKILL a partition leader this many times and report how long puts and linearizable gets were unavailable (zerogrid, then etcd if found)")
+	fs.BoolVar(&c.failoverPause, "failover-pause", false, "with -failover: SIGSTOP the leader instead (SIGCONT after the round), and give zerogrid's client 1 s attempts as etcd's get")
 	fs.Uint64Var(&c.keyspace, "keyspace", 100_000, "keys the workload picks from uniformly; all are written before the cells run")
 	fs.IntVar(&c.valueSize, "value-size", 256, "value size in bytes")
 	fs.IntVar(&c.loadClients, "load-clients", 256, "concurrent writers for the preload and the RSS load")

@@ -204,3 +204,14 @@ func (z *zgStore) ProfileURLs(secs int) map[string]string {
 	}
 	return urls
 }
+
+// redial replaces the store's client with one made with opts.
+func (z *zgStore) redial(ctx context.Context, opts ...client.Option) error {
+	c, err := client.DialWith(ctx, z.cluster.Addrs(), append([]client.Option{client.WithTLSDir(z.cluster.ClientTLSDir())}, opts...)...)
+	if err != nil {
+		return err
+	}
+	_ = z.client.Close()
+	z.client, z.m = c, c.Map(benchMap)
+	return nil
+}
