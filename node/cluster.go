@@ -246,14 +246,23 @@ func (n *Node) callPeer(ctx context.Context, addr string, call func(context.Cont
 func (n *Node) agentLoop(ctx context.Context) {
 	tick := time.NewTicker(n.cfg.reportInterval())
 	defer tick.Stop()
-	report := true
+	report, resync := true, true
+	var synced time.Time
 	for {
 		changed := n.meta.Meta().TableChanged()
 		if rec, ok := n.meta.Meta().Node(n.cfg.ID); ok {
 			n.noteRemoved(string(rec.State))
 		}
-		if err := n.syncGroups(ctx); err != nil && ctx.Err() == nil {
-			n.log.Warn("sync partitions with the table", "err", err)
+		// The partitions are synced with the table when it changes, after
+		// a failed sync, and every groupSyncInterval besides (listing the
+		// partitions on disk every report was a few % of an idle node's
+		// CPU at 256 partitions).
+		if resync || time.Since(synced) >= n.cfg.groupSyncInterval() {
+			if err := n.syncGroups(ctx); err != nil && ctx.Err() == nil {
+				n.log.Warn("sync partitions with the table", "err", err)
+			} else {
+				resync, synced = false, time.Now()
+			}
 		}
 		if report {
 			n.sendReport(ctx)
@@ -266,7 +275,7 @@ func (n *Node) agentLoop(ctx context.Context) {
 		case <-tick.C:
 			report = true
 		case <-changed:
-			report = false
+			report, resync = false, true
 		}
 	}
 }
@@ -378,7 +387,7 @@ func (n *Node) withConn(ctx context.Context, addr string, call func(context.Cont
 
 // load is this node's current load report.
 func (n *Node) load() grid.Load {
-	l := grid.Load{RSS: rssBytes(), DiskUsed: diskUsage(n.cfg.DataDir), DiskLow: n.disk.low.Load(), ReportedAt: time.Now()}
+	l := grid.Load{RSS: rssBytes(), DiskUsed: n.diskUsed.get(), DiskLow: n.disk.low.Load(), ReportedAt: time.Now()}
 	l.CPU = n.cpu.percent()
 	for _, g := range n.host.Groups() {
 		if g.ID() == replication.MetaGroup {

@@ -40,6 +40,8 @@ type Node struct {
 	// suspects is host, for the transport's peer-down callback (which may
 	// run before start has set host).
 	suspects atomic.Pointer[replication.Host]
+	// diskUsed is the data directory's usage, walked now and then.
+	diskUsed *diskUsed
 	srv      *grpc.Server // every service; Raft's too when insecure
 	raftSrv  *grpc.Server // Raft, under TLS (see listen.go)
 	split    *splitListener
@@ -85,7 +87,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1), sec: sec}
+	n := &Node{cfg: cfg, log: cfg.logger().With("node", cfg.ID), fatal: make(chan error, 1), sec: sec, diskUsed: &diskUsed{dir: cfg.DataDir}}
 	n.conns.creds = sec.dialCreds()
 	if cfg.Insecure {
 		n.log.Warn("INSECURE: this node runs without TLS or authentication: anyone who can reach its port can read and write " +

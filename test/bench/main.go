@@ -64,6 +64,7 @@ type config struct {
 	insecure                         bool   // zerogrid without TLS
 	metrics                          bool   // zerogrid nodes serve /metrics, scraped every second
 	cpuProfile                       string // a dir for each zerogrid node's CPU profile of each cell
+	memoryLimitMB                    int    // zerogrid nodes each in a memory cgroup of this size
 	out                              string
 	compute                          computeConfig
 	commission                       commissionConfig
@@ -102,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.etcdBin, "etcd", "etcd", "etcd server binary")
 	fs.StringVar(&c.profile, "profile", "default", "zerogrid node --profile")
 	fs.BoolVar(&c.metrics, "metrics", false, "zerogrid nodes serve /metrics (--ops-listen), scraped every second while measured (the cost of metrics)")
+	fs.IntVar(&c.memoryLimitMB, "memory-limit-mb", 0, "hold each zerogrid node in a memory cgroup (v1, needs root) of this many MiB, as a container would")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write each zerogrid node's CPU profile of each cell's measured window to this dir (nodes get --ops-listen --ops-pprof)")
 	fs.BoolVar(&c.insecure, "insecure", false, "run zerogrid without TLS (--insecure; by default nodes and the client use mutual TLS)")
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
@@ -232,11 +234,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return nil, nil, err
 			}
+			stop := z.Close
+			if cfg.memoryLimitMB > 0 {
+				cg, err := limitMemory(z.pids, int64(cfg.memoryLimitMB)<<20)
+				if err != nil {
+					z.Close()
+					return nil, nil, err
+				}
+				stop = func() {
+					logf("zerogrid memory cgroups (%d MiB each): %s", cfg.memoryLimitMB, cg.describe())
+					z.Close()
+					cg.remove()
+				}
+			}
 			if !cfg.metrics {
-				return z, z.Close, nil
+				return z, stop, nil
 			}
 			stopScrape := z.scrapeEvery(ctx, time.Second)
-			return z, func() { stopScrape(); z.Close() }, nil
+			return z, func() { stopScrape(); stop() }, nil
 		},
 	}
 	if !cfg.skipEtcd {

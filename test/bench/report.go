@@ -20,7 +20,7 @@ func report(w io.Writer, cfg config, env environment, rs []*systemResult) {
 	p("Workload: %d-byte keys drawn uniformly from %d (all written first), %d-byte random values, %v per cell after %v warm-up; "+
 		"all goroutines of a system share one client. Clusters: 3 zerogrid nodes (32 partitions, 3 replicas, profile %s, %s) "+
 		"and 3 etcd members (defaults: plain HTTP, no TLS), on loopback, one cluster at a time, each started fresh.\n\n",
-		keySize, cfg.keyspace, cfg.valueSize, cfg.duration, cfg.warmup, cfg.profile, tlsMode(cfg.insecure)+metricsMode(cfg.metrics))
+		keySize, cfg.keyspace, cfg.valueSize, cfg.duration, cfg.warmup, cfg.profile, tlsMode(cfg.insecure)+metricsMode(cfg.metrics)+memoryMode(cfg.memoryLimitMB))
 
 	p("| op | clients | zerogrid ops/s | p50 | p99 | etcd ops/s | p50 | p99 | zerogrid/etcd |\n")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -171,7 +171,15 @@ func fmtDur(d time.Duration) string {
 	return fmt.Sprintf("%.2f s", ms/1000)
 }
 
-// tlsMode names how zerogrid's connections ran.
+// memoryMode names the nodes' memory cgroup, if any.
+func memoryMode(mb int) string {
+	if mb > 0 {
+		return fmt.Sprintf(", each node in a %d MiB memory cgroup", mb)
+	}
+	return ""
+}
+
+// metricsMode names whether the nodes served /metrics.
 func metricsMode(on bool) string {
 	if on {
 		return ", /metrics served and scraped every second"
@@ -179,6 +187,7 @@ func metricsMode(on bool) string {
 	return ""
 }
 
+// tlsMode names how zerogrid's connections ran.
 func tlsMode(insecure bool) string {
 	if insecure {
 		return "no TLS (--insecure)"
