@@ -166,7 +166,7 @@ func (handshaken) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, e
 	if !ok {
 		return nil, nil, errors.New("node: a connection that did not come through the TLS listener")
 	}
-	return tc, credentials.TLSInfo{State: tc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
+	return tc, gridtls.NewConnInfo(tc.ConnectionState()), nil
 }
 
 func (handshaken) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/tidwall/redcon"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
 	"github.com/zerogrid/zerogrid/grid"
@@ -188,7 +187,7 @@ func (r *respServer) serve(c net.Conn) {
 			r.log.Debug("resp TLS handshake refused", "from", c.RemoteAddr().String(), "err", err)
 			return
 		}
-		p.AuthInfo = credentials.TLSInfo{State: tc.ConnectionState()}
+		p.AuthInfo = gridtls.NewConnInfo(tc.ConnectionState())
 	}
 	rc.ctx = peer.NewContext(r.ctx, p)
 	if who, ok := gridtls.FromContext(rc.ctx); ok {

@@ -78,7 +78,7 @@ func TestIssueLoadAndReload(t *testing.T) {
 }
 
 // newTestCA makes a CA in a new temp dir and returns the dir and the CA's.
-func newTestCA(t *testing.T) (dir, ca string) {
+func newTestCA(t testing.TB) (dir, ca string) {
 	t.Helper()
 	dir = t.TempDir()
 	ca = filepath.Join(dir, "ca")
@@ -180,7 +180,7 @@ func TestRevokedIdentity(t *testing.T) {
 	}
 }
 
-func mustLoad(t *testing.T, load func(string) (*Material, error), dir string) *Material {
+func mustLoad(t testing.TB, load func(string) (*Material, error), dir string) *Material {
 	t.Helper()
 	m, err := load(dir)
 	if err != nil {

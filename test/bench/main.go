@@ -65,6 +65,7 @@ type config struct {
 	metrics                          bool   // zerogrid nodes serve /metrics, scraped every second
 	cpuProfile                       string // a dir for each zerogrid node's CPU profile of each cell
 	memoryLimitMB                    int    // zerogrid nodes each in a memory cgroup of this size
+	nodeArgs                         string // more flags for every zerogrid node
 	out                              string
 	compute                          computeConfig
 	commission                       commissionConfig
@@ -103,6 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.etcdBin, "etcd", "etcd", "etcd server binary")
 	fs.StringVar(&c.profile, "profile", "default", "zerogrid node --profile")
 	fs.BoolVar(&c.metrics, "metrics", false, "zerogrid nodes serve /metrics (--ops-listen), scraped every second while measured (the cost of metrics)")
+	fs.StringVar(&c.nodeArgs, "node-args", "", "more flags for every zerogrid node, space-separated (e.g. \"--memory-limit-mb 150\")")
 	fs.IntVar(&c.memoryLimitMB, "memory-limit-mb", 0, "hold each zerogrid node in a memory cgroup (v1, needs root) of this many MiB, as a container would")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write each zerogrid node's CPU profile of each cell's measured window to this dir (nodes get --ops-listen --ops-pprof)")
 	fs.BoolVar(&c.insecure, "insecure", false, "run zerogrid without TLS (--insecure; by default nodes and the client use mutual TLS)")
@@ -230,7 +232,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			z, err := startZerogridConfig(ctx, localcluster.Config{Binary: abs, Dir: filepath.Join(cfg.dir, "zerogrid-cluster"),
 				Nodes: 3, Partitions: 32, Replicas: 3, Profile: cfg.profile, Insecure: cfg.insecure,
-				Ops: cfg.metrics || cfg.cpuProfile != "", ExtraArgs: pprofArgs(cfg.cpuProfile)})
+				Ops: cfg.metrics || cfg.cpuProfile != "", ExtraArgs: append(pprofArgs(cfg.cpuProfile), strings.Fields(cfg.nodeArgs)...)})
 			if err != nil {
 				return nil, nil, err
 			}
