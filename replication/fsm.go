@@ -29,9 +29,10 @@ type applier interface {
 }
 
 // flushHook is an applier that writes state of its own into each batch
-// just before it is written.
+// just before it is written, and hears when it was.
 type flushHook interface {
 	beforeFlush(tx *txn)
+	afterFlush()
 }
 
 // stateMachine is the raft.BatchingFSM shared by data partitions and the
@@ -199,6 +200,9 @@ func (s *stateMachine) flush(tx *txn, index uint64) error {
 		}
 	} else if err := s.eng.Write(context.Background(), &tx.batch); err != nil {
 		return fmt.Errorf("write applied entries up to %d: %w", index, err)
+	}
+	if h, ok := s.app.(flushHook); ok {
+		h.afterFlush()
 	}
 	s.applied.Store(index)
 	tx.reset()

@@ -27,6 +27,12 @@ type RaftTiming struct {
 	SnapshotThreshold  uint64
 	TrailingLogs       uint64
 	MaxAppendEntries   int
+	// LeaderlessCampaign, if set, is how long a group just opened waits to
+	// hear of a leader before it hurries an election
+	// (Group.campaignIfLeaderless): with quiet groups' long election
+	// timeouts a new cluster, or one whose nodes all restarted, would
+	// otherwise wait 10-20 s for its first leaders.
+	LeaderlessCampaign time.Duration
 	// Liveness is how long a peer node may stay silent on its heartbeat
 	// stream while its connection is up before its node is suspected
 	// (GRPCTransportConfig.LivenessTimeout; nodes set it from here).
@@ -71,6 +77,10 @@ func DefaultTiming() RaftTiming {
 		// instead of 0.13. Writes are not delayed by it.
 		CommitTimeout: 2 * time.Second,
 		Liveness:      2 * time.Second,
+		// Three heartbeat windows: a node restarting into a group that has
+		// a leader hears from it well before (heartbeats 1-2 s apart, sent
+		// within a 1 s window).
+		LeaderlessCampaign: 3 * time.Second,
 		// A follower that heard no leader for a heartbeat timeout (raft's own
 		// sign of a lost leader) ends its watch streams.
 		CutOffAfter: 10 * time.Second,
@@ -110,6 +120,7 @@ func TestTiming() RaftTiming {
 	t.HeartbeatTimeout, t.ElectionTimeout, t.LeaderLeaseTimeout = 400*time.Millisecond, 400*time.Millisecond, 300*time.Millisecond
 	t.CommitTimeout = 50 * time.Millisecond
 	t.Liveness, t.CutOffAfter = time.Second, 1200*time.Millisecond
+	t.LeaderlessCampaign = 0 // elections are fast anyway
 	t.SnapshotThreshold, t.TrailingLogs = 1024, 256
 	t.SnapshotInterval = 2 * time.Second
 	return t
@@ -242,7 +253,23 @@ func (h *Host) OpenGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 		return nil, err
 	}
 	h.groups[id] = g
+	h.watchLeaderless(g)
 	return g, nil
+}
+
+// watchLeaderless starts the group's leaderless campaign, if the timing
+// asks for one (see RaftTiming.LeaderlessCampaign). Called with h.mu held
+// and h.closed false, so Close waits for it.
+func (h *Host) watchLeaderless(g *Group) {
+	t := h.cfg.Timing.LeaderlessCampaign
+	if t <= 0 {
+		return
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		g.campaignIfLeaderless(h, t)
+	}()
 }
 
 // openGroup opens group id. With alone set, the group's Raft configuration
@@ -364,7 +391,8 @@ func (h *Host) openGroup(ctx context.Context, id GroupID, kind GroupKind, bootst
 	if err != nil {
 		return nil, fmt.Errorf("replication: %s: start raft: %w", id, err)
 	}
-	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, glog: logs, trans: trans, timing: t, opened: time.Now(), corrupt: corrupt, clock: h.cfg.Clock}
+	g := &Group{id: id, kind: kind, raft: r, sm: sm, meta: meta, logs: logs, glog: logs, trans: trans, timing: t, opened: time.Now(), corrupt: corrupt, clock: h.cfg.Clock,
+		bootstrapped: !has && len(bootstrap) > 0}
 	g.reads = newReadGate(g)
 	if restore {
 		h.cfg.Logger.Warn("group state incomplete; restoring from snapshot", "group", id.String(), "snapshot_index", snapIndex)

@@ -40,6 +40,10 @@ type kvApplier struct {
 	corrupt *corruption
 	log     *changeLog
 	events  []*gridpb.WatchEvent // the current entry's changes
+	// hint spares the expiry sweep reading an index with nothing due;
+	// filed notes that the batch being built files an expiry.
+	hint  expiryHint
+	filed bool
 }
 
 var (
@@ -55,9 +59,21 @@ func newKVApplier(g GroupID, eng Engine, r WatchRetention, checks *checks, corru
 	return a, nil
 }
 
-func (a *kvApplier) restored(eng Engine) error { return a.log.load(eng) }
+func (a *kvApplier) restored(eng Engine) error {
+	a.hint.forget()
+	return a.log.load(eng)
+}
 
 func (a *kvApplier) beforeFlush(tx *txn) { a.log.beforeFlush(tx) }
+
+// afterFlush runs once a batch is written: a new expiry in it makes the
+// sweep read the index again.
+func (a *kvApplier) afterFlush() {
+	if a.filed {
+		a.filed = false
+		a.hint.forget()
+	}
+}
 
 func (a *kvApplier) apply(tx *txn, index uint64, data []byte) any {
 	var cmd gridpb.Command
@@ -164,6 +180,7 @@ func (a *kvApplier) put(tx *txn, index uint64, now int64, mapName string, key, v
 func (a *kvApplier) putEntry(tx *txn, mapName string, key []byte, e StoredEntry) {
 	if e.Expiry != 0 {
 		tx.set(expiryKey(a.group, e.Expiry, mapName, key), binary.BigEndian.AppendUint64(nil, e.Version))
+		a.filed = true
 	}
 	tx.set(dataKey(a.group, mapName, key), encodeEntry(e))
 	a.events = append(a.events, &gridpb.WatchEvent{

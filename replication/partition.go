@@ -18,18 +18,21 @@ import (
 // Group is one Raft group on this host: a data partition or the metadata
 // group. Its methods are safe for concurrent use.
 type Group struct {
-	id      GroupID
-	kind    GroupKind
-	raft    *raft.Raft
-	sm      *stateMachine
-	meta    *MetaState
-	logs    logStore
-	trans   raft.Transport
-	timing  RaftTiming
-	opened  time.Time // when this host opened the group
-	reads   *readGate
-	corrupt *corruption
-	clock   func() time.Time
+	// bootstrapped: this process created the group's first configuration
+	// (a new cluster), so no leader can exist yet (campaignIfLeaderless).
+	bootstrapped bool
+	id           GroupID
+	kind         GroupKind
+	raft         *raft.Raft
+	sm           *stateMachine
+	meta         *MetaState
+	logs         logStore
+	trans        raft.Transport
+	timing       RaftTiming
+	opened       time.Time // when this host opened the group
+	reads        *readGate
+	corrupt      *corruption
+	clock        func() time.Time
 	// suspected is set while the group waits for a new leader after its
 	// leader's node was suspected (see Host.SuspectPeer).
 	suspected atomic.Bool

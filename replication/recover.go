@@ -123,6 +123,7 @@ func (h *Host) RecoverGroup(ctx context.Context, id GroupID, self Member) (*Grou
 		return nil, errors.Join(ErrHostClosed, ng.shutdown())
 	}
 	h.groups[id] = ng
+	h.watchLeaderless(ng)
 	return ng, nil
 }
 

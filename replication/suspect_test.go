@@ -326,3 +326,61 @@ func startHeartbeatSender(t *testing.T, cfg GRPCTransportConfig, target string) 
 	}
 	return a
 }
+
+// Quiet groups (long election timeouts) with a leaderless campaign: a new
+// cluster's groups elect leaders before any election timeout could fire
+// (the first voter of each campaigns once nothing was heard of a leader);
+// a replica restarted while its groups have leaders, and not contacted by
+// them for a while (the leaders back off retrying it), deposes none of
+// them.
+func TestLeaderlessCampaign(t *testing.T) {
+	timing := DefaultTiming()
+	timing.HeartbeatTimeout, timing.ElectionTimeout, timing.LeaderLeaseTimeout = 6*time.Second, 6*time.Second, 3*time.Second
+	timing.CommitTimeout, timing.CutOffAfter = 500*time.Millisecond, 6*time.Second
+	timing.LeaderlessCampaign = 300 * time.Millisecond
+	const groups = 4
+	started := time.Now()
+	c := newTestClusterTiming(t, 3, groups, timing)
+	for g := range GroupID(groups) {
+		c.leader(g)
+	}
+	if took := time.Since(started); took >= timing.HeartbeatTimeout {
+		t.Fatalf("a new cluster's groups took %v to elect: no sooner than their own timeouts (%v)", took, timing.HeartbeatTimeout)
+	} else {
+		t.Logf("a new cluster's %d groups led after %v", groups, took.Round(time.Millisecond))
+	}
+	// Each group's leader and term.
+	type led struct {
+		id   string
+		term uint64
+	}
+	leaders := func() map[GroupID]led {
+		out := map[GroupID]led{}
+		for id, h := range c.hosts {
+			for g := range GroupID(groups) {
+				if grp, ok := h.Group(g); ok && grp.IsLeader() {
+					out[g] = led{id, grp.Status().Term}
+				}
+			}
+		}
+		return out
+	}
+	before := leaders()
+	victim := "n3"
+	c.stop(victim)
+	time.Sleep(2 * time.Second) // the leaders' retries of n3 back off meanwhile
+	c.start(victim)
+	time.Sleep(3*timing.LeaderLeaseTimeout + time.Second) // past the wait and a shortened election timeout, twice
+	for g := range GroupID(groups) {
+		c.leader(g)
+	}
+	after := leaders()
+	for g, l := range before {
+		if l.id == victim {
+			continue // it elected again, whoever won
+		}
+		if after[g] != l {
+			t.Errorf("%s: led by %s in term %d before %s restarted, by %s in term %d after", g, l.id, l.term, victim, after[g].id, after[g].term)
+		}
+	}
+}

@@ -181,9 +181,12 @@ func TestExpireOpDeletesOnlyUnchangedExpiredKeys(t *testing.T) {
 	h.apply(putCmd(t0, "later", "1", time.Hour))
 
 	h.now = h.now.Add(2 * time.Second)
-	keys, err := h.g.expiredKeys(h.at(), 100)
+	keys, next, err := h.g.expiredKeys(h.at(), 100)
 	if err != nil || len(keys) != 2 {
 		t.Fatalf("expired index entries: %v %v", keys, err)
+	}
+	if want := t0 + int64(time.Hour); next != want {
+		t.Fatalf("next expiry %d, want %d (the key that lives an hour)", next, want)
 	}
 	// A sweep proposed with a leader time before the expiry deletes nothing.
 	h.apply(&gridpb.Command{LeaderTime: t0, Op: &gridpb.Command_Expire{Expire: &gridpb.ExpireOp{Keys: keys}}})
@@ -197,10 +200,10 @@ func TestExpireOpDeletesOnlyUnchangedExpiredKeys(t *testing.T) {
 	if e, err := h.get("rewritten"); err != nil || string(e.Value) != "2" {
 		t.Fatalf("rewritten key: %+v %v", e, err)
 	}
-	if keys, _ := h.g.expiredKeys(h.at(), 100); len(keys) != 0 {
+	if keys, _, _ := h.g.expiredKeys(h.at(), 100); len(keys) != 0 {
 		t.Fatalf("index entries left after the sweep: %v", keys)
 	}
-	if keys, _ := h.g.expiredKeys(h.at()+int64(2*time.Hour), 100); len(keys) != 1 || string(keys[0].Key) != "later" {
+	if keys, _, _ := h.g.expiredKeys(h.at()+int64(2*time.Hour), 100); len(keys) != 1 || string(keys[0].Key) != "later" {
 		t.Fatalf("future index entries: %v", keys)
 	}
 	changes, _, _, err := h.g.ReadChanges(res.Version, 1<<20)
@@ -476,5 +479,55 @@ func TestChangeLogPruneWithinOneBatch(t *testing.T) {
 	// Count pruning runs every pruneStep indexes: up to that many more.
 	if records > 2+pruneStep {
 		t.Fatalf("%d change-log records after 400 puts with a retention of 2 entries (pruned every %d)", records, pruneStep)
+	}
+}
+
+// The sweep skips a partition whose expiry index has nothing due until the
+// earliest expiry it saw, reads the index again as soon as a new expiry is
+// applied, and learns nothing from a scan that raced with one.
+func TestExpiryHintSkipsOnlyWhileNothingIsDue(t *testing.T) {
+	h := newSMHarness(t, WatchRetention{})
+	kv := h.sm.app.(*kvApplier)
+	if due, err := h.g.dueForSweep(h.at(), 100); err != nil || len(due) != 0 {
+		t.Fatalf("empty index: %v %v", due, err)
+	}
+	if skip, _ := kv.hint.skip(h.at()); !skip {
+		t.Fatal("an empty index was read again")
+	}
+	h.apply(putCmd(h.at(), "later", "1", time.Hour))
+	if skip, _ := kv.hint.skip(h.at()); skip {
+		t.Fatal("a new expiry left the hint in place")
+	}
+	if due, err := h.g.dueForSweep(h.at(), 100); err != nil || len(due) != 0 {
+		t.Fatalf("nothing due yet: %v %v", due, err)
+	}
+	h.apply(putCmd(h.at(), "soon", "1", time.Second))
+	h.now = h.now.Add(2 * time.Second)
+	due, err := h.g.dueForSweep(h.at(), 100)
+	if err != nil || len(due) != 1 || string(due[0].Key) != "soon" {
+		t.Fatalf("due after a second: %v %v", due, err)
+	}
+	// Nothing learned while keys were due: the next sweep reads again.
+	if skip, _ := kv.hint.skip(h.at()); skip {
+		t.Fatal("the hint skips while a key is due")
+	}
+	// A scan that started before a new expiry was applied learns nothing.
+	_, gen := kv.hint.skip(h.at())
+	kv.hint.forget()
+	kv.hint.learn(gen, h.at()+int64(time.Hour))
+	if skip, _ := kv.hint.skip(h.at()); skip {
+		t.Fatal("a stale scan taught the hint")
+	}
+	// A restored snapshot forgets it too.
+	_, gen = kv.hint.skip(h.at())
+	kv.hint.learn(gen, h.at()+int64(time.Hour))
+	if skip, _ := kv.hint.skip(h.at()); !skip {
+		t.Fatal("learn did not take")
+	}
+	if err := kv.restored(h.eng); err != nil {
+		t.Fatal(err)
+	}
+	if skip, _ := kv.hint.skip(h.at()); skip {
+		t.Fatal("a restore left the hint in place")
 	}
 }

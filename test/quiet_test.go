@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"syscall"
 	"testing"
@@ -110,4 +111,62 @@ func TestQuietGroupsFailOverWhenLeaderPaused(t *testing.T) {
 	checkLinearizable(t, h, "a partition leader SIGSTOPped with quiet groups")
 	acks.check(ctx, t)
 	checkReplicasEqual(ctx, t, lc, parts, "lin", "acks")
+}
+
+// TestQuietGroupsWholeClusterRestart stops every node of a cluster with
+// quiet groups (default profile) at once and starts them again: with no
+// peer to suspect, each partition must elect a leader by its own timeouts
+// (shortened while it has heard of none), and serve reads.
+// (That a single restarted replica deposes no leader is checked in
+// replication's TestLeaderlessCampaign, without the manager, which moves
+// leaderships to fast disks on its own.)
+func TestQuietGroupsWholeClusterRestart(t *testing.T) {
+	const parts = 6
+	lc, c := startClusterConfig(t, localcluster.Config{Nodes: 3, Partitions: parts, Replicas: 3, Profile: "default"}, "kv")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	m := c.Map("kv")
+	for i := range 20 {
+		if _, err := m.Put(ctx, []byte(fmt.Sprint("k", i)), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allLed := func() error {
+		led := map[int32]bool{}
+		for _, id := range lc.IDs() {
+			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+			st, err := c.NodeStatus(sctx, lc.Addr(id))
+			scancel()
+			if err != nil {
+				continue
+			}
+			for _, g := range st.Groups {
+				if g.Partition >= 0 && g.State == "Leader" {
+					led[g.Partition] = true
+				}
+			}
+		}
+		if len(led) != parts {
+			return fmt.Errorf("%d of %d partitions led", len(led), parts)
+		}
+		return nil
+	}
+	for _, id := range lc.IDs() {
+		if err := lc.Kill(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restarted := time.Now()
+	for _, id := range lc.IDs() {
+		if err := lc.StartNode(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 2*time.Minute, allLed)
+	t.Logf("after a restart of every node, all %d partitions led again after %v", parts, time.Since(restarted).Round(100*time.Millisecond))
+	for i := range 20 {
+		if _, _, err := m.Get(ctx, []byte(fmt.Sprint("k", i))); err != nil {
+			t.Fatalf("read k%d after the restart: %v", i, err)
+		}
+	}
 }

@@ -29,6 +29,9 @@ type Config struct {
 	Profile    string   // node --profile
 	JoinToken  string   // the join token of every node (passed in a file): founders admit joiners presenting it
 	ExtraArgs  []string // appended to every node's command line
+	// FounderArgs, if set, gives each founding node arguments of its own
+	// (e.g. a zone label); joined nodes get theirs from Join.
+	FounderArgs func(id string) []string
 	// Insecure runs the nodes without TLS (--insecure). By default every
 	// node gets a certificate from a cluster CA (CADir, or one created
 	// under Dir/tls/ca) and clients connect with ClientTLSDir.
@@ -267,6 +270,9 @@ func (c *Cluster) StartNode(ctx context.Context, id string) error {
 		args = append(args, extra...)
 	} else {
 		args = append(args, "--peers", c.peersLocked())
+		if c.cfg.FounderArgs != nil {
+			args = append(args, c.cfg.FounderArgs(id)...)
+		}
 	}
 	if c.cfg.JoinToken != "" {
 		args = append(args, "--join-token-file", filepath.Join(c.cfg.Dir, "join-token"))

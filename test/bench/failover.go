@@ -35,18 +35,11 @@ type failoverTarget interface {
 // given time to settle between rounds. zerogrid, then etcd (when its
 // binary is found) in the same run.
 func runFailover(ctx context.Context, cfg config, stdout io.Writer, logf func(string, ...any)) error {
-	dir, err := os.MkdirTemp("", "zerogrid-failover-")
+	dir, bin, err := scratch(ctx, cfg, "zerogrid-failover-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := cfg.zgBin
-	if bin == "" {
-		bin = filepath.Join(dir, "zerogrid")
-		if err := buildZerogrid(ctx, bin); err != nil {
-			return err
-		}
-	}
 	type row struct {
 		name       string
 		puts, gets []time.Duration
@@ -274,4 +267,21 @@ func pct(d []time.Duration, p int) string {
 	i := (len(s)*p + 99) / 100
 	i = min(max(i-1, 0), len(s)-1)
 	return s[i].Round(time.Millisecond).String()
+}
+
+// scratch makes a temporary directory (the caller removes it) and the
+// zerogrid binary to run: -zerogrid's, or one built into the directory.
+func scratch(ctx context.Context, cfg config, prefix string) (dir, bin string, err error) {
+	if dir, err = os.MkdirTemp("", prefix); err != nil {
+		return "", "", err
+	}
+	bin = cfg.zgBin
+	if bin == "" {
+		bin = filepath.Join(dir, "zerogrid")
+		if err := buildZerogrid(ctx, bin); err != nil {
+			os.RemoveAll(dir)
+			return "", "", err
+		}
+	}
+	return dir, bin, nil
 }

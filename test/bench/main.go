@@ -68,6 +68,7 @@ type config struct {
 	nodeArgs                         string // more flags for every zerogrid node
 	out                              string
 	compute                          computeConfig
+	chassis                          chassisConfig
 	commission                       commissionConfig
 }
 
@@ -111,11 +112,13 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.zgBin, "zerogrid", "", "prebuilt zerogrid binary (default: build ./cmd/zerogrid)")
 	fs.StringVar(&c.out, "out", "", "also write the markdown report to this file")
 	c.compute.flags(fs)
+	c.chassis.flags(fs)
 	idleReplicas, idleProfiles := c.commission.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	errs := c.compute.validate()
+	errs = append(errs, c.chassis.validate()...)
 	errs = append(errs, c.commission.validate(*idleReplicas, *idleProfiles)...)
 	for _, s := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -191,6 +194,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.failover > 0 {
 		return runFailover(ctx, cfg, stdout, logf)
+	}
+	if cfg.chassis.nodes > 0 {
+		return runChassis(ctx, cfg, stdout, logf)
 	}
 	if cfg.commission.enabled {
 		cfg.skipEtcd = true
