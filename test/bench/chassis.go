@@ -179,9 +179,13 @@ func (z *zgStore) chassisState(ctx context.Context, cc chassisConfig) (chassisSt
 	if err != nil {
 		return st, err
 	}
+	// The zone each node was started with (the table's node entries carry
+	// only labels an operator set later; announced ones are in the records).
 	zone := map[string]string{}
-	for _, n := range t.Nodes {
-		zone[n.ID] = n.Labels["zone"]
+	for _, id := range ids {
+		var i int
+		fmt.Sscanf(id, "n%d", &i)
+		zone[id] = cc.zoneOf(i - 1)
 	}
 	var problems []string
 	if len(t.Nodes) != len(ids) {
