@@ -82,8 +82,7 @@ func (h *expiryHint) learn(gen uint64, next int64) {
 func (g *Group) dueForSweep(now int64, limit int) ([]*gridpb.ExpiredKey, error) {
 	kv, ok := g.sm.app.(*kvApplier)
 	if !ok {
-		keys, _, err := g.expiredKeys(now, limit)
-		return keys, err
+		return nil, nil // the metadata group keeps no expiry index
 	}
 	nothingDue, gen := kv.hint.skip(now)
 	if nothingDue {

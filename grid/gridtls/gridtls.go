@@ -533,7 +533,8 @@ func verifiedIdentity(state tls.ConnectionState) (Identity, bool) {
 // certificate worked out once for the connection. FromContext is asked
 // several times per call and for every Raft message; rebuilding the
 // identity each time (the serial number as text, the roles) was 1.3 % of
-// a node's CPU under linearizable gets. Its Roles must not be modified.
+// a node's CPU under linearizable gets in the third session's profile
+// (BENCHMARKS.md). Its Roles must not be modified.
 type ConnInfo struct {
 	credentials.TLSInfo
 	id       Identity

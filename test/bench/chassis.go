@@ -142,8 +142,9 @@ func runChassis(ctx context.Context, cfg config, stdout io.Writer, logf func(str
 	}
 
 	p := func(format string, a ...any) { fmt.Fprintf(stdout, format, a...) }
+	env := describeMachine(cfg)
 	p("Chassis: %d nodes on %d × %s (3 founders, %d joined one after another), %d zones, %d partitions × 3 replicas, profile %s, %s; %s\n\n",
-		cc.nodes, describeMachine(cfg).NumCPU, describeMachine(cfg).CPU, cc.nodes-3, cc.zones, cc.partitions, cfg.profile, tlsMode(cfg.insecure), time.Now().UTC().Format("2006-01-02 15:04 MST"))
+		cc.nodes, env.NumCPU, env.CPU, cc.nodes-3, cc.zones, cc.partitions, cfg.profile, tlsMode(cfg.insecure), time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	p("| step | after |\n|---|---:|\n| founders up, every partition led | %v |\n| all %d nodes started | %v |\n| settled: every partition with 3 replicas, none moving, every partition led (and so for 10 s more) | %v |\n\n",
 		founded.Round(time.Millisecond), cc.nodes, joined.Round(time.Millisecond), formed.Round(time.Second))
 	p("Partitions whose 3 replicas are not in %d different zones: %d of %d (table epoch %d).\n\n", min(3, cc.zones), st.zonesShort, cc.partitions, st.epoch)
